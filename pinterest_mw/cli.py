@@ -1,0 +1,1650 @@
+"""The `pinterest-mw` command line.
+
+```
+pinterest-mw serve                the track endpoints as a standalone server
+pinterest-mw send FILE            offline conversions from CSV or JSON Lines
+pinterest-mw validate FILE        the checks of `send`, without sending
+pinterest-mw hash FIELD VALUE     a value's normalized form and SHA-256 digest
+pinterest-mw outbox [retry]       what the outbox holds; re-queue rejected events
+```
+
+Configuration comes from options and the environment:
+`PINTEREST_ACCESS_TOKEN` (read from the environment only: an option would
+show the token to anyone running `ps`), `PINTEREST_AD_ACCOUNT_ID`,
+`PINTEREST_API_URL`, `PINTEREST_TEST_MODE`, `PINTEREST_OUTBOX`,
+`PINTEREST_ALLOW_ORIGINS` and `PINTEREST_TRUSTED_PROXIES`.
+
+Exit statuses: 0 success; 1 some rows failed (invalid, or rejected by
+Pinterest), or `hash` found the value unusable; 2 an error (bad option or
+configuration, unreadable file, failed authentication or request); 130
+interrupted. Errors are one line on stderr; `--debug` adds the traceback of
+an unexpected one.
+
+Privacy: the token is never printed or logged. Reports name rows by line
+and fields by path, never by value. `serve` logs no request (no IP address,
+no URL) unless `--access-log` asks for uvicorn's access log.
+
+The commands are plain functions registered by `build_app()`. Their
+annotations name typer only in strings (postponed evaluation), so this
+module imports without the `cli` extra and `main()` can say in one line
+what to install instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import csv
+import dataclasses
+import functools
+import inspect
+import io
+import itertools
+import json
+import logging
+import logging.config
+import os
+import socket
+import sqlite3
+import sys
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Annotated, Any, Final, NoReturn, ParamSpec, TextIO, TypeVar
+
+import phonenumbers
+
+from ._version import __version__
+from .client import DEFAULT_OUTBOX_PATH, NOT_SENDING_MESSAGE, Client
+from .events import (
+    ActionSource,
+    AppInfo,
+    CustomData,
+    DeviceInfo,
+    Event,
+    WireEvent,
+    parse_event,
+)
+from .exceptions import (
+    APIError,
+    ConfigurationError,
+    ConversionsError,
+    EventValidationError,
+    FieldError,
+    TransportError,
+)
+from .hashing import (
+    HASHED_FIELDS,
+    PLAIN_FIELDS,
+    UnusableValueError,
+    hash_user_data,
+    is_sha256_hex,
+    normalize_city,
+    normalize_country,
+    normalize_date_of_birth,
+    normalize_email,
+    normalize_external_id,
+    normalize_gender,
+    normalize_ip_address,
+    normalize_maid,
+    normalize_name,
+    normalize_phone,
+    normalize_state,
+    normalize_zip,
+)
+from .outbox import OutboxStats, SQLiteOutbox
+from .transport import MAX_BATCH_SIZE, EventResult, EventStatus, Transport
+
+_missing_extra: ImportError | None = None
+try:
+    import typer
+    from rich.console import Console
+    from rich.logging import RichHandler
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+except ImportError as exc:  # pragma: no cover - the cli extra is in the dev group
+    _missing_extra = exc
+
+__all__ = ["build_app", "main"]
+
+logger = logging.getLogger(__name__)
+
+MISSING_EXTRA_MESSAGE: Final = (
+    "the pinterest-mw command line needs its extra: pip install 'pinterest-mw[cli]'"
+)
+
+EXIT_OK: Final = 0
+EXIT_ROWS_FAILED: Final = 1
+EXIT_ERROR: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+NOT_SENDING_LINE: Final = (
+    "Not sending: events are validated, hashed and kept in %s, not sent. "
+    "To send them, set PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID "
+    "and restart: stored events go out first."
+)
+SERVING_LINE: Final = "pinterest-mw serving on %s (POST /track-event, GET /health)"
+
+_ENV_TOKEN: Final = "PINTEREST_ACCESS_TOKEN"  # noqa: S105 - the variable's name, not a token
+_ENV_AD_ACCOUNT: Final = "PINTEREST_AD_ACCOUNT_ID"
+_ENV_API_URL: Final = "PINTEREST_API_URL"
+_ENV_TEST_MODE: Final = "PINTEREST_TEST_MODE"
+_ENV_OUTBOX: Final = "PINTEREST_OUTBOX"
+_ENV_ALLOW_ORIGINS: Final = "PINTEREST_ALLOW_ORIGINS"
+_ENV_TRUSTED_PROXIES: Final = "PINTEREST_TRUSTED_PROXIES"
+# How `serve --workers N` hands its options to the worker processes (never
+# the token: that stays in PINTEREST_ACCESS_TOKEN, inherited as it is).
+_ENV_SERVE_OPTIONS: Final = "_PINTEREST_MW_SERVE_OPTIONS"
+
+# Where each library option is set from the command line, for error messages.
+_OPTION_SOURCES: Final = {
+    "access_token": _ENV_TOKEN,
+    "ad_account_id": f"--ad-account-id or {_ENV_AD_ACCOUNT}",
+    "api_url": f"--api-url or {_ENV_API_URL}",
+    "default_region": "--default-region",
+    "outbox": f"--outbox or {_ENV_OUTBOX}",
+    "flush_interval": "--flush-interval",
+}
+
+_SHOWN_PROBLEMS: Final = 20
+_PROGRESS_EVERY: Final = 100
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class _CommandError(Exception):
+    """A one-line error for the user: printed on stderr, then exit `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _fail(message: str) -> NoReturn:
+    raise _CommandError(message)
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line for an error of ours, naming where an option is set."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}"
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ConfigurationError):
+        for option, source in _OPTION_SOURCES.items():
+            if text.startswith(option):
+                return f"{text} (set by {source})"
+    return text
+
+
+def _error_line(message: str) -> None:
+    print(f"pinterest-mw: error: {message}", file=sys.stderr)
+
+
+_debug: contextvars.ContextVar[bool] = contextvars.ContextVar("debug", default=False)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _command(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a command, turning its errors into one line and an exit status.
+
+    Usage errors are typer's own and never reach this wrapper; the commands
+    run inside it both under the test runner and in a real process.
+    """
+
+    @functools.wraps(function)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except _CommandError as exc:
+            _error_line(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except (ConversionsError, OSError, sqlite3.Error) as exc:
+            if _debug.get():
+                traceback.print_exc(file=sys.stderr)
+            _error_line(_describe_error(exc))
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            _error_line("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:  # noqa: BLE001 - the one line promised for any failure
+            # The message of an unexpected error may quote a value read from
+            # a file, so only its type is shown unless --debug asks for more.
+            if _debug.get():
+                traceback.print_exc(file=sys.stderr)
+                _error_line(f"unexpected {type(exc).__name__}")
+            else:
+                _error_line(
+                    f"unexpected {type(exc).__name__} (run with --debug for details)"
+                )
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return run
+
+
+# --- the typer application ----------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Process:
+    """Passed by `main()`: the command owns the process, so it sets up logging.
+
+    Under a test runner there is none, and the host's logging stays as it is.
+    """
+
+    owns_logging: bool = True
+
+
+def _owns_logging(ctx: typer.Context) -> bool:
+    root = ctx.find_root()
+    return isinstance(root.obj, _Process) and root.obj.owns_logging
+
+
+def _stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="PINTEREST_MW_DEBUG",
+            help="Show the traceback of an unexpected error.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Send conversions to Pinterest's Conversions API.
+
+    Exit statuses: 0 success, 1 some rows failed, 2 error, 130 interrupted.
+    """
+    _debug.set(debug)
+    if version:
+        print(f"pinterest-mw {__version__}")
+        raise typer.Exit
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit
+    if _owns_logging(ctx):
+        handler = RichHandler(
+            console=_stderr_console(), show_time=False, show_path=False
+        )
+        logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+
+def build_app() -> typer.Typer:
+    """The `pinterest-mw` application (a `typer.Typer`).
+
+    Raises ImportError naming the extra to install when typer or rich is
+    missing.
+    """
+    if _missing_extra is not None:  # pragma: no cover - the cli extra is installed
+        raise ImportError(MISSING_EXTRA_MESSAGE) from _missing_extra
+
+    app = typer.Typer(
+        name="pinterest-mw",
+        invoke_without_command=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
+    app.callback()(_root)
+    app.command("serve")(_command(serve))
+    app.command("send")(_command(send))
+    app.command("validate")(_command(validate))
+    app.command("hash")(_command(hash_value))
+    outbox_app = typer.Typer(
+        name="outbox",
+        invoke_without_command=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        help=outbox_summary.__doc__,
+    )
+    outbox_app.callback()(_command(outbox_summary))
+    outbox_app.command("retry")(_command(outbox_retry))
+    app.add_typer(outbox_app)
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line (the `pinterest-mw` script)."""
+    if _missing_extra is not None:  # pragma: no cover - the cli extra is installed
+        _error_line(MISSING_EXTRA_MESSAGE)
+        sys.exit(EXIT_ERROR)
+    command = typer.main.get_command(build_app())
+    command.main(
+        args=list(sys.argv[1:] if argv is None else argv),
+        prog_name="pinterest-mw",
+        obj=_Process(),
+    )
+
+
+# --- shared options -----------------------------------------------------------
+
+
+class FileFormat(StrEnum):
+    """The formats `send` and `validate` read."""
+
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+class LogLevel(StrEnum):
+    """Log levels for `serve`."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def _check_region(region: str | None) -> str | None:
+    if region is None:
+        return None
+    if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        _fail("--default-region must be a two-letter region code, such as US")
+    return region.upper()
+
+
+def _split(values: Sequence[str] | None) -> tuple[str, ...]:
+    """Repeated option values, each also split on commas."""
+    return tuple(
+        item.strip()
+        for value in values or ()
+        for item in value.split(",")
+        if item.strip()
+    )
+
+
+def _credentials(ad_account_id: str | None) -> tuple[str, str]:
+    token = os.environ.get(_ENV_TOKEN) or None
+    account = ad_account_id or os.environ.get(_ENV_AD_ACCOUNT) or None
+    missing = []
+    if token is None:
+        missing.append(_ENV_TOKEN)
+    if account is None:
+        missing.append(f"{_ENV_AD_ACCOUNT} (or --ad-account-id)")
+    if token is None or account is None:
+        _fail(
+            f"sending needs {' and '.join(missing)}; "
+            "use `pinterest-mw validate` to check a file without them"
+        )
+    return token, account
+
+
+# Option types shared by several commands. They call typer, so they exist
+# only when it is installed; the commands name them in string annotations.
+if _missing_extra is None:
+    FileArgument = Annotated[
+        Path,
+        typer.Argument(
+            help="A CSV or JSON Lines file (- for standard input, with --format).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ]
+    FormatOption = Annotated[
+        FileFormat | None,
+        typer.Option(
+            "--format",
+            help="csv or jsonl; by default from the file's extension.",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ]
+    MapOption = Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            metavar="COLUMN=FIELD",
+            help="Rename a column: 'Their Header=email'. 'Their Header=' ignores it."
+            " Repeatable.",
+            show_default=False,
+        ),
+    ]
+    EventNameOption = Annotated[
+        str | None,
+        typer.Option(help="The event name of rows that have none.", show_default=False),
+    ]
+    ActionSourceOption = Annotated[
+        ActionSource,
+        typer.Option(help="The action source of rows that have none."),
+    ]
+    RegionOption = Annotated[
+        str | None,
+        typer.Option(
+            help="Region of phone numbers without a country code, such as US.",
+            show_default=False,
+        ),
+    ]
+    ReportOption = Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every problem to this CSV file (line, status, field, message).",
+            show_default=False,
+        ),
+    ]
+    DelimiterOption = Annotated[
+        str | None,
+        typer.Option(
+            help="The CSV delimiter [default: tab for .tsv files, else a comma].",
+            show_default=False,
+        ),
+    ]
+    AdAccountOption = Annotated[
+        str | None,
+        typer.Option(
+            help=f"The ad account id [env: {_ENV_AD_ACCOUNT}].", show_default=False
+        ),
+    ]
+    ApiUrlOption = Annotated[
+        str | None,
+        typer.Option(
+            help=f"The API's base URL [env: {_ENV_API_URL}; default: Pinterest's].",
+            show_default=False,
+        ),
+    ]
+    OutboxPathOption = Annotated[
+        Path | None,
+        typer.Option(
+            "--path",
+            envvar=_ENV_OUTBOX,
+            help=f"The outbox file [default: {DEFAULT_OUTBOX_PATH}].",
+            show_default=False,
+        ),
+    ]
+
+
+# --- reading files ------------------------------------------------------------
+
+Path_ = tuple[str | int, ...]
+
+_NESTED_OBJECTS: Final = {
+    "user_data": frozenset(
+        {
+            *HASHED_FIELDS,
+            *HASHED_FIELDS.values(),
+            *PLAIN_FIELDS,
+            "ip_address",
+            "user_agent",
+        }
+    ),
+    "custom_data": frozenset({*CustomData.model_fields, "np"}),
+    "app_info": frozenset(AppInfo.model_fields),
+    "device_info": frozenset({*DeviceInfo.model_fields, "type"}),
+}
+_EVENT_FIELDS: Final = frozenset(Event.model_fields) - set(_NESTED_OBJECTS)
+# Bare column names that belong in a nested object: user data first (their
+# names never clash with event fields), custom data last.
+_SHORTCUTS: Final = ("user_data", "custom_data")
+
+
+def _unknown_column(name: str) -> str:
+    return (
+        f"is not an event field: rename it with --map '{name}=FIELD'"
+        f" or leave it out with --map '{name}='"
+    )
+
+
+def _column_path(name: str) -> Path_ | None:
+    """Where a column's value goes in the event, or None for an unknown column.
+
+    `email` -> ("user_data", "email"), `value` -> ("custom_data", "value"),
+    `event_time` -> ("event_time",), `custom_data.contents.0.id` ->
+    ("custom_data", "contents", 0, "id"). Matching ignores case.
+    """
+    parts = name.strip().lower().split(".")
+    if any(not part for part in parts) or parts[0].isdigit():
+        return None
+    keys: list[str | int] = [int(p) if p.isdigit() else p for p in parts]
+    head = parts[0]
+    if head in _NESTED_OBJECTS:
+        if len(keys) < 2 or keys[1] not in _NESTED_OBJECTS[head]:
+            return None
+        return tuple(keys)
+    if head in _EVENT_FIELDS:
+        return (head,) if len(keys) == 1 else None
+    for nested in _SHORTCUTS:
+        if head in _NESTED_OBJECTS[nested]:
+            return (nested, *keys)
+
+    return None
+
+
+def _parse_mapping(items: Sequence[str] | None) -> dict[str, str | None]:
+    """`--map 'Their Header=email'` items: their name -> ours (None: drop it)."""
+    mapping: dict[str, str | None] = {}
+    for item in items or ():
+        theirs, equals, ours = item.rpartition("=")
+        if not equals or not theirs:
+            _fail(f"--map {item!r} must be written THEIR_COLUMN=field")
+        ours = ours.strip()
+        if ours and _column_path(ours) is None:
+            _fail(f"--map {item!r}: {ours!r} is not an event field")
+        mapping[theirs] = ours or None
+
+    return mapping
+
+
+_DROPPED: Final[Path_] = ()
+
+
+def _mapped_path(name: str, mapping: Mapping[str, str | None]) -> Path_ | None:
+    """The path of a column after `--map`: `_DROPPED` (empty) if mapped to nothing."""
+    for key in (name, name.strip()):
+        if key in mapping:
+            ours = mapping[key]
+            return _DROPPED if ours is None else _column_path(ours)
+    return _column_path(name)
+
+
+def _set_path(target: dict[Any, Any], path: Path_, value: Any) -> bool:
+    """Set `value` at `path`, creating objects on the way; False on a clash."""
+    node = target
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            return False
+        node = child
+    last = path[-1]
+    if last in node and isinstance(node[last], dict) and isinstance(value, dict):
+        _merge(node[last], value)
+        return True
+    if last in node:
+        return False
+    node[last] = value
+
+    return True
+
+
+def _merge(target: dict[Any, Any], extra: Mapping[Any, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(target.get(key), dict) and isinstance(value, Mapping):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def _with_lists(value: Any) -> Any:
+    """Turn objects keyed 0, 1, ... (from indexed columns) into lists."""
+    if isinstance(value, dict):
+        items = {key: _with_lists(item) for key, item in value.items()}
+        if items and all(isinstance(key, int) for key in items):
+            return [items[key] for key in sorted(items)]
+        return items
+    return value
+
+
+@dataclasses.dataclass(slots=True)
+class _Row:
+    """One row of a file: its line, the event mapping, and reading problems."""
+
+    line: int
+    data: dict[str, Any]
+    errors: list[FieldError] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _RowOptions:
+    mapping: Mapping[str, str | None]
+    event_name: str | None
+    action_source: ActionSource
+    delimiter: str
+
+
+def _finish_row(row: _Row, options: _RowOptions) -> _Row:
+    data = _with_lists(row.data)
+    if options.event_name is not None:
+        data.setdefault("event_name", options.event_name)
+    data.setdefault("action_source", str(options.action_source))
+    if "event_time" not in data:
+        row.errors.append(
+            FieldError(
+                "event_time", "is required in a file: when the conversion happened"
+            )
+        )
+    row.data = data
+
+    return row
+
+
+def _csv_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
+    reader = csv.reader(text, delimiter=options.delimiter)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        _fail(f"line 1: not a valid CSV header ({exc})")
+    if header is None:
+        return
+    paths = _header_paths(header, options)
+    while True:
+        line = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            _fail(f"line {reader.line_num}: not valid CSV ({exc})")
+        if not any(cell.strip() for cell in record):
+            continue
+        row = _Row(line, {})
+        if len(record) > len(paths) and any(c.strip() for c in record[len(paths) :]):
+            row.errors.append(
+                FieldError("", f"has {len(record)} cells; the header has {len(paths)}")
+            )
+        for path, cell in zip(paths, record, strict=False):
+            if path is not None and cell.strip():
+                _set_path(row.data, path, cell.strip())
+        yield _finish_row(row, options)
+
+
+def _header_paths(header: list[str], options: _RowOptions) -> list[Path_ | None]:
+    """Where each column goes; a column that goes nowhere stops the command."""
+    paths: list[Path_ | None] = []
+    seen: dict[Path_, str] = {}
+    for name in header:
+        path = _mapped_path(name, options.mapping)
+        if path is None:
+            _fail(f"column {name!r} {_unknown_column(name)}")
+        if path == _DROPPED:
+            paths.append(None)
+            continue
+        clash = next((other for p, other in seen.items() if _overlaps(p, path)), None)
+        if clash is not None:
+            _fail(f"columns {clash!r} and {name!r} set the same field")
+        seen[path] = name
+        paths.append(path)
+    has = {path[0] for path in seen}
+    if "event_time" not in has:
+        _fail("the file has no event_time column: when each conversion happened")
+    if "event_name" not in has and options.event_name is None:
+        _fail("the file has no event_name column: add one or pass --event-name")
+
+    return paths
+
+
+def _overlaps(first: Path_, second: Path_) -> bool:
+    shorter = min(len(first), len(second))
+    return first[:shorter] == second[:shorter]
+
+
+def _jsonl_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
+    for line, content in enumerate(text, start=1):
+        if not content.strip():
+            continue
+        row = _Row(line, {})
+        try:
+            document = json.loads(content)
+        except ValueError:
+            row.errors.append(FieldError("", "is not valid JSON"))
+            yield row
+            continue
+        if not isinstance(document, dict):
+            row.errors.append(FieldError("", "is not a JSON object"))
+            yield row
+            continue
+        for key, value in document.items():
+            _add_json_value(row, str(key), value, options.mapping)
+        yield _finish_row(row, options)
+
+
+def _add_json_value(
+    row: _Row, key: str, value: Any, mapping: Mapping[str, str | None]
+) -> None:
+    if value is None:
+        return
+    if key in _NESTED_OBJECTS and key not in mapping and isinstance(value, dict):
+        path: Path_ | None = (key,)
+    else:
+        path = _mapped_path(key, mapping)
+    if path == _DROPPED:
+        return
+    if path is None:
+        row.errors.append(FieldError(key, _unknown_column(key)))
+        return
+    if not _set_path(row.data, path, value):
+        row.errors.append(FieldError(key, "sets a field another key already set"))
+
+
+_READERS: Final = {FileFormat.CSV: _csv_rows, FileFormat.JSONL: _jsonl_rows}
+
+
+def _file_format(path: Path, given: FileFormat | None) -> FileFormat:
+    if given is not None:
+        return given
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return FileFormat.CSV
+    if suffix in (".jsonl", ".ndjson"):
+        return FileFormat.JSONL
+    _fail(f"cannot tell the format of {str(path)!r} from its name: pass --format")
+
+
+@contextlib.contextmanager
+def _open_input(path: Path) -> Iterator[tuple[TextIO, Callable[[], int], int | None]]:
+    """The file as text, how many bytes were read so far, and its size.
+
+    `-` is standard input. Text is UTF-8, a byte-order mark skipped.
+    """
+    if str(path) == "-":
+        yield sys.stdin, lambda: 0, None
+        return
+    raw = path.open("rb")
+    try:
+        size = os.fstat(raw.fileno()).st_size
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        yield text, raw.tell, size
+    finally:
+        raw.close()
+
+
+# --- the report ---------------------------------------------------------------
+
+
+class _Status(StrEnum):
+    INVALID = "invalid"
+    REJECTED = "rejected"
+    NOT_SENT = "not_sent"
+    WARNING = "warning"
+
+
+class _Report:
+    """What went wrong, row by row: the first problems on the terminal, all in the file.
+
+    Holds counts and a bounded list, never the rows, so memory stays flat.
+    """
+
+    def __init__(self, path: Path | None, console: Console) -> None:
+        self.path = path
+        self.console = console
+        self.counts: Counter[str] = Counter()
+        self.problems = 0
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        if path is not None:
+            self._file = path.open("w", encoding="utf-8", newline="")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["line", "status", "field", "message"])
+
+    def add(self, line: int, status: _Status, field: str, message: str) -> None:
+        self.problems += 1
+        if self._writer is not None:
+            self._writer.writerow([line, status.value, field, message])
+        if self.problems <= _SHOWN_PROBLEMS:
+            where = f"{field}: " if field else ""
+            self.console.print(
+                f"line {line}: {status.value}: {where}{message}", markup=False
+            )
+
+    def add_errors(
+        self, line: int, status: _Status, errors: Sequence[FieldError]
+    ) -> None:
+        for error in errors:
+            self.add(line, status, error.path, error.message)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def tail(self) -> str | None:
+        """A closing line when problems were left off the terminal."""
+        hidden = self.problems - _SHOWN_PROBLEMS
+        if hidden <= 0:
+            return None
+        if self.path is not None:
+            return f"... and {hidden} more problems, in {self.path}"
+        return f"... and {hidden} more problems: write them all with --report FILE"
+
+
+# --- send and validate --------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """One pass over a file: what to do with its events."""
+
+    transport: Transport | None
+    test: bool
+    default_region: str | None
+    report: _Report
+
+    def events(self, rows: Iterator[_Row]) -> Iterator[tuple[int, WireEvent]]:
+        counts = self.report.counts
+        for row in rows:
+            counts["rows"] += 1
+            event = self._event(row)
+            if event is None:
+                counts["invalid"] += 1
+                continue
+            counts["valid"] += 1
+            for warning in event.warnings:
+                counts["warnings"] += 1
+                self.report.add(row.line, _Status.WARNING, warning.path, warning.reason)
+            yield row.line, event.to_wire_event()
+
+    def _event(self, row: _Row) -> Event | None:
+        if row.errors:
+            self.report.add_errors(row.line, _Status.INVALID, row.errors)
+            return None
+        try:
+            return parse_event(row.data, default_region=self.default_region)
+        except EventValidationError as exc:
+            self.report.add_errors(row.line, _Status.INVALID, exc.errors)
+            self._dropped_values(row, exc.errors)
+            return None
+
+    def _dropped_values(self, row: _Row, errors: Sequence[FieldError]) -> None:
+        """Say which user data values were dropped when user data is at fault.
+
+        An unusable email, dropped, is often why the matching rule fails;
+        the event's own warnings are lost with the event.
+        """
+        user_data = row.data.get("user_data")
+        if not isinstance(user_data, Mapping) or not any(
+            error.path.startswith("user_data") for error in errors
+        ):
+            return
+        dropped = hash_user_data(user_data, default_region=self.default_region)
+        for warning in dropped.warnings:
+            self.report.add(row.line, _Status.WARNING, warning.path, warning.reason)
+
+    def deliver(self, chunk: list[tuple[int, WireEvent]]) -> None:
+        counts = self.report.counts
+        if self.transport is None:
+            return
+        lines = [line for line, _ in chunk]
+        try:
+            results = self.transport.send_batch(
+                [event for _, event in chunk], test=self.test
+            )
+        except (APIError, TransportError) as exc:
+            counts["not_sent"] += len(chunk)
+            for line in lines:
+                self.report.add(line, _Status.NOT_SENT, "", f"request failed: {exc}")
+            raise
+        counts["requests"] += 1
+        for result in results:
+            self._count(lines[result.index], result)
+
+    def _count(self, line: int, result: EventResult) -> None:
+        counts = self.report.counts
+        if result.is_processed:
+            counts["processed"] += 1
+            if result.status is EventStatus.WARNED:
+                counts["warnings"] += 1
+                message = result.warning_message or "warned without a message"
+                self.report.add(line, _Status.WARNING, "", f"Pinterest: {message}")
+        else:
+            counts["rejected"] += 1
+            message = result.error_message or "rejected without a message"
+            self.report.add(line, _Status.REJECTED, "", f"Pinterest: {message}")
+
+
+def _chunks(
+    events: Iterator[tuple[int, WireEvent]],
+) -> Iterator[list[tuple[int, WireEvent]]]:
+    while chunk := list(itertools.islice(events, MAX_BATCH_SIZE)):
+        yield chunk
+
+
+def _tracked(
+    rows: Iterator[_Row], progress: Progress, task: TaskID, position: Callable[[], int]
+) -> Iterator[_Row]:
+    count = 0
+    for row in rows:
+        yield row
+        count += 1
+        if count % _PROGRESS_EVERY == 0:
+            progress.update(task, completed=position() or count)
+    progress.update(task, completed=position() or count)
+
+
+def _process_file(
+    file: Path,
+    *,
+    file_format: FileFormat | None,
+    options: _RowOptions,
+    transport: Transport | None,
+    test: bool,
+    default_region: str | None,
+    report_path: Path | None,
+    dry_run: bool = False,
+) -> _Report:
+    """Read, validate and (with a transport) send a file; return its report.
+
+    A request that fails after its retries stops the command: what was done
+    until then is summed up, then the error is raised.
+    """
+    file_format = _file_format(file, file_format)
+    console = _stderr_console()
+    report = _Report(report_path, console)
+    run = _Run(transport, test, default_region, report)
+    stopped: _CommandError | None = None
+    try:
+        with (
+            _open_input(file) as (text, position, size),
+            _progress(console, size) as progress,
+        ):
+            task = progress.add_task(
+                "sending" if transport is not None else "checking", total=size
+            )
+            rows = _READERS[file_format](text, options)
+            events = run.events(_tracked(rows, progress, task, position))
+            for chunk in _chunks(events):
+                try:
+                    run.deliver(chunk)
+                except (APIError, TransportError) as exc:
+                    raise _CommandError(
+                        f"stopped at line {chunk[-1][0]}, rows after it were not"
+                        f" read: {_describe_error(exc)}"
+                    ) from exc
+    except UnicodeDecodeError:
+        stopped = _CommandError(f"{str(file)!r} is not UTF-8 text")
+    except _CommandError as exc:
+        stopped = exc
+    finally:
+        report.close()
+    if stopped is None or report.counts["rows"]:
+        _print_summary(report, transport, test=test, dry_run=dry_run)
+    if stopped is not None:
+        raise stopped
+
+    return report
+
+
+def _progress(console: Console, size: int | None) -> Progress:
+    """A progress bar on stderr, by bytes read (rows for standard input)."""
+    columns: list[str | ProgressColumn] = [TextColumn("{task.description}")]
+    if size is None:
+        columns.append(MofNCompleteColumn())
+    else:
+        columns.append(BarColumn())
+    columns.append(TimeElapsedColumn())
+
+    return Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    )
+
+
+def _print_summary(
+    report: _Report, transport: Transport | None, *, test: bool, dry_run: bool
+) -> None:
+    tail = report.tail()
+    if tail is not None:
+        report.console.print(tail, markup=False)
+    counts = report.counts
+    parts = [
+        f"{counts['rows']} rows: {counts['valid']} valid, {counts['invalid']} invalid"
+    ]
+    if transport is not None:
+        parts.append(
+            f"{counts['processed']} processed, {counts['rejected']} rejected by"
+            f" Pinterest, {counts['not_sent']} not sent"
+            f" ({counts['requests']} requests)"
+        )
+        if test:
+            parts.append("test mode: Pinterest validated them and recorded nothing")
+    elif dry_run:
+        parts.append("dry run: nothing sent")
+    if counts["warnings"]:
+        parts.append(f"warnings: {counts['warnings']}")
+    print("; ".join(parts))
+
+
+def _exit_status(report: _Report) -> int:
+    counts = report.counts
+    if counts["invalid"] or counts["rejected"] or counts["not_sent"]:
+        return EXIT_ROWS_FAILED
+    return EXIT_OK
+
+
+_FILE_HELP: Final = """
+
+Columns (or JSON keys): event fields by name (event_name, event_time,
+event_id, action_source, event_source_url, ...); user data by name or
+Pinterest's code (email or em, phone or ph, first_name or fn, ...,
+client_ip_address, client_user_agent), hashed here before anything is sent;
+custom data by name (value, currency, order_id, num_items, content_ids,
+...); anything nested as a dotted path, with numbers for list items
+(user_data.em.1, custom_data.contents.0.item_price). Names ignore case;
+empty cells are left out. Every row needs an event_time (Unix seconds,
+milliseconds, or ISO 8601 with an offset), within the last 7 days.
+
+Problems are reported by line and field, never by value. Exit status: 0 all
+rows processed, 1 some rows invalid or rejected, 2 error."""
+
+
+def _row_options(
+    file: Path,
+    mapping: list[str] | None,
+    event_name: str | None,
+    action_source: ActionSource,
+    delimiter: str | None,
+) -> _RowOptions:
+    if delimiter is None:
+        delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+    if len(delimiter) != 1:
+        _fail("--delimiter must be one character")
+    return _RowOptions(_parse_mapping(mapping), event_name, action_source, delimiter)
+
+
+def send(
+    file: FileArgument,
+    file_format: FormatOption = None,
+    mapping: MapOption = None,
+    event_name: EventNameOption = None,
+    action_source: ActionSourceOption = ActionSource.OFFLINE,
+    test: Annotated[
+        bool,
+        typer.Option(
+            "--test",
+            envvar=_ENV_TEST_MODE,
+            help="Send to the test endpoint: Pinterest validates and records nothing.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Check the configuration and the file; send nothing."
+        ),
+    ] = False,
+    default_region: RegionOption = None,
+    report: ReportOption = None,
+    delimiter: DelimiterOption = None,
+    ad_account_id: AdAccountOption = None,
+    api_url: ApiUrlOption = None,
+) -> None:
+    """Send offline conversions from a CSV or JSON Lines file, 1000 per request.
+
+    The file is streamed, so its length does not matter. Needs
+    PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID (or --ad-account-id).
+    """
+    options = _row_options(file, mapping, event_name, action_source, delimiter)
+    region = _check_region(default_region)
+    token, account = _credentials(ad_account_id)
+    with Transport(token, account, api_url=api_url) as transport:
+        result = _process_file(
+            file,
+            file_format=file_format,
+            options=options,
+            transport=None if dry_run else transport,
+            test=test,
+            default_region=region,
+            report_path=report,
+            dry_run=dry_run,
+        )
+    raise typer.Exit(_exit_status(result))
+
+
+def validate(
+    file: FileArgument,
+    file_format: FormatOption = None,
+    mapping: MapOption = None,
+    event_name: EventNameOption = None,
+    action_source: ActionSourceOption = ActionSource.OFFLINE,
+    default_region: RegionOption = None,
+    report: ReportOption = None,
+    delimiter: DelimiterOption = None,
+) -> None:
+    """Check a file as `send` would, without credentials and without sending."""
+    options = _row_options(file, mapping, event_name, action_source, delimiter)
+    result = _process_file(
+        file,
+        file_format=file_format,
+        options=options,
+        transport=None,
+        test=False,
+        default_region=_check_region(default_region),
+        report_path=report,
+    )
+    raise typer.Exit(_exit_status(result))
+
+
+send.__doc__ = inspect.cleandoc(send.__doc__ or "") + _FILE_HELP
+validate.__doc__ = inspect.cleandoc(validate.__doc__ or "") + _FILE_HELP
+
+
+# --- hash ---------------------------------------------------------------------
+
+
+_NORMALIZERS: Final[dict[str, Callable[[object], str]]] = {
+    "em": normalize_email,
+    "fn": normalize_name,
+    "ln": normalize_name,
+    "ge": normalize_gender,
+    "ct": normalize_city,
+    "st": normalize_state,
+    "zp": normalize_zip,
+    "country": normalize_country,
+    "external_id": normalize_external_id,
+    "hashed_maids": normalize_maid,
+}
+_PLAIN_ALIASES: Final = {
+    **PLAIN_FIELDS,
+    "ip_address": "client_ip_address",
+    "user_agent": "client_user_agent",
+}
+
+
+def _wire_code(field: str) -> str:
+    key = field.strip().lower()
+    if key in HASHED_FIELDS:
+        return HASHED_FIELDS[key]
+    if key in HASHED_FIELDS.values() or key in _PLAIN_ALIASES.values():
+        return key
+    if key in _PLAIN_ALIASES:
+        return _PLAIN_ALIASES[key]
+    names = ", ".join(sorted({*HASHED_FIELDS, *PLAIN_FIELDS}))
+    _fail(f"unknown user data field {field!r}: one of {names} (or a wire code)")
+
+
+def hash_value(
+    field: Annotated[
+        str, typer.Argument(help="email, phone, first_name, ... or em, ph, fn, ...")
+    ],
+    value: Annotated[str, typer.Argument(help="The value, as another system has it.")],
+    default_region: RegionOption = None,
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            help="strptime format of an ambiguous date_of_birth, such as %m/%d/%Y.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Show the normalized form of a user data value and its SHA-256 digest.
+
+    For comparing with what a browser tag or another system sends. The
+    digest is the one `send` and `serve` would send. Exit status 1 when the
+    value is unusable (and would be dropped).
+    """
+    region = _check_region(default_region)
+    wire = _wire_code(field)
+    label = (
+        wire if wire == field.strip().lower() else f"{field.strip().lower()} ({wire})"
+    )
+    try:
+        normalized = _normalize(wire, value, region, date_format)
+    except UnusableValueError as exc:
+        print(f"{label}: dropped: {exc}")
+        raise typer.Exit(EXIT_ROWS_FAILED) from None
+    if wire in PLAIN_FIELDS.values():
+        print(f"{label}: sent unhashed")
+        print(f"normalized: {normalized}")
+        return
+    sent = hash_user_data({wire: value}, default_region=region, date_format=date_format)
+    digest = sent.fields[wire][0]
+    if is_sha256_hex(value.strip()):
+        print(f"{label}: already hashed, sent as it is (lowercased)")
+    else:
+        print(label)
+        print(f"normalized: {normalized}")
+    print(f"sha256: {digest}")
+
+
+def _normalize(
+    wire: str, value: str, region: str | None, date_format: str | None
+) -> str:
+    if wire in PLAIN_FIELDS.values():
+        if wire == "client_ip_address":
+            return normalize_ip_address(value)
+        text = value.strip()
+        if not text:
+            raise UnusableValueError("empty after normalization")
+        return text
+    if is_sha256_hex(value.strip()):
+        return value.strip().lower()
+    if wire == "ph":
+        return normalize_phone(value, region)
+    if wire == "db":
+        return normalize_date_of_birth(value, date_format)
+    return _NORMALIZERS[wire](value)
+
+
+# --- outbox -------------------------------------------------------------------
+
+
+_OUTBOX_PATH_KEY: Final = "pinterest_mw.outbox_path"
+
+
+def _existing_outbox(path: Path | None) -> SQLiteOutbox:
+    path = path or DEFAULT_OUTBOX_PATH
+    if not path.is_file():
+        _fail(f"no outbox at {str(path)!r} (set --path or {_ENV_OUTBOX})")
+    return SQLiteOutbox(path)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _stats_document(path: Path, stats: OutboxStats) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "pending": stats.pending,
+        "deferred": stats.deferred,
+        "in_flight": stats.in_flight,
+        "rejected": stats.rejected,
+        "size_bytes": stats.size_bytes,
+        "next_attempt_at": _when(stats.next_attempt_at)
+        if stats.next_attempt_at
+        else None,
+        "rejected_reasons": dict(stats.rejected_reasons),
+        "deferred_reasons": dict(stats.deferred_reasons),
+    }
+
+
+def outbox_summary(
+    ctx: typer.Context,
+    path: OutboxPathOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object.")
+    ] = False,
+    rejected: Annotated[
+        int,
+        typer.Option(
+            help="Also list this many of the latest rejected events (ids, no data).",
+            min=0,
+        ),
+    ] = 0,
+) -> None:
+    """Count what the outbox holds, by state, with the reasons of failures.
+
+    Shows counts, event ids and names, and Pinterest's reasons: never the
+    events' data.
+    """
+    ctx.meta[_OUTBOX_PATH_KEY] = path
+    if ctx.invoked_subcommand is not None:
+        return
+    outbox = _existing_outbox(path)
+    try:
+        stats = outbox.stats()
+        listed = outbox.list_rejected(rejected) if rejected else []
+    finally:
+        outbox.close()
+    if as_json:
+        document = _stats_document(outbox.path, stats)
+        document["latest_rejected"] = [
+            {
+                "event_id": item.event_id,
+                "event_name": item.event_name,
+                "reason": item.reason,
+                "rejected_at": _when(item.rejected_at),
+                "attempts": item.attempts,
+            }
+            for item in listed
+        ]
+        print(json.dumps(document, indent=2))
+        return
+    print(f"outbox: {outbox.path}")
+    print(f"pending:   {stats.pending} (of which deferred: {stats.deferred})")
+    print(f"in flight: {stats.in_flight}")
+    print(f"rejected:  {stats.rejected}")
+    print(f"size:      {stats.size_bytes} bytes")
+    if stats.next_attempt_at is not None:
+        print(f"next retry at: {_when(stats.next_attempt_at)}")
+    for title, reasons in (
+        ("rejected", stats.rejected_reasons),
+        ("deferred", stats.deferred_reasons),
+    ):
+        if reasons:
+            print(f"{title} reasons:")
+            for reason, count in reasons.items():
+                print(f"  {count:>7}  {reason}")
+    if listed:
+        print("latest rejected:")
+        for item in listed:
+            print(
+                f"  {_when(item.rejected_at)}  {item.event_name}  {item.event_id}"
+                f"  {item.reason}"
+            )
+
+
+def outbox_retry(
+    ctx: typer.Context,
+    path: OutboxPathOption = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            help="Only events rejected with exactly this reason, as `outbox` lists it.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Re-queue rejected events, after fixing what made Pinterest refuse them.
+
+    They are sent by the next `pinterest-mw serve`, or by any client with
+    credentials using this outbox.
+    """
+    outbox = _existing_outbox(path or ctx.meta.get(_OUTBOX_PATH_KEY))
+    try:
+        count = outbox.requeue_rejected(reason=reason)
+    finally:
+        outbox.close()
+    which = "" if reason is None else " with that reason"
+    print(f"re-queued {count} rejected events{which}")
+
+
+# --- serve --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ServeOptions:
+    """What `serve` passes to each worker. Never holds the token."""
+
+    outbox: str
+    allow_origins: tuple[str, ...]
+    trusted_proxies: tuple[str, ...]
+    test_mode: bool | None
+    ad_account_id: str | None
+    api_url: str | None
+    default_region: str | None
+    flush_interval: float
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> _ServeOptions:
+        data = json.loads(text)
+        data["allow_origins"] = tuple(data["allow_origins"])
+        data["trusted_proxies"] = tuple(data["trusted_proxies"])
+        return cls(**data)
+
+
+class _HideNotSending(logging.Filter):
+    """Drops the client's own not-sending warning: `serve` says it its way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg is not NOT_SENDING_MESSAGE
+
+
+def _serve_client(options: _ServeOptions) -> Client:
+    # Client.from_env reads the token, and what no option set here.
+    overrides: dict[str, Any] = {
+        "outbox": options.outbox,
+        "default_region": options.default_region,
+        "flush_interval": options.flush_interval,
+    }
+    if options.test_mode is not None:
+        overrides["test_mode"] = options.test_mode
+    if options.ad_account_id:
+        overrides["ad_account_id"] = options.ad_account_id
+    if options.api_url:
+        overrides["api_url"] = options.api_url
+    client_logger = logging.getLogger("pinterest_mw.client")
+    hide = _HideNotSending()
+    client_logger.addFilter(hide)
+    try:
+        return Client.from_env(**overrides)
+    finally:
+        client_logger.removeFilter(hide)
+
+
+def _serve_app(options: _ServeOptions) -> tuple[Any, Client]:
+    from .asgi import pinterest_app
+
+    client = _serve_client(options)
+    # Without options, the app reads PINTEREST_ALLOW_ORIGINS and
+    # PINTEREST_TRUSTED_PROXIES itself (and PINTEREST_SHARED_SECRET).
+    app = pinterest_app(
+        client,
+        allow_origins=options.allow_origins or None,
+        trusted_proxies=options.trusted_proxies or None,
+    )
+    return _Served(app, client), client
+
+
+class _Served:
+    """The served app: `pinterest_app(client)` plus the client's life cycle.
+
+    At start-up the dispatcher starts, so events stored by an earlier run go
+    out first; at shutdown (SIGTERM, SIGINT) it flushes what is waiting and
+    the client is closed.
+    """
+
+    def __init__(self, app: Any, client: Client) -> None:
+        self.app = app
+        self.client = client
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.client.running():
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+            await self.client.aclose()
+        except Exception as exc:  # noqa: BLE001 - the lifespan protocol reports any failure
+            # Reported to uvicorn, which logs it and exits.
+            step = "shutdown" if started else "startup"
+            message = _describe_error(exc)
+            await send({"type": f"lifespan.{step}.failed", "message": message})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _worker_app() -> Any:
+    """The app of one worker of `serve --workers N` (a uvicorn factory)."""
+    options = _ServeOptions.from_json(os.environ[_ENV_SERVE_OPTIONS])
+    app, _ = _serve_app(options)
+    return app
+
+
+def _log_config(level: LogLevel) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {
+                "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            }
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True},
+        },
+    }
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="The port to listen on (0: any free port).", min=0)
+    ] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(help="Worker processes; they share the outbox file.", min=1),
+    ] = 1,
+    allow_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-origin",
+            help="A browser origin allowed to post events, such as"
+            f" https://shop.example; repeatable or comma-separated"
+            f" [env: {_ENV_ALLOW_ORIGINS}].",
+            show_default=False,
+        ),
+    ] = None,
+    trusted_proxies: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="A proxy IP or CIDR whose forwarding headers are believed;"
+            f" repeatable or comma-separated [env: {_ENV_TRUSTED_PROXIES}].",
+            show_default=False,
+        ),
+    ] = None,
+    test: Annotated[
+        bool | None,
+        typer.Option(
+            "--test/--no-test",
+            help="Send with Pinterest's test flag: validated, not recorded"
+            f" [env: {_ENV_TEST_MODE}].",
+            show_default=False,
+        ),
+    ] = None,
+    outbox: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"The outbox file [env: {_ENV_OUTBOX};"
+            f" default: {DEFAULT_OUTBOX_PATH}].",
+            show_default=False,
+        ),
+    ] = None,
+    ad_account_id: AdAccountOption = None,
+    api_url: ApiUrlOption = None,
+    default_region: RegionOption = None,
+    flush_interval: Annotated[
+        float, typer.Option(help="Seconds between deliveries of partial batches.")
+    ] = 1.0,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="Log level.", case_sensitive=False)
+    ] = LogLevel.INFO,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log",
+            help="Log every request with uvicorn (client IPs and URLs included).",
+        ),
+    ] = False,
+) -> None:
+    """Serve the track endpoints: POST /track-event(-test) and GET /health.
+
+    Events are validated, hashed and written to a durable SQLite outbox
+    before the endpoint answers, then delivered in batches. Without
+    PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID nothing is sent: events
+    are kept in the outbox until a run with credentials. SIGTERM and SIGINT
+    flush waiting events before the server exits.
+    """
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - the cli extra is installed
+        raise _CommandError(MISSING_EXTRA_MESSAGE) from exc
+
+    options = _ServeOptions(
+        outbox=str(outbox or os.environ.get(_ENV_OUTBOX) or DEFAULT_OUTBOX_PATH),
+        allow_origins=_split(allow_origins),
+        trusted_proxies=_split(trusted_proxies),
+        test_mode=test,
+        ad_account_id=ad_account_id,
+        api_url=api_url,
+        default_region=_check_region(default_region),
+        flush_interval=flush_interval,
+    )
+    owns_logging = _owns_logging(ctx)
+    log_config = _log_config(log_level) if owns_logging else None
+    if log_config is not None:
+        logging.config.dictConfig(log_config)
+
+    app, client = _serve_app(options)
+    if client.is_sending:
+        logger.info(
+            "Sending events to ad account %s%s; outbox %s",
+            client.ad_account_id,
+            " in test mode" if client.test_mode else "",
+            options.outbox,
+        )
+    else:
+        logger.warning(NOT_SENDING_LINE, options.outbox)
+
+    if workers > 1:
+        # Each worker builds its own client and app from the options.
+        client.close()
+        os.environ[_ENV_SERVE_OPTIONS] = options.to_json()
+        logger.info(SERVING_LINE, f"http://{host}:{port}")
+        uvicorn.run(
+            # By name: under `python -m`, this module's __name__ is __main__.
+            "pinterest_mw.cli:_worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=log_config,
+            access_log=access_log,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        return
+
+    sock = _bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    netloc = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
+    config = uvicorn.Config(
+        app,
+        log_config=log_config,
+        access_log=access_log,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    logger.info(SERVING_LINE, f"http://{netloc}:{bound_port}")
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn re-raises the SIGINT it handled, after the shutdown flush.
+        logger.info("pinterest-mw stopped")
+    except SystemExit as exc:
+        raise _CommandError(
+            "the server stopped at start-up (see the log above)"
+        ) from exc
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    # Run the imported module's `main`, so that logger names and state are
+    # those of `pinterest_mw.cli` under `python -m` too.
+    from pinterest_mw.cli import main as _main
+
+    _main()

@@ -1,0 +1,824 @@
+"""`@track_conversion`: a view that succeeds emits a conversion.
+
+```python
+@track_conversion(
+    "checkout",
+    event_id=lambda request: deterministic_event_id(
+        "order", request.path_params["order_id"]
+    ),
+    custom_data=lambda request, result: {"value": result["total"], "currency": "USD"},
+)
+async def thank_you(request: Request) -> dict[str, Any]: ...
+```
+
+The decorated view runs as before. When it returns a successful (2xx)
+response, the event is queued on the client (never sent from the request:
+a background worker delivers it); an exception, an `abort()`, a redirect
+or an error status emits nothing and reaches the framework unchanged. The
+view's return value is handed back untouched.
+
+What goes into the event:
+
+- the decorator's `user_data` and `custom_data`: mappings, or callables
+  taking `(request)` or `(request, result)`, where `result` is what the
+  view returned;
+- whatever the view set on `current_event()` while it ran (it wins over the
+  decorator's values);
+- from the request: client IP, user agent, `_epik` click id, page URL and
+  language (`pinterest_mw.context`).
+
+Finding the request, in this order: the `PinterestMiddleware` serving the
+request (which also applies its trusted proxies to the client IP), a
+Starlette `Request` among the view's arguments, Flask's `request`. Without
+any (a FastAPI endpoint without a `Request` parameter and no middleware,
+or a call outside a web request) the callables receive `None`, the event
+carries no IP, user agent or click id, and a WARNING says so once per
+view. Without the middleware, forwarding headers are not believed: behind
+a proxy the client IP would be the proxy's, so install the middleware with
+`trusted_proxies` there.
+
+Tracking never breaks the view: a failing callable, an invalid event or a
+full queue is logged (event name and the kind of failure, never a value),
+counted in `hook_counters().failed` and passed to `on_error`.
+
+Privacy: user data is hashed when the event is built, before it is queued;
+the raw values given by callables or set on `current_event()` live only in
+memory for the request. The client IP, user agent and click id are sent
+unhashed, as Pinterest asks. `repr(current_event())` names fields, never
+values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import sys
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
+from itertools import chain
+from typing import Any, ParamSpec, TypeVar, cast
+
+import anyio.to_thread
+from pydantic_core import PydanticCustomError
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response as StarletteResponse
+from starlette.types import Scope
+
+from .client import Client, EventInput, get_default_client
+from .context import RequestContext, current_context
+from .events import ActionSource, _validate_event_name
+from .exceptions import ConfigurationError, EventValidationError
+
+__all__ = [
+    "HookCounters",
+    "PendingEvent",
+    "current_event",
+    "deterministic_event_id",
+    "hook_counters",
+    "track_conversion",
+]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ErrorHook = Callable[[Exception], None]
+
+EVENT_ID_NAMESPACE = uuid.UUID("39b1c621-eaf1-404b-b662-5ece2638c74c")
+"""The uuid5 namespace of `deterministic_event_id`: fixed, so ids never change."""
+
+NOT_QUEUED_MESSAGE = "%s: %s event not queued (%s)"
+NO_REQUEST_MESSAGE = (
+    "track_conversion(%r) on %s found no request: the event has no IP, user "
+    "agent or click id (add PinterestMiddleware, or take a Request argument)"
+)
+EVENT_ID_FAILED_MESSAGE = (
+    "track_conversion(%r): the event_id callable raised %s; a random id is used"
+)
+NO_CURRENT_EVENT_MESSAGE = (
+    "current_event() is only available while a @track_conversion view runs"
+)
+
+
+# --- counters -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HookCounters:
+    """What the request hooks of this process did, since it started.
+
+    Request hooks are `@track_conversion` and the middleware's route rules.
+
+    - `tracked`: events queued on a client;
+    - `skipped`: successful views whose event was skipped
+      (`current_event().skip()` or a `when` predicate saying no);
+    - `failed`: events that could not be queued: a callable raised, the
+      event was invalid, or the queue refused it.
+
+    What happens once queued is in the client's `counters`.
+    """
+
+    tracked: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict, for a health endpoint."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_counts = {"tracked": 0, "skipped": 0, "failed": 0}
+_counts_lock = threading.Lock()
+
+
+def hook_counters() -> HookCounters:
+    """A snapshot of the request hooks' counters (see `HookCounters`)."""
+    with _counts_lock:
+        return HookCounters(**_counts)
+
+
+def _count(name: str) -> None:
+    with _counts_lock:
+        _counts[name] += 1
+
+
+# --- the request being served ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """What the middleware tells the hooks about the request it serves."""
+
+    scope: Scope | None
+    client: Client | None
+
+
+_serving: ContextVar[_Serving | None] = ContextVar("pinterest_mw_serving", default=None)
+
+
+@contextmanager
+def _served_by_middleware(scope: Scope | None, client: Client | None) -> Iterator[None]:
+    """Let hooks find the ASGI scope and the middleware's client (for middleware)."""
+    token = _serving.set(_Serving(scope, client))
+    try:
+        yield
+    finally:
+        _serving.reset(token)
+
+
+def _flask_request() -> Any:
+    """Flask's current request object, or None; Flask is never imported here."""
+    flask = sys.modules.get("flask")
+    if flask is None or not flask.has_request_context():
+        return None
+    return flask.request._get_current_object()
+
+
+def _find_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, bool]:
+    """The request a view is serving, and whether it is Flask's."""
+    serving = _serving.get()
+    if serving is not None and serving.scope is not None:
+        return StarletteRequest(serving.scope), False
+    for value in chain(args, kwargs.values()):
+        if isinstance(value, StarletteRequest):
+            return value, False
+    flask_request = _flask_request()
+    if flask_request is not None:
+        return flask_request, True
+
+    return None, False
+
+
+def _context_of(request: Any, is_flask: bool) -> RequestContext | None:
+    """The middleware's context, or one read from `request` without proxies."""
+    context = current_context()
+    if context is not None or request is None:
+        return context
+    if is_flask:
+        return RequestContext.from_environ(request.environ)
+
+    return RequestContext.from_scope(request.scope)
+
+
+def _client() -> Client:
+    serving = _serving.get()
+    if serving is not None and serving.client is not None:
+        return serving.client
+    return get_default_client()
+
+
+# --- the current event ------------------------------------------------------------
+
+
+class PendingEvent:
+    """The event a `@track_conversion` view will emit if it succeeds.
+
+    Get it with `current_event()` while the view runs, and:
+
+    - read `event_id` and render it into the page, so that the Pinterest tag
+      fires with the same id and Pinterest counts the conversion once; or
+      set it (a string or an integer), for example from an order id;
+    - add to `user_data` and `custom_data` (plain dicts, friendly names or
+      wire codes, raw values: they are hashed when the event is built);
+    - add other event fields to `fields` (`partner_name`, `opt_out`, ...);
+    - call `skip()` to emit nothing for this request.
+
+    Values set here win over the decorator's `user_data` and `custom_data`.
+    """
+
+    __slots__ = (
+        "_event_id",
+        "_skipped",
+        "custom_data",
+        "event_name",
+        "fields",
+        "user_data",
+    )
+
+    def __init__(self, event_name: str, event_id: str) -> None:
+        self.event_name = event_name
+        self._event_id = event_id
+        self.user_data: dict[str, Any] = {}
+        self.custom_data: dict[str, Any] = {}
+        self.fields: dict[str, Any] = {}
+        self._skipped = False
+
+    def __repr__(self) -> str:
+        return (
+            f"PendingEvent(event_name={self.event_name!r}, "
+            f"event_id={self._event_id!r}, user_data={sorted(self.user_data)!r}, "
+            f"custom_data={sorted(self.custom_data)!r}, "
+            f"fields={sorted(self.fields)!r}, skipped={self._skipped})"
+        )
+
+    @property
+    def event_id(self) -> str:
+        """The id the event will carry; the Pinterest tag should use it too."""
+        return self._event_id
+
+    @event_id.setter
+    def event_id(self, value: str | int) -> None:
+        self._event_id = _event_id_text(value)
+
+    @property
+    def is_skipped(self) -> bool:
+        """Whether `skip()` was called."""
+        return self._skipped
+
+    def skip(self) -> None:
+        """Emit nothing for this request, whatever the view returns."""
+        self._skipped = True
+
+
+_current_event: ContextVar[PendingEvent | None] = ContextVar(
+    "pinterest_mw_current_event", default=None
+)
+
+
+def current_event() -> PendingEvent:
+    """The pending event of the `@track_conversion` view running now.
+
+    Available in the view and in what it calls, templates included, until
+    it returns.
+
+    Raises:
+        LookupError: no decorated view is running.
+    """
+    event = _current_event.get()
+    if event is None:
+        raise LookupError(NO_CURRENT_EVENT_MESSAGE)
+    return event
+
+
+def deterministic_event_id(*parts: object) -> str:
+    """An event id that is the same every time for the same parts.
+
+    A UUID5 over the parts' text, for example `deterministic_event_id(
+    "checkout", order_id)`: a thank-you page rendered twice for one order
+    gives Pinterest the same event id twice, and it counts one conversion.
+    The parts are told apart exactly (`("ab",)` and `("a", "b")` differ).
+
+    Privacy: do not use personal data (an email, a phone number) as a part:
+    the id is a hash of it, sent unhashed and rendered into the page.
+    """
+    if not parts:
+        raise TypeError("deterministic_event_id needs at least one part")
+    texts = [str(part) for part in parts]
+    name = "".join(f"{len(text)}:{text};" for text in texts)
+
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
+
+
+def _event_id_text(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError("event_id must be a string or an integer")
+    if not value:
+        raise ValueError("event_id must not be empty")
+    return value
+
+
+# --- reporting failures -----------------------------------------------------------
+
+
+class _SourceError(Exception):
+    """A user callable raised: which one, with the original as `__cause__`."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        self.source = source
+
+
+def _reason(error: Exception) -> str:
+    """Why an event was not queued, in words that hold no value."""
+    if isinstance(error, _SourceError):
+        cause = error.__cause__
+        return f"the {error.source} callable raised {type(cause).__name__}"
+    if isinstance(error, EventValidationError):
+        paths = ", ".join(sorted({e.path for e in error.errors}))
+        return f"invalid event: {paths}"
+
+    return type(error).__name__
+
+
+def _report_failure(
+    log: logging.Logger,
+    origin: str,
+    event_name: str,
+    error: Exception,
+    on_error: ErrorHook | None,
+) -> None:
+    """Log, count and pass on a failure; the request carries on whatever happens."""
+    _count("failed")
+    log.warning(NOT_QUEUED_MESSAGE, origin, event_name, _reason(error))
+    if on_error is None:
+        return
+    original = error.__cause__ if isinstance(error, _SourceError) else error
+    try:
+        on_error(cast(Exception, original))
+    except Exception as hook_error:  # noqa: BLE001 - the user's hook must not break the view
+        log.warning(
+            "%s: the on_error hook raised %s", origin, type(hook_error).__name__
+        )
+
+
+# Builds an event's data and finds its request context; may raise.
+_Prepare = Callable[[], tuple[EventInput, RequestContext | None]]
+
+
+class _Emitter:
+    """Queues events on a client for a request hook, and never raises."""
+
+    __slots__ = ("_client", "_log", "_on_error", "origin")
+
+    def __init__(
+        self,
+        origin: str,
+        client: Client | None,
+        on_error: ErrorHook | None,
+        log: logging.Logger = logger,
+    ) -> None:
+        self.origin = origin
+        self._client = client
+        self._on_error = on_error
+        self._log = log
+
+    def client(self) -> Client:
+        return self._client if self._client is not None else _client()
+
+    def track(self, event_name: str, prepare: _Prepare) -> None:
+        try:
+            data, context = prepare()
+            event = self.client().track(data, context=context)
+        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
+            self.fail(event_name, error)
+            return
+        self._tracked(event_name, event.event_id)
+
+    async def atrack(self, event_name: str, prepare: _Prepare) -> None:
+        try:
+            data, context = prepare()
+            event = await self.client().atrack(data, context=context)
+        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
+            self.fail(event_name, error)
+            return
+        self._tracked(event_name, event.event_id)
+
+    def fail(self, event_name: str, error: Exception) -> None:
+        _report_failure(self._log, self.origin, event_name, error, self._on_error)
+
+    def _tracked(self, event_name: str, event_id: str) -> None:
+        _count("tracked")
+        self._log.debug("%s: queued %s event %s", self.origin, event_name, event_id)
+
+
+# --- the decorator ----------------------------------------------------------------
+
+# A user callable brought to one shape at decoration time: (request, result).
+_Source = Callable[[Any, Any], Any]
+DataSource = Mapping[str, Any] | Callable[..., Mapping[str, Any] | None]
+
+
+def _arity(fn: Callable[..., Any], name: str) -> int:
+    """How many of (request, result) `fn` takes: 0, 1 or 2."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - C callables only
+        return 1
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    params = list(signature.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    taken = [p for p in params if p.kind in positional]
+    required = [p for p in params if p.default is p.empty and p.kind in positional]
+    required_keywords = [
+        p
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is p.empty
+    ]
+    if len(required) > 2 or required_keywords:
+        raise ConfigurationError(f"{name} must take (request) or (request, result)")
+
+    return min(len(taken), 2)
+
+
+def _source(value: Any, name: str, *, with_result: bool = True) -> _Source | None:
+    """Bring a mapping or a callable to the (request, result) shape, once."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        frozen = dict(value)
+        return lambda request, result: frozen
+    if not callable(value):
+        raise ConfigurationError(f"{name} must be a mapping or a callable")
+    if inspect.iscoroutinefunction(value):
+        raise ConfigurationError(f"{name} must be a plain (not async) callable")
+    arity = _arity(value, name)
+    if arity == 2 and not with_result:
+        raise ConfigurationError(f"{name} must take (request)")
+
+    def call(request: Any, result: Any) -> Any:
+        try:
+            if arity == 0:
+                return value()
+            if arity == 1:
+                return value(request)
+            return value(request, result)
+        except Exception as error:
+            raise _SourceError(name) from error
+
+    return call
+
+
+def _mapping(value: Any, name: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must return a mapping or None")
+    return value
+
+
+def _check_event_name(event_name: object, owner: str) -> str:
+    try:
+        return str(_validate_event_name(event_name))
+    except PydanticCustomError:
+        raise ConfigurationError(
+            f"{owner}: event_name must be a standard Pinterest event name or "
+            "an advertiser-defined name of letters and underscores"
+        ) from None
+
+
+def _check_action_source(action_source: str, owner: str) -> str:
+    try:
+        return str(ActionSource(action_source))
+    except ValueError:
+        choices = ", ".join(source.value for source in ActionSource)
+        raise ConfigurationError(
+            f"{owner}: action_source must be one of {choices}"
+        ) from None
+
+
+def _status_number(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        code = value.strip().split(" ", 1)[0]
+        return int(code) if code.isdigit() else None
+    return None
+
+
+def _response_status(result: object, is_flask: bool) -> int | None:
+    """The status a returned response object or Flask tuple declares, if any."""
+    if isinstance(result, StarletteResponse):
+        return result.status_code
+    werkzeug = sys.modules.get("werkzeug.sansio.response")
+    if werkzeug is not None and isinstance(result, werkzeug.Response):
+        return cast(int, result.status_code)
+    if not is_flask or not isinstance(result, tuple):
+        return None
+    # Flask: (body, status), (body, headers) or (body, status, headers).
+    if len(result) == 3:
+        return _status_number(result[1])
+    if len(result) == 2:
+        status = _status_number(result[1])
+        return status if status is not None else _response_status(result[0], True)
+    # Any other tuple is refused by Flask, which answers with an error.
+    return 500
+
+
+def _default_status(kwargs: Mapping[str, Any], request: Any) -> int:
+    """The status of a plain return value: FastAPI's choices, else 200."""
+    for value in kwargs.values():
+        # FastAPI's `response: Response` parameter; its status is None until set.
+        if isinstance(value, StarletteResponse) and value.status_code is not None:
+            return value.status_code
+    if isinstance(request, StarletteRequest):
+        status = getattr(request.scope.get("route"), "status_code", None)
+        if isinstance(status, int):
+            return status
+    return 200
+
+
+def _is_success(
+    result: object, kwargs: Mapping[str, Any], request: Any, is_flask: bool
+) -> bool:
+    status = _response_status(result, is_flask)
+    if status is None:
+        if is_flask and result is None:
+            # Flask refuses a view that returns None: an error response.
+            return False
+        status = _default_status(kwargs, request)
+
+    return 200 <= status < 300
+
+
+class _Tracker:
+    """Everything `track_conversion` decided at decoration time, for one view."""
+
+    def __init__(
+        self,
+        view: Callable[..., Any],
+        event_name: str,
+        *,
+        client: Client | None,
+        user_data: DataSource | None,
+        custom_data: DataSource | None,
+        event_id: Callable[..., str | int | None] | None,
+        action_source: str,
+        when: Callable[..., bool] | None,
+        on_error: ErrorHook | None,
+    ) -> None:
+        owner = f"track_conversion({event_name!r})"
+        self.event_name = _check_event_name(event_name, "track_conversion")
+        self.action_source = _check_action_source(action_source, owner)
+        if event_id is not None and not callable(event_id):
+            raise ConfigurationError(
+                f"{owner}: event_id must be a callable taking the request; "
+                "a fixed id would merge every conversion into one"
+            )
+        self.user_data = _source(user_data, "user_data")
+        self.custom_data = _source(custom_data, "custom_data")
+        self.event_id = _source(event_id, "event_id", with_result=False)
+        self.when = _source(when, "when")
+        self.view_name = getattr(view, "__qualname__", repr(view))
+        self.emitter = _Emitter(owner, client, on_error)
+        self._warned_no_request = False
+
+    def start(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[PendingEvent, Any, bool]:
+        """Find the request and make the pending event, before the view runs."""
+        request, is_flask = _find_request(args, kwargs)
+        if request is None and current_context() is None:
+            self._warn_no_request()
+        pending = PendingEvent(self.event_name, self._first_event_id(request))
+
+        return pending, request, is_flask
+
+    def should_emit(
+        self,
+        pending: PendingEvent,
+        request: Any,
+        is_flask: bool,
+        result: object,
+        kwargs: Mapping[str, Any],
+    ) -> bool:
+        """Whether the view's outcome calls for the event (never raises)."""
+        if not _is_success(result, kwargs, request, is_flask):
+            logger.debug("%s: no event, the view did not succeed", self.emitter.origin)
+            return False
+        if pending.is_skipped or not self._wanted(request, result):
+            _count("skipped")
+            return False
+
+        return True
+
+    def preparer(
+        self, pending: PendingEvent, request: Any, is_flask: bool, result: object
+    ) -> _Prepare:
+        def prepare() -> tuple[EventInput, RequestContext | None]:
+            user_data = dict(self._data(self.user_data, "user_data", request, result))
+            user_data.update(pending.user_data)
+            custom_data = dict(
+                self._data(self.custom_data, "custom_data", request, result)
+            )
+            custom_data.update(pending.custom_data)
+            data: dict[str, Any] = {
+                **pending.fields,
+                "event_name": self.event_name,
+                "action_source": self.action_source,
+                "event_id": pending.event_id,
+                "user_data": user_data,
+            }
+            if custom_data:
+                data["custom_data"] = custom_data
+            return data, _context_of(request, is_flask)
+
+        return prepare
+
+    def _data(
+        self, source: _Source | None, name: str, request: Any, result: object
+    ) -> Mapping[str, Any]:
+        return {} if source is None else _mapping(source(request, result), name)
+
+    def _wanted(self, request: Any, result: object) -> bool:
+        if self.when is None:
+            return True
+        try:
+            return bool(self.when(request, result))
+        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
+            self.emitter.fail(self.event_name, error)
+            return False
+
+    def _first_event_id(self, request: Any) -> str:
+        if self.event_id is None:
+            return str(uuid.uuid4())
+        try:
+            value = self.event_id(request, None)
+            return str(uuid.uuid4()) if value is None else _event_id_text(value)
+        except Exception as error:  # noqa: BLE001 - a random id keeps the view going
+            cause = error.__cause__ if isinstance(error, _SourceError) else error
+            logger.warning(
+                EVENT_ID_FAILED_MESSAGE, self.event_name, type(cause).__name__
+            )
+            return str(uuid.uuid4())
+
+    def _warn_no_request(self) -> None:
+        if self._warned_no_request:
+            return
+        self._warned_no_request = True
+        logger.warning(NO_REQUEST_MESSAGE, self.event_name, self.view_name)
+
+
+def track_conversion(
+    event_name: str,
+    *,
+    client: Client | None = None,
+    user_data: DataSource | None = None,
+    custom_data: DataSource | None = None,
+    event_id: Callable[..., str | int | None] | None = None,
+    action_source: ActionSource | str = ActionSource.WEB,
+    when: Callable[..., bool] | None = None,
+    on_error: ErrorHook | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Emit `event_name` each time the decorated view returns a 2xx response.
+
+    Works on sync and async views of Starlette, FastAPI and Flask; the
+    wrapper of a coroutine function is a coroutine function, and the view's
+    signature is kept, so FastAPI's dependency injection and OpenAPI schema
+    do not change. Put it below the route decorator:
+
+    ```python
+    @app.post("/orders/{order_id}/pay")
+    @track_conversion("checkout", custom_data=order_value)
+    async def pay(order_id: int, user: User = Depends(current_user)): ...
+    ```
+
+    Success is read from what the view returns: a response object's status;
+    a Flask `(body, status)` tuple's; for a plain value (a dict, a string,
+    a model) the status FastAPI would use (a `response: Response`
+    parameter's, else the route's `status_code`), or 200. An exception, a
+    redirect or an error status emits nothing.
+
+    See the module docs for what goes into the event and how the request
+    is found. The event is queued with `client.track` from a sync view and
+    `await client.atrack` from an async one (an async Flask view, whose
+    event loop ends with the request, queues from a worker thread); none
+    of them waits for Pinterest.
+
+    Args:
+        event_name: a standard event name (`"checkout"`, `"lead"`, ...) or
+            an advertiser-defined one of letters and underscores.
+        client: where to queue; default the serving `PinterestMiddleware`'s
+            client, else `get_default_client()`, looked up at each event.
+        user_data: raw user data (friendly names or wire codes): a mapping,
+            or a callable taking `(request)` or `(request, result)` and
+            returning a mapping or None. Hashed before it is queued.
+        custom_data: the same for custom data (value, currency, order id...).
+        event_id: a callable taking `(request)` and returning the event's
+            id (a string or an integer; None for a random one). Runs before
+            the view, which can read the id from `current_event()`.
+            Default: a random UUID4.
+        action_source: where the conversion happened (default `"web"`).
+        when: a predicate taking `(request)` or `(request, result)`; when
+            it returns false, a successful view emits nothing.
+        on_error: called with the exception when an event could not be
+            queued (after it is logged and counted); what it raises is
+            logged and dropped.
+
+    Callables run in the request's thread (sync) and must not block long;
+    they may not be coroutine functions.
+
+    Raises:
+        ConfigurationError: at decoration time, for an unknown event name
+            or action source, a fixed `event_id`, or a callable of the wrong
+            shape.
+    """
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        tracker = _Tracker(
+            view,
+            event_name,
+            client=client,
+            user_data=user_data,
+            custom_data=custom_data,
+            event_id=event_id,
+            action_source=str(action_source),
+            when=when,
+            on_error=on_error,
+        )
+        if inspect.iscoroutinefunction(view):
+            wrapper = _async_wrapper(cast(Callable[..., Awaitable[Any]], view), tracker)
+        else:
+            wrapper = _sync_wrapper(view, tracker)
+        # inspect.signature follows __wrapped__ already; tools that read
+        # __signature__ alone see the view's too.
+        with contextlib.suppress(TypeError, ValueError):
+            wrapper.__signature__ = inspect.signature(view)  # type: ignore[attr-defined]
+
+        return cast(Callable[P, R], wrapper)
+
+    return decorate
+
+
+def _sync_wrapper(view: Callable[..., Any], tracker: _Tracker) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        pending, request, is_flask = tracker.start(args, kwargs)
+        token = _current_event.set(pending)
+        try:
+            result = view(*args, **kwargs)
+        finally:
+            _current_event.reset(token)
+
+        if tracker.should_emit(pending, request, is_flask, result, kwargs):
+            tracker.emitter.track(
+                tracker.event_name,
+                tracker.preparer(pending, request, is_flask, result),
+            )
+
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(
+    view: Callable[..., Awaitable[Any]], tracker: _Tracker
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(view)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        pending, request, is_flask = tracker.start(args, kwargs)
+        token = _current_event.set(pending)
+        try:
+            result = await view(*args, **kwargs)
+        finally:
+            _current_event.reset(token)
+
+        if not tracker.should_emit(pending, request, is_flask, result, kwargs):
+            return result
+
+        prepare = tracker.preparer(pending, request, is_flask, result)
+        if is_flask:
+            # Flask runs an async view in an event loop that ends with the
+            # request: queued from that loop, the client would start its
+            # delivery there. From a thread, it delivers from a thread.
+            await anyio.to_thread.run_sync(
+                tracker.emitter.track, tracker.event_name, prepare
+            )
+        else:
+            await tracker.emitter.atrack(tracker.event_name, prepare)
+
+        return result
+
+    return wrapper

@@ -1,0 +1,529 @@
+"""Request-context middleware for ASGI and WSGI apps, with optional route rules.
+
+```python
+app = Starlette(routes=routes)
+app.add_middleware(PinterestMiddleware, client=client, trusted_proxies=["10.0.0.0/8"])
+
+flask_app.wsgi_app = PinterestWSGIMiddleware(flask_app.wsgi_app, client=client)
+```
+
+For each HTTP request the middleware reads the request's context (client
+IP through the trusted proxies, user agent, `_epik` click id, page URL,
+language; see `pinterest_mw.context`) and makes it current while the app
+runs. So `client.track({...})` anywhere in a view is enriched from the
+request, and `@track_conversion` finds the request, its client IP and the
+middleware's client. Other scopes (websocket, lifespan) pass straight
+through.
+
+Two options do more:
+
+- `epik_cookie=True` stores Pinterest's click id on landing pages: a
+  successful HTML response to a URL with an `epik` query parameter gets a
+  first-party `_epik` cookie (one year, `SameSite=Lax`, `Secure`, not
+  `HttpOnly` so that the Pinterest tag can read it). The URL's value
+  replaces an older cookie. The cookie is an advertising identifier: set it
+  only where your consent rules allow.
+- `route_rules` emit events without touching views, for example a
+  `page_visit` for every successful HTML page: see `RouteRule`. Each rule
+  that matches emits one event, after the response has been sent.
+
+Tracking never breaks a request: a rule's event that cannot be queued is
+logged without values, counted in `hook_counters().failed` and passed to
+`on_error`.
+
+Privacy: the context (IP address, user agent, click id) lives in a
+contextvar for one request and is never logged; log lines name rules and
+event ids, never values or URLs. No `BaseHTTPMiddleware`: the ASGI
+middleware passes the app's messages through, adding a header at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from fnmatch import translate
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._ingest import _trusted_proxies
+from .client import Client, EventInput
+from .context import RequestContext, TrustedProxies, use_context
+from .decorators import (
+    ErrorHook,
+    _check_action_source,
+    _check_event_name,
+    _Emitter,
+    _served_by_middleware,
+)
+from .events import ActionSource
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["PinterestMiddleware", "PinterestWSGIMiddleware", "RouteRule"]
+
+logger = logging.getLogger(__name__)
+
+EPIK_COOKIE_MAX_AGE = 365 * 24 * 3600
+"""How long the `_epik` cookie lives, in seconds: one year."""
+
+_EPIK = "epik"
+_EPIK_COOKIE = "_epik"
+# RFC 6265 cookie-octets only: anything else could change the header's meaning.
+_EPIK_VALUE = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]{1,1024}")
+_COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+class RouteRule:
+    """Emit `event_name` for every successful response that matches.
+
+    ```python
+    RouteRule(
+        "page_visit",
+        methods={"GET"},
+        include=["/products/*"],
+        exclude=["/admin/*"],
+        content_types={"text/html"},
+    )
+    ```
+
+    A response matches when its status is 2xx, the request's method is in
+    `methods`, its path (the full path, mount points included) matches one
+    `include` pattern and no `exclude` pattern, and the response's media
+    type is in `content_types`. Patterns are shell-style (`fnmatch`): `*`
+    matches any characters, `/` included. `methods` or `content_types` of
+    None match anything.
+
+    The event carries what the request tells (IP, user agent, click id,
+    page URL, language) and a random event id: the Pinterest tag on the
+    page cannot know that id, so do not fire the same event from the tag
+    too, or use `@track_conversion` where deduplication matters.
+    """
+
+    __slots__ = (
+        "_exclude_re",
+        "_include_re",
+        "action_source",
+        "content_types",
+        "event_name",
+        "exclude",
+        "include",
+        "methods",
+    )
+
+    def __init__(
+        self,
+        event_name: str,
+        *,
+        methods: Iterable[str] | None = ("GET",),
+        include: Iterable[str] = ("*",),
+        exclude: Iterable[str] = (),
+        content_types: Iterable[str] | None = ("text/html",),
+        action_source: ActionSource | str = ActionSource.WEB,
+    ) -> None:
+        self.event_name = _check_event_name(event_name, "RouteRule")
+        self.action_source = _check_action_source(str(action_source), "RouteRule")
+        self.methods = _upper_set(methods, "methods")
+        self.content_types = _lower_set(content_types, "content_types")
+        self.include = _pattern_list(include, "include")
+        self.exclude = _pattern_list(exclude, "exclude")
+        self._include_re = _compile(self.include)
+        self._exclude_re = _compile(self.exclude)
+
+    def __repr__(self) -> str:
+        return (
+            f"RouteRule({self.event_name!r}, methods={_sorted(self.methods)}, "
+            f"include={list(self.include)}, exclude={list(self.exclude)}, "
+            f"content_types={_sorted(self.content_types)})"
+        )
+
+    def matches_request(self, method: str, path: str) -> bool:
+        """Whether the request's method and path are this rule's."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self._include_re is None or not self._include_re.match(path):
+            return False
+
+        return self._exclude_re is None or not self._exclude_re.match(path)
+
+    def matches_response(self, status: int | None, media_type: str | None) -> bool:
+        """Whether a response with this status and media type emits the event."""
+        if status is None or not 200 <= status < 300:
+            return False
+        return self.content_types is None or media_type in self.content_types
+
+    def event_data(self) -> dict[str, Any]:
+        """The event before the request's context is written in."""
+        return {"event_name": self.event_name, "action_source": self.action_source}
+
+
+def _upper_set(values: Iterable[str] | None, name: str) -> frozenset[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise ConfigurationError(f"RouteRule: {name} must be a collection of strings")
+    return frozenset(value.upper() for value in values)
+
+
+def _lower_set(values: Iterable[str] | None, name: str) -> frozenset[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise ConfigurationError(f"RouteRule: {name} must be a collection of strings")
+    return frozenset(value.lower() for value in values)
+
+
+def _pattern_list(patterns: Iterable[str], name: str) -> tuple[str, ...]:
+    if isinstance(patterns, str):
+        raise ConfigurationError(f"RouteRule: {name} must be a collection of patterns")
+    return tuple(patterns)
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regular expression matching any of the shell-style patterns."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{translate(pattern)})" for pattern in patterns))
+
+
+def _sorted(values: frozenset[str] | None) -> list[str] | None:
+    return None if values is None else sorted(values)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class _Answer:
+    """What the app answered, as far as the hooks care."""
+
+    __slots__ = ("media_type", "sets_epik", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.media_type: str | None = None
+        self.sets_epik = False
+
+    def is_html_success(self) -> bool:
+        if self.status is None or not 200 <= self.status < 300:
+            return False
+        return self.media_type == "text/html"
+
+
+class _Hooks:
+    """The configuration shared by the ASGI and WSGI middleware, built once."""
+
+    def __init__(
+        self,
+        origin: str,
+        *,
+        client: Client | None,
+        trusted_proxies: TrustedProxies | Iterable[str] | None,
+        route_rules: Iterable[RouteRule],
+        epik_cookie: bool,
+        cookie_domain: str | None,
+        on_error: ErrorHook | None,
+    ) -> None:
+        self.client = client
+        self.proxies = _trusted_proxies(trusted_proxies)
+        self.rules = tuple(route_rules)
+        if not all(isinstance(rule, RouteRule) for rule in self.rules):
+            raise ConfigurationError("route_rules must be RouteRule objects")
+        self.epik_cookie = epik_cookie
+        self.cookie_attributes = _cookie_attributes(cookie_domain)
+        self.emitter = _Emitter(origin, client, on_error, logger)
+
+    def rules_for(self, method: str, path: str) -> tuple[RouteRule, ...]:
+        if not self.rules:
+            return ()
+        return tuple(rule for rule in self.rules if rule.matches_request(method, path))
+
+    def epik_cookie_for(self, query_string: str) -> str | None:
+        """The `Set-Cookie` value for the URL's `epik`, if any and acceptable."""
+        if not self.epik_cookie or _EPIK not in query_string:
+            return None
+        for key, value in parse_qsl(query_string):
+            if key != _EPIK:
+                continue
+            if _EPIK_VALUE.fullmatch(value):
+                return f"{_EPIK_COOKIE}={value}{self.cookie_attributes}"
+            logger.debug("epik query parameter not stored: not a valid cookie value")
+        return None
+
+    def rule_events(
+        self, rules: Iterable[RouteRule], answer: _Answer
+    ) -> Iterator[RouteRule]:
+        for rule in rules:
+            if rule.matches_response(answer.status, answer.media_type):
+                yield rule
+
+    def preparer(
+        self, rule: RouteRule, context: RequestContext
+    ) -> Callable[[], tuple[EventInput, RequestContext | None]]:
+        return lambda: (rule.event_data(), context)
+
+    def emit(
+        self, rules: Iterable[RouteRule], answer: _Answer, context: RequestContext
+    ) -> None:
+        for rule in self.rule_events(rules, answer):
+            self.emitter.track(rule.event_name, self.preparer(rule, context))
+
+    async def aemit(
+        self, rules: Iterable[RouteRule], answer: _Answer, context: RequestContext
+    ) -> None:
+        for rule in self.rule_events(rules, answer):
+            await self.emitter.atrack(rule.event_name, self.preparer(rule, context))
+
+
+def _cookie_attributes(domain: str | None) -> str:
+    attributes = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax; Secure"
+    if domain is None:
+        return attributes
+    if not _COOKIE_DOMAIN.fullmatch(domain):
+        raise ConfigurationError(
+            "cookie_domain must be a host name such as .shop.example"
+        )
+    return f"{attributes}; Domain={domain}"
+
+
+# --- ASGI -------------------------------------------------------------------------
+
+
+class PinterestMiddleware:
+    """Pure ASGI middleware: request context, `_epik` cookie, route rules.
+
+    ```python
+    app.add_middleware(
+        PinterestMiddleware,
+        client=client,
+        trusted_proxies=["10.0.0.0/8"],
+        epik_cookie=True,
+        route_rules=[RouteRule("page_visit", include=["/products/*"])],
+    )
+    ```
+
+    Args:
+        app: the ASGI app to wrap.
+        client: where route rules queue their events, and the default
+            client of `@track_conversion` views it serves; default
+            `get_default_client()`, looked up at each event.
+        trusted_proxies: the proxies (IPs or CIDR networks) whose
+            `Forwarded`/`X-Forwarded-For` headers are believed; None reads
+            `PINTEREST_TRUSTED_PROXIES` (comma-separated). The same option
+            and rules as the mounted sub-app (`pinterest_mw.context`).
+        route_rules: `RouteRule`s emitting events for matching responses.
+        epik_cookie: store the `epik` query parameter as the `_epik` cookie
+            on successful HTML responses (off by default: consent).
+        cookie_domain: the cookie's `Domain`, to share it with subdomains.
+        on_error: called with the exception when a rule's event could not
+            be queued.
+
+    Raises:
+        ConfigurationError: for an unusable option, at construction.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        client: Client | None = None,
+        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+        route_rules: Iterable[RouteRule] = (),
+        epik_cookie: bool = False,
+        cookie_domain: str | None = None,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        self.app = app
+        self._hooks = _Hooks(
+            "PinterestMiddleware",
+            client=client,
+            trusted_proxies=trusted_proxies,
+            route_rules=route_rules,
+            epik_cookie=epik_cookie,
+            cookie_domain=cookie_domain,
+            on_error=on_error,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        hooks = self._hooks
+        context = RequestContext.from_scope(scope, trusted_proxies=hooks.proxies)
+        rules = hooks.rules_for(scope["method"], _scope_path(scope))
+        cookie = hooks.epik_cookie_for(scope.get("query_string", b"").decode("latin-1"))
+        if not rules and cookie is None:
+            with use_context(context), _served_by_middleware(scope, hooks.client):
+                await self.app(scope, receive, send)
+            return
+
+        answer = _Answer()
+        watched = _watch(send, answer, cookie.encode("latin-1") if cookie else None)
+        with use_context(context), _served_by_middleware(scope, hooks.client):
+            await self.app(scope, receive, watched)
+
+        await hooks.aemit(rules, answer, context)
+
+
+def _scope_path(scope: Scope) -> str:
+    # Servers that predate the ASGI root_path clarification leave the mount
+    # point out of "path" (as context.py explains for the page URL).
+    path: str = scope.get("path", "")
+    root_path: str = scope.get("root_path", "")
+    return path if path.startswith(root_path) else root_path + path
+
+
+def _watch(
+    send: Send, answer: _Answer, cookie: bytes | None
+) -> Callable[[Message], Awaitable[None]]:
+    """A `send` that notes the response's start and adds the cookie if due."""
+
+    async def watched(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            _note_asgi_answer(answer, message["status"], headers)
+            if cookie is not None and answer.is_html_success() and not answer.sets_epik:
+                message = {**message, "headers": [*headers, (b"set-cookie", cookie)]}
+        await send(message)
+
+    return watched
+
+
+def _note_asgi_answer(
+    answer: _Answer, status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    answer.status = status
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            answer.media_type = _media_type(value.decode("latin-1"))
+        elif lowered == b"set-cookie" and value.startswith(b"_epik="):
+            answer.sets_epik = True
+
+
+# --- WSGI -------------------------------------------------------------------------
+
+
+class PinterestWSGIMiddleware:
+    """WSGI middleware: request context, `_epik` cookie, route rules.
+
+    ```python
+    flask_app.wsgi_app = PinterestWSGIMiddleware(flask_app.wsgi_app, client=client)
+    ```
+
+    The same options as `PinterestMiddleware`. The context is current while
+    the app is called; a body the app produces lazily (a streamed response)
+    runs without it. Route rules emit once the app has answered, or when
+    the server closes the body if the app answers from within it.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        client: Client | None = None,
+        trusted_proxies: TrustedProxies | Iterable[str] | None = None,
+        route_rules: Iterable[RouteRule] = (),
+        epik_cookie: bool = False,
+        cookie_domain: str | None = None,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        self.app = app
+        self._hooks = _Hooks(
+            "PinterestWSGIMiddleware",
+            client=client,
+            trusted_proxies=trusted_proxies,
+            route_rules=route_rules,
+            epik_cookie=epik_cookie,
+            cookie_domain=cookie_domain,
+            on_error=on_error,
+        )
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Serve one WSGI request."""
+        hooks = self._hooks
+        context = RequestContext.from_environ(environ, trusted_proxies=hooks.proxies)
+        rules = hooks.rules_for(
+            environ.get("REQUEST_METHOD", ""), _environ_path(environ)
+        )
+        cookie = hooks.epik_cookie_for(environ.get("QUERY_STRING", ""))
+        if not rules and cookie is None:
+            with use_context(context), _served_by_middleware(None, hooks.client):
+                return self.app(environ, start_response)
+
+        answer = _Answer()
+        watched = _watch_start_response(start_response, answer, cookie)
+        with use_context(context), _served_by_middleware(None, hooks.client):
+            body = self.app(environ, watched)
+        if not rules:
+            return body
+        if answer.status is None:
+            return _EmitOnClose(body, lambda: hooks.emit(rules, answer, context))
+
+        hooks.emit(rules, answer, context)
+        return body
+
+
+def _environ_path(environ: WSGIEnvironment) -> str:
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    # PEP 3333 passes the path's bytes as latin-1 text.
+    return str(path.encode("latin-1").decode("utf-8", "replace"))
+
+
+def _watch_start_response(
+    start_response: StartResponse, answer: _Answer, cookie: str | None
+) -> StartResponse:
+    def watched(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        _note_wsgi_answer(answer, status, headers)
+        if cookie is not None and answer.is_html_success() and not answer.sets_epik:
+            headers = [*headers, ("Set-Cookie", cookie)]
+        return start_response(status, headers, exc_info)
+
+    return watched
+
+
+def _note_wsgi_answer(
+    answer: _Answer, status: str, headers: list[tuple[str, str]]
+) -> None:
+    code = status.split(" ", 1)[0]
+    answer.status = int(code) if code.isdigit() else None
+    answer.media_type = None
+    answer.sets_epik = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "content-type":
+            answer.media_type = _media_type(value)
+        elif lowered == "set-cookie" and value.startswith("_epik="):
+            answer.sets_epik = True
+
+
+class _EmitOnClose:
+    """The app's body, emitting the route rules' events when the server closes it.
+
+    For apps that call `start_response` only while the body is iterated.
+    """
+
+    def __init__(self, body: Iterable[bytes], emit: Callable[[], None]) -> None:
+        self._body = body
+        self._emit = emit
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._emit()

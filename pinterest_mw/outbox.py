@@ -1,0 +1,1074 @@
+"""Where accepted events wait until Pinterest has answered for them.
+
+An outbox holds serialized events (`WireEvent`s: hashed user data only,
+never a raw email or phone number) between the moment `track()` accepts
+them and the moment Pinterest answers for them. The dispatcher is its only
+reader, and every store follows the same life cycle:
+
+```
+put ──► pending ──claim──► in flight (leased) ──complete──► deleted
+           ▲                    │    │
+           │◄──defer (backoff)──┘    └──reject──► rejected ──purge──► deleted
+           │◄──release (unsent)──┘                   │
+           └───────────────requeue_rejected──────────┘
+```
+
+- A claim takes up to N due events under a lease (a claim id and an expiry).
+  A lease that expires, because its process died or hung, makes its events
+  claimable again, so another worker re-sends them.
+- `complete` deletes events Pinterest processed; `reject` keeps events
+  Pinterest refused, with its reason, until `rejected_retention` passes;
+  `defer` puts events back after a retryable failure, one attempt more and
+  not before their backoff delay; `release` puts back events that were
+  claimed but not sent.
+- The store is bounded by a number of events and of payload bytes (pending
+  and in flight; rejected events have their own bound). `put` stores the
+  longest prefix of its events that fits and returns how many it stored;
+  with `atomic=True` it stores all of them or none.
+
+Two stores: `MemoryOutbox` (in-process, the default) and `SQLiteOutbox`
+(a file; survives restarts and can be shared by several processes).
+
+Privacy: stores hold what the `WireEvent` payload holds, that is hashed user
+data and the unhashed IP address, user agent and click id Pinterest needs.
+Their statistics, `repr`s and log records hold counts, event ids, event
+names and Pinterest's messages, never payloads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+from .events import WireEvent
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "Claim",
+    "MemoryOutbox",
+    "Outbox",
+    "OutboxItem",
+    "OutboxStats",
+    "RejectedEvent",
+    "SQLiteOutbox",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REJECTED_RETENTION = 7 * 24 * 3600.0
+"""Seconds a rejected event is kept: Pinterest refuses events older than that."""
+
+_MAX_REASON_LENGTH = 500
+_MAX_LISTED_REASONS = 20
+
+
+class OutboxItem(NamedTuple):
+    """One claimed event: its store key, the event, and its earlier attempts."""
+
+    key: int
+    event: WireEvent
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Events taken for one delivery, held under a lease until `expires_at`.
+
+    `expires_at` is in Unix seconds (the outbox's clock). Settle every item
+    with `complete`, `reject`, `defer` or `release` before then; after it,
+    another claim may take them again.
+    """
+
+    claim_id: str
+    expires_at: float
+    items: tuple[OutboxItem, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """Counts by state, and the reasons behind deferred and rejected events.
+
+    - `pending`: waiting to be sent, due now or later (`deferred` included);
+    - `deferred`: waiting for their retry time after a failed attempt;
+    - `in_flight`: claimed under a lease that has not expired;
+    - `rejected`: refused by Pinterest (or given up), kept with a reason;
+    - `size_bytes`: payload bytes of pending and in-flight events;
+    - `next_attempt_at`: Unix time of the earliest deferred retry, if any;
+    - `rejected_reasons` / `deferred_reasons`: reason -> count, most
+      frequent first (at most 20 each). Reasons are Pinterest's messages or
+      ours ("HTTP 503", "TransportError"); they never quote event fields.
+    """
+
+    pending: int
+    deferred: int
+    in_flight: int
+    rejected: int
+    size_bytes: int
+    next_attempt_at: float | None = None
+    rejected_reasons: Mapping[str, int] = field(default_factory=dict)
+    deferred_reasons: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        """Events still to deliver: pending plus in flight."""
+        return self.pending + self.in_flight
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """A rejected event as listed for an operator: ids, reason, times.
+
+    Holds no payload, so listing rejected events shows no user data.
+    """
+
+    key: int
+    event_id: str
+    event_name: str
+    reason: str
+    rejected_at: float
+    attempts: int
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    """A store of serialized events awaiting delivery (see the module docs).
+
+    Implementations are thread-safe. `durable` says whether events survive
+    the process; `blocking` says whether calls may wait on disk or locks,
+    in which case async code calls them through a worker thread.
+    """
+
+    @property
+    def durable(self) -> bool:
+        """Whether stored events survive the end of the process."""
+        ...
+
+    @property
+    def blocking(self) -> bool:
+        """Whether calls may block on I/O (async callers use a thread)."""
+        ...
+
+    def put(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        """Store events in order; return how many were stored.
+
+        The longest prefix that fits within the bounds is stored (all or
+        none with `atomic=True`). Returns only once they are stored (on disk
+        for a durable store).
+        """
+        ...
+
+    def claim(self, limit: int, *, lease: float) -> Claim | None:
+        """Take up to `limit` due events for `lease` seconds; None if none is due."""
+        ...
+
+    def complete(self, claim: Claim, keys: Iterable[int]) -> None:
+        """Delete events Pinterest processed."""
+        ...
+
+    def reject(self, claim: Claim, reasons: Mapping[int, str]) -> None:
+        """Keep events Pinterest refused, each with its reason (key -> reason)."""
+        ...
+
+    def defer(self, claim: Claim, delays: Mapping[int, float], reason: str) -> None:
+        """Put events back after a retryable failure (key -> delay in seconds).
+
+        Each counts one more attempt and is not due before its delay passes.
+        Events whose lease was meanwhile taken by another claim are left alone.
+        """
+        ...
+
+    def release(self, claim: Claim, keys: Iterable[int]) -> None:
+        """Put back events that were claimed but not sent: due now, no attempt."""
+        ...
+
+    def depth(self) -> int:
+        """Events still to deliver: pending plus in flight."""
+        ...
+
+    def stats(self) -> OutboxStats:
+        """Counts by state and the reasons behind deferred and rejected events."""
+        ...
+
+    def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
+        """The most recently rejected events, newest first, without payloads."""
+        ...
+
+    def requeue_rejected(self, *, reason: str | None = None) -> int:
+        """Make rejected events (all, or those with `reason`) pending again.
+
+        Their attempts start over. Returns how many were requeued. The size
+        bound is not applied: this is an operator's decision.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources (connections, files)."""
+        ...
+
+
+# --- fork safety ---------------------------------------------------------------
+#
+# Objects holding threads, locks, connections or HTTP clients register here;
+# in a forked child each one rebuilds them (the child has only the forking
+# thread, and a lock held by another thread at fork time stays held forever).
+
+_fork_aware: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
+_fork_lock = threading.Lock()
+_fork_hook_installed = False
+
+# Objects from the parent that the child must neither use nor close: closing
+# a connection inherited through fork can disturb the parent's use of it.
+# Keeping a reference stops the garbage collector from closing them.
+_abandoned_in_child: list[object] = []
+
+
+class _ForkAware(Protocol):
+    def _after_fork_in_child(self) -> None: ...
+
+
+def _reset_after_fork() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
+    for obj in list(_fork_aware):
+        obj._after_fork_in_child()
+
+
+def _register_fork_aware(obj: _ForkAware) -> None:
+    """Have `obj._after_fork_in_child()` run in every child forked from now."""
+    global _fork_hook_installed
+    with _fork_lock:
+        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_reset_after_fork)
+            _fork_hook_installed = True
+        _fork_aware.add(obj)
+
+
+def _abandon(*objects: object) -> None:
+    _abandoned_in_child.extend(obj for obj in objects if obj is not None)
+
+
+# --- shared helpers ------------------------------------------------------------
+
+
+def _clean_reason(reason: str | None) -> str:
+    text = " ".join((reason or "").split()) or "no reason given"
+    return text[:_MAX_REASON_LENGTH]
+
+
+def _check_bounds(max_events: int, max_bytes: int, max_rejected: int) -> None:
+    if max_events < 1:
+        raise ConfigurationError("outbox max_events must be at least 1")
+    if max_bytes < 1:
+        raise ConfigurationError("outbox max_bytes must be at least 1")
+    if max_rejected < 0:
+        raise ConfigurationError("outbox max_rejected must not be negative")
+
+
+def _fitting(
+    events: Sequence[WireEvent],
+    atomic: bool,
+    room_events: int,
+    room_bytes: int,
+) -> int:
+    """How many of `events`, from the first, fit in the room left."""
+    count = 0
+    for event in events:
+        size = len(event.payload)
+        if count >= room_events or size > room_bytes:
+            break
+        count += 1
+        room_bytes -= size
+    if atomic and count < len(events):
+        return 0
+
+    return count
+
+
+def _most_common(counter: Counter[str]) -> dict[str, int]:
+    return dict(counter.most_common(_MAX_LISTED_REASONS))
+
+
+# --- in memory -----------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _MemoryEntry:
+    key: int
+    event: WireEvent
+    attempts: int = 0
+    reason: str | None = None
+    rejected_at: float = 0.0
+    claim_id: str | None = None
+    # Set when the entry left the store while still listed in the ready
+    # queue or the deferred heap; both skip such entries instead of paying
+    # for a removal from the middle.
+    gone: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.event.payload)
+
+
+class MemoryOutbox:
+    """A bounded in-process outbox: fast, and gone when the process ends.
+
+    The default store. A forked child starts with an empty one, so events
+    queued in the parent before the fork are sent by the parent only.
+
+    Args:
+        max_events: the most pending and in-flight events held.
+        max_bytes: the most payload bytes held.
+        max_rejected: the most rejected events kept (the oldest go first).
+        rejected_retention: seconds a rejected event is kept.
+        clock: the time in Unix seconds; replace it in tests.
+    """
+
+    durable = False
+    blocking = False
+
+    def __init__(
+        self,
+        max_events: int = 10_000,
+        max_bytes: int = 32 * 1024 * 1024,
+        *,
+        max_rejected: int = 1000,
+        rejected_retention: float = DEFAULT_REJECTED_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        _check_bounds(max_events, max_bytes, max_rejected)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_rejected = max_rejected
+        self.rejected_retention = rejected_retention
+        self._clock = clock
+        self._setup()
+        _register_fork_aware(self)
+
+    def _setup(self) -> None:
+        self._lock = threading.Lock()
+        self._keys = itertools.count(1)
+        self._live: dict[int, _MemoryEntry] = {}
+        self._live_bytes = 0
+        self._ready: deque[_MemoryEntry] = deque()
+        # (due time, key, entry): deferred events by the end of their backoff.
+        self._deferred: list[tuple[float, int, _MemoryEntry]] = []
+        self._leases: dict[str, tuple[float, dict[int, _MemoryEntry]]] = {}
+        self._rejected: OrderedDict[int, _MemoryEntry] = OrderedDict()
+
+    def _after_fork_in_child(self) -> None:
+        self._setup()
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryOutbox(max_events={self.max_events}, "
+            f"max_bytes={self.max_bytes}, depth={len(self._live)})"
+        )
+
+    def put(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        """Store events in order; return how many fit (see `Outbox.put`)."""
+        with self._lock:
+            count = _fitting(
+                events,
+                atomic,
+                self.max_events - len(self._live),
+                self.max_bytes - self._live_bytes,
+            )
+            for event in events[:count]:
+                self._add(_MemoryEntry(next(self._keys), event))
+
+        return count
+
+    def claim(self, limit: int, *, lease: float) -> Claim | None:
+        """Take up to `limit` due events for `lease` seconds (oldest first)."""
+        with self._lock:
+            now = self._clock()
+            self._return_expired_leases(now)
+            self._return_due_deferred(now)
+            taken: dict[int, _MemoryEntry] = {}
+            claim_id = uuid.uuid4().hex
+            while self._ready and len(taken) < limit:
+                entry = self._ready.popleft()
+                if not entry.gone:
+                    entry.claim_id = claim_id
+                    taken[entry.key] = entry
+            if not taken:
+                return None
+            self._leases[claim_id] = (now + lease, taken)
+
+        items = tuple(OutboxItem(e.key, e.event, e.attempts) for e in taken.values())
+        return Claim(claim_id, now + lease, items)
+
+    def complete(self, claim: Claim, keys: Iterable[int]) -> None:
+        """Delete events Pinterest processed (whoever holds them now)."""
+        with self._lock:
+            for key in keys:
+                entry = self._live.get(key)
+                if entry is not None:
+                    self._remove(entry)
+
+    def reject(self, claim: Claim, reasons: Mapping[int, str]) -> None:
+        """Keep refused events with their reasons, within the rejected bounds."""
+        with self._lock:
+            now = self._clock()
+            for key, reason in reasons.items():
+                entry = self._live.get(key)
+                if entry is None:
+                    continue
+                self._remove(entry)
+                entry.attempts += 1
+                entry.reason = _clean_reason(reason)
+                entry.rejected_at = now
+                self._rejected[key] = entry
+            self._purge_rejected(now)
+
+    def defer(self, claim: Claim, delays: Mapping[int, float], reason: str) -> None:
+        """Put events back, one attempt more, due after their delay."""
+        with self._lock:
+            now = self._clock()
+            text = _clean_reason(reason)
+            for key, delay in delays.items():
+                entry = self._unlease(claim, key)
+                if entry is not None:
+                    entry.attempts += 1
+                    entry.reason = text
+                    heapq.heappush(self._deferred, (now + delay, key, entry))
+
+    def release(self, claim: Claim, keys: Iterable[int]) -> None:
+        """Put back unsent events, due now, ahead of newer ones."""
+        with self._lock:
+            entries = [self._unlease(claim, key) for key in keys]
+            self._ready.extendleft(e for e in reversed(entries) if e is not None)
+
+    def depth(self) -> int:
+        """Events still to deliver: pending plus in flight."""
+        return len(self._live)
+
+    def stats(self) -> OutboxStats:
+        """Counts by state, and the reasons behind deferred and rejected events."""
+        with self._lock:
+            now = self._clock()
+            self._purge_rejected(now)
+            in_flight = sum(
+                len(entries)
+                for expires, entries in self._leases.values()
+                if expires > now
+            )
+            waiting = [
+                due for due, _, entry in self._deferred if due > now and not entry.gone
+            ]
+            return OutboxStats(
+                pending=len(self._live) - in_flight,
+                deferred=len(waiting),
+                in_flight=in_flight,
+                rejected=len(self._rejected),
+                size_bytes=self._live_bytes,
+                next_attempt_at=min(waiting, default=None),
+                rejected_reasons=_most_common(
+                    Counter(e.reason or "" for e in self._rejected.values())
+                ),
+                deferred_reasons=_most_common(
+                    Counter(
+                        e.reason for e in self._live.values() if e.attempts and e.reason
+                    )
+                ),
+            )
+
+    def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
+        """The most recently rejected events, newest first, without payloads."""
+        with self._lock:
+            newest = list(reversed(self._rejected.values()))[:limit]
+            return [
+                RejectedEvent(
+                    e.key,
+                    e.event.event_id,
+                    e.event.event_name,
+                    e.reason or "",
+                    e.rejected_at,
+                    e.attempts,
+                )
+                for e in newest
+            ]
+
+    def requeue_rejected(self, *, reason: str | None = None) -> int:
+        """Make rejected events (all, or those with `reason`) pending again."""
+        with self._lock:
+            chosen = [
+                entry
+                for entry in self._rejected.values()
+                if reason is None or entry.reason == reason
+            ]
+            for entry in chosen:
+                del self._rejected[entry.key]
+                self._add(_MemoryEntry(entry.key, entry.event))
+
+        return len(chosen)
+
+    def close(self) -> None:
+        """Nothing to release: the events stay until the object is dropped."""
+
+    def _add(self, entry: _MemoryEntry) -> None:
+        self._live[entry.key] = entry
+        self._live_bytes += entry.size
+        self._ready.append(entry)
+
+    def _remove(self, entry: _MemoryEntry) -> None:
+        """Take a live entry out of the store, wherever it waits."""
+        del self._live[entry.key]
+        self._live_bytes -= entry.size
+        if entry.claim_id is not None:
+            lease = self._leases.get(entry.claim_id)
+            if lease is not None:
+                lease[1].pop(entry.key, None)
+                if not lease[1]:
+                    del self._leases[entry.claim_id]
+            entry.claim_id = None
+        else:
+            entry.gone = True
+
+    def _unlease(self, claim: Claim, key: int) -> _MemoryEntry | None:
+        """Take an entry back from `claim`, if that claim still holds it."""
+        lease = self._leases.get(claim.claim_id)
+        if lease is None:
+            return None
+        entry = lease[1].pop(key, None)
+        if not lease[1]:
+            del self._leases[claim.claim_id]
+        if entry is not None:
+            entry.claim_id = None
+
+        return entry
+
+    def _return_expired_leases(self, now: float) -> None:
+        expired = [cid for cid, (expires, _) in self._leases.items() if expires <= now]
+        for claim_id in expired:
+            _, entries = self._leases.pop(claim_id)
+            for entry in entries.values():
+                entry.claim_id = None
+            self._ready.extendleft(reversed(entries.values()))
+
+    def _return_due_deferred(self, now: float) -> None:
+        while self._deferred and self._deferred[0][0] <= now:
+            _, _, entry = heapq.heappop(self._deferred)
+            if not entry.gone:
+                self._ready.append(entry)
+
+    def _purge_rejected(self, now: float) -> None:
+        cutoff = now - self.rejected_retention
+        while self._rejected:
+            oldest = next(iter(self._rejected.values()))
+            if oldest.rejected_at > cutoff and len(self._rejected) <= self.max_rejected:
+                break
+            self._rejected.popitem(last=False)
+
+
+# --- SQLite --------------------------------------------------------------------
+
+_SCHEMA_VERSION = 1
+_PENDING = 0
+_REJECTED = 1
+
+# `available_at` is when an event may next be claimed: its creation, the end
+# of its backoff, or the end of the lease holding it. A single indexed column
+# makes "what is due" one range scan, whatever the reason for the wait.
+# The triggers keep the bounds (counts and bytes) in one row, so `put` checks
+# them without scanning the table.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    available_at REAL NOT NULL,
+    lease_id TEXT,
+    reason TEXT,
+    rejected_at REAL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (state, available_at, id);
+CREATE INDEX IF NOT EXISTS events_lease ON events (lease_id)
+    WHERE lease_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_rejected ON events (state, rejected_at)
+    WHERE state = 1;
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    live_count INTEGER NOT NULL,
+    live_bytes INTEGER NOT NULL,
+    rejected_count INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals VALUES (0, 0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS events_inserted AFTER INSERT ON events BEGIN
+    UPDATE totals SET
+        live_count = live_count + (NEW.state = 0),
+        live_bytes = live_bytes + (NEW.state = 0) * NEW.size,
+        rejected_count = rejected_count + (NEW.state = 1)
+    WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS events_deleted AFTER DELETE ON events BEGIN
+    UPDATE totals SET
+        live_count = live_count - (OLD.state = 0),
+        live_bytes = live_bytes - (OLD.state = 0) * OLD.size,
+        rejected_count = rejected_count - (OLD.state = 1)
+    WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS events_state AFTER UPDATE OF state ON events
+WHEN OLD.state <> NEW.state BEGIN
+    UPDATE totals SET
+        live_count = live_count + (NEW.state = 0) - (OLD.state = 0),
+        live_bytes = live_bytes + ((NEW.state = 0) - (OLD.state = 0)) * NEW.size,
+        rejected_count = rejected_count + (NEW.state = 1) - (OLD.state = 1)
+    WHERE id = 0;
+END;
+"""
+
+
+class _PendingPut:
+    """One `put` call waiting for the group commit that stores it."""
+
+    __slots__ = ("atomic", "error", "events", "finished", "leads", "stored", "wake")
+
+    def __init__(self, events: Sequence[WireEvent], atomic: bool) -> None:
+        self.events = events
+        self.atomic = atomic
+        self.stored = 0
+        self.error: BaseException | None = None
+        self.finished = False
+        self.leads = False
+        self.wake = threading.Event()
+
+
+class SQLiteOutbox:
+    """A durable outbox in one SQLite file, shareable by several processes.
+
+    Events are written before `put` returns, so an accepted event survives a
+    crash or a `kill -9` of the process, and the next process to open the
+    file sends it. Several processes (uvicorn or gunicorn workers) may share
+    the file: a claim is one `BEGIN IMMEDIATE` transaction, so each event is
+    leased to one process at a time, and the lease of a process that died
+    expires. Retry times are stored, so backoff survives restarts.
+
+    Writes from many threads are grouped: while one transaction commits,
+    the `put`s arriving meanwhile queue up and go into the next one
+    together, so a burst of requests costs a few commits, not one each.
+    Each `put` still returns only once its own events are committed.
+
+    The file uses WAL mode with `synchronous=NORMAL`: a commit survives the
+    process being killed; after a power loss the last commits may be lost.
+    Pass `synchronous="FULL"` to sync every commit to disk.
+
+    Args:
+        path: the database file; its directory is created if missing.
+        max_events: the most pending and in-flight events held.
+        max_bytes: the most payload bytes held by those events.
+        max_rejected: the most rejected events kept (oldest purged first).
+        rejected_retention: seconds a rejected event is kept.
+        busy_timeout: seconds to wait for another process's transaction.
+        synchronous: `"NORMAL"` (default) or `"FULL"`.
+        clock: the time in Unix seconds, shared across processes.
+
+    Privacy: the file holds hashed user data and the unhashed IP address,
+    user agent and click id of each pending or rejected event; it is
+    created readable by its owner only (mode 0600) on POSIX.
+    """
+
+    durable = True
+    blocking = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_events: int = 100_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        *,
+        max_rejected: int = 100_000,
+        rejected_retention: float = DEFAULT_REJECTED_RETENTION,
+        busy_timeout: float = 5.0,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if str(path) == ":memory:" or not str(path):
+            raise ConfigurationError(
+                "SQLiteOutbox needs a file path; use MemoryOutbox for memory"
+            )
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigurationError('synchronous must be "NORMAL" or "FULL"')
+        _check_bounds(max_events, max_bytes, max_rejected)
+        self.path = Path(path)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_rejected = max_rejected
+        self.rejected_retention = rejected_retention
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        self._clock = clock
+        self._setup()
+        _register_fork_aware(self)
+
+    def _setup(self) -> None:
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingPut] = []
+        self._committing = False
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    def _after_fork_in_child(self) -> None:
+        # SQLite connections must not cross a fork: the child opens its own.
+        _abandon(self._writer, self._reader)
+        self._setup()
+
+    def __repr__(self) -> str:
+        return f"SQLiteOutbox({str(self.path)!r})"
+
+    # --- connections ---
+
+    def _connect(self) -> sqlite3.Connection:
+        self._create_file()
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+        return conn
+
+    def _create_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+
+    def _write_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            conn = self._connect()
+            try:
+                _create_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._writer = conn
+
+        return self._writer
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if self._writer is None:
+            # The schema is created by the write connection, once.
+            with self._write_lock:
+                self._write_connection()
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            yield self._reader
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            conn = self._write_connection()
+            with _transaction(conn):
+                yield conn
+
+    # --- writes ---
+
+    def put(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        """Store events in order, committed before this returns (group commit).
+
+        Returns how many were stored: the longest prefix that fits, or all
+        or none with `atomic=True`. Raises `sqlite3.Error` when the write
+        fails (disk full, file locked past `busy_timeout`).
+        """
+        if not events:
+            return 0
+        request = _PendingPut(events, atomic)
+        with self._queue_lock:
+            self._queue.append(request)
+            leads = not self._committing
+            self._committing = True
+        if not leads:
+            request.wake.wait()
+        if not request.finished:
+            self._commit_queued()
+        if request.error is not None:
+            raise request.error
+
+        return request.stored
+
+    def _commit_queued(self) -> None:
+        """Commit every queued put in one transaction, then pass the lead on."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            self._store(batch)
+        except BaseException as exc:
+            for request in batch:
+                request.error = exc
+            raise
+        finally:
+            for request in batch:
+                request.finished = True
+                request.wake.set()
+            with self._queue_lock:
+                if self._queue:
+                    # Whoever queued first while we committed leads the next
+                    # round; we return now rather than serve them too.
+                    self._queue[0].wake.set()
+                else:
+                    self._committing = False
+
+    def _store(self, batch: list[_PendingPut]) -> None:
+        now = self._clock()
+        with self._writing() as conn:
+            live_count, live_bytes = conn.execute(
+                "SELECT live_count, live_bytes FROM totals WHERE id = 0"
+            ).fetchone()
+            room_events = self.max_events - live_count
+            room_bytes = self.max_bytes - live_bytes
+            rows = []
+            for request in batch:
+                count = _fitting(
+                    request.events, request.atomic, room_events, room_bytes
+                )
+                request.stored = count
+                for event in request.events[:count]:
+                    size = len(event.payload)
+                    room_events -= 1
+                    room_bytes -= size
+                    rows.append(
+                        (
+                            event.event_id,
+                            event.event_name,
+                            event.payload,
+                            size,
+                            now,
+                            now,
+                        )
+                    )
+            conn.executemany(
+                "INSERT INTO events (event_id, event_name, payload, size,"
+                " created_at, available_at) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def claim(self, limit: int, *, lease: float) -> Claim | None:
+        """Take up to `limit` due events for `lease` seconds, atomically."""
+        claim_id = uuid.uuid4().hex
+        now = self._clock()
+        expires_at = now + lease
+        with self._writing() as conn:
+            conn.execute(
+                "UPDATE events SET lease_id = ?, available_at = ? WHERE id IN ("
+                " SELECT id FROM events WHERE state = 0 AND available_at <= ?"
+                " ORDER BY available_at, id LIMIT ?)",
+                (claim_id, expires_at, now, limit),
+            )
+            rows = conn.execute(
+                "SELECT id, event_id, event_name, payload, attempts FROM events"
+                " WHERE lease_id = ? ORDER BY id",
+                (claim_id,),
+            ).fetchall()
+        if not rows:
+            return None
+        items = tuple(
+            OutboxItem(key, WireEvent(event_id, name, bytes(payload)), attempts)
+            for key, event_id, name, payload, attempts in rows
+        )
+
+        return Claim(claim_id, expires_at, items)
+
+    def complete(self, claim: Claim, keys: Iterable[int]) -> None:
+        """Delete events Pinterest processed (whoever holds them now)."""
+        with self._writing() as conn:
+            conn.executemany("DELETE FROM events WHERE id = ?", [(k,) for k in keys])
+
+    def reject(self, claim: Claim, reasons: Mapping[int, str]) -> None:
+        """Keep refused events with their reasons; purge old rejected ones."""
+        now = self._clock()
+        with self._writing() as conn:
+            conn.executemany(
+                "UPDATE events SET state = 1, reason = ?, rejected_at = ?,"
+                " lease_id = NULL, attempts = attempts + 1 WHERE id = ? AND state = 0",
+                [(_clean_reason(r), now, key) for key, r in reasons.items()],
+            )
+            self._purge_rejected(conn, now)
+
+    def defer(self, claim: Claim, delays: Mapping[int, float], reason: str) -> None:
+        """Put events back after a retryable failure, due after their delay."""
+        now = self._clock()
+        text = _clean_reason(reason)
+        with self._writing() as conn:
+            conn.executemany(
+                "UPDATE events SET lease_id = NULL, attempts = attempts + 1,"
+                " available_at = ?, reason = ? WHERE id = ? AND lease_id = ?",
+                [(now + d, text, key, claim.claim_id) for key, d in delays.items()],
+            )
+
+    def release(self, claim: Claim, keys: Iterable[int]) -> None:
+        """Put back unsent events, due at once, in their original order."""
+        with self._writing() as conn:
+            conn.executemany(
+                "UPDATE events SET lease_id = NULL, available_at = created_at"
+                " WHERE id = ? AND lease_id = ?",
+                [(key, claim.claim_id) for key in keys],
+            )
+
+    def requeue_rejected(self, *, reason: str | None = None) -> int:
+        """Make rejected events (all, or those with `reason`) pending again."""
+        now = self._clock()
+        query = (
+            "UPDATE events SET state = 0, attempts = 0, reason = NULL,"
+            " rejected_at = NULL, lease_id = NULL, available_at = ? WHERE state = 1"
+        )
+        with self._writing() as conn:
+            if reason is None:
+                cursor = conn.execute(query, (now,))
+            else:
+                cursor = conn.execute(query + " AND reason = ?", (now, reason))
+
+        return cursor.rowcount
+
+    def _purge_rejected(self, conn: sqlite3.Connection, now: float) -> None:
+        conn.execute(
+            "DELETE FROM events WHERE state = 1 AND rejected_at <= ?",
+            (now - self.rejected_retention,),
+        )
+        (rejected,) = conn.execute(
+            "SELECT rejected_count FROM totals WHERE id = 0"
+        ).fetchone()
+        if rejected > self.max_rejected:
+            conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events"
+                " WHERE state = 1 ORDER BY rejected_at, id LIMIT ?)",
+                (rejected - self.max_rejected,),
+            )
+
+    # --- reads ---
+
+    def depth(self) -> int:
+        """Events still to deliver, in every process sharing the file."""
+        with self._reading() as conn:
+            (count,) = conn.execute(
+                "SELECT live_count FROM totals WHERE id = 0"
+            ).fetchone()
+
+        return int(count)
+
+    def stats(self) -> OutboxStats:
+        """Counts by state and the reasons behind deferred and rejected events."""
+        now = self._clock()
+        with self._reading() as conn:
+            live, size, rejected = conn.execute(
+                "SELECT live_count, live_bytes, rejected_count FROM totals WHERE id = 0"
+            ).fetchone()
+            in_flight, deferred, next_at = conn.execute(
+                "SELECT"
+                " count(CASE WHEN lease_id IS NOT NULL THEN 1 END),"
+                " count(CASE WHEN lease_id IS NULL THEN 1 END),"
+                " min(CASE WHEN lease_id IS NULL THEN available_at END)"
+                " FROM events WHERE state = 0 AND available_at > ?",
+                (now,),
+            ).fetchone()
+            rejected_reasons = self._reasons(conn, "state = 1")
+            deferred_reasons = self._reasons(
+                conn, "state = 0 AND reason IS NOT NULL AND attempts > 0"
+            )
+
+        return OutboxStats(
+            pending=live - in_flight,
+            deferred=deferred,
+            in_flight=in_flight,
+            rejected=rejected,
+            size_bytes=size,
+            next_attempt_at=next_at,
+            rejected_reasons=rejected_reasons,
+            deferred_reasons=deferred_reasons,
+        )
+
+    @staticmethod
+    def _reasons(conn: sqlite3.Connection, where: str) -> dict[str, int]:
+        rows = conn.execute(
+            f"SELECT reason, count(*) AS n FROM events WHERE {where}"  # noqa: S608 - fixed clauses, no input
+            f" GROUP BY reason ORDER BY n DESC, reason LIMIT {_MAX_LISTED_REASONS}"
+        ).fetchall()
+        return {reason or "": n for reason, n in rows}
+
+    def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
+        """The most recently rejected events, newest first, without payloads."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT id, event_id, event_name, reason, rejected_at, attempts"
+                " FROM events WHERE state = 1 ORDER BY rejected_at DESC, id DESC"
+                " LIMIT ?",
+                (limit,),
+            ).fetchall()
+
+        return [RejectedEvent(*row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connections; a later call opens them again."""
+        with self._write_lock, self._read_lock:
+            for conn in (self._writer, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._writer = None
+            self._reader = None
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise ConfigurationError(
+                "the outbox file was written by a newer pinterest_mw"
+            )
+        for statement in _statements(_SCHEMA):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One `BEGIN IMMEDIATE` transaction: the write lock is taken up front.
+
+    Taking it at BEGIN, rather than at the first write, is what makes a
+    claim (a read then a write) atomic across processes.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements, keeping trigger bodies whole."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement.strip()
+            statement = ""

@@ -1,0 +1,966 @@
+"""Send events to Pinterest's events endpoint, with retries and typed results.
+
+`Transport` (blocking, on `httpx.Client`) and `AsyncTransport` (on
+`httpx.AsyncClient`, for asyncio or trio) share their names and behaviour:
+
+- `send()` takes any number of events (`Event`, mappings, `WireEvent`) and
+  posts them in requests of at most 1000, in order, over one pooled client;
+- a request is serialized once and retried byte for byte on 429, 5xx,
+  timeouts and connection errors, with exponential backoff and jitter, a
+  `Retry-After` floor and a total time budget (`RetryPolicy`); 400, 401,
+  403 and 422 are never retried;
+- the answer becomes one `EventResult` per input event (processed, warned,
+  failed or not sent), read from the 200 body or from the 422 `details`;
+- a request that finally fails raises `APIError` (`RateLimitError` for
+  429) or `TransportError`, or is reported in the `SendResult` with
+  `raise_on_error=False`.
+
+A `Transport` may be shared between threads and an `AsyncTransport`
+between the tasks of one event loop.
+
+Privacy: the access token only ever goes into the `Authorization` header.
+It is in no `repr`, log record or exception message. Log records carry
+counts, event names and ids, statuses and durations; never bodies, user
+data or URLs with their query.
+
+Loggers: `pinterest_mw.transport` logs each request at DEBUG, each retry at
+WARNING and each abandoned request at ERROR.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
+
+from ._version import __version__
+from .events import Event, WireEvent, batch_body, parse_event
+from .exceptions import (
+    APIError,
+    ConfigurationError,
+    ConversionsError,
+    EventValidationError,
+    FieldError,
+    RateLimitError,
+    TransportError,
+)
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "MAX_BATCH_SIZE",
+    "AsyncTransport",
+    "EventResult",
+    "EventStatus",
+    "RetryPolicy",
+    "SendResult",
+    "Transport",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://api.pinterest.com"
+"""Where events go unless `api_url` or `PINTEREST_API_URL` says otherwise."""
+
+API_URL_ENV = "PINTEREST_API_URL"
+
+MAX_BATCH_SIZE = 1000
+"""The most events Pinterest accepts in one request."""
+
+DEFAULT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+_MAX_MESSAGE_LENGTH = 500
+
+_NO_VERDICT = "Pinterest's answer held no result for this event"
+_NO_REASON = "Pinterest rejected the event without a message"
+_UNKNOWN_STATUS = "Pinterest answered an unknown status for this event"
+
+_AD_ACCOUNT_ID = re.compile(r"[0-9]{1,18}")
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+# Network failures worth another try. Others (an unsupported scheme, a
+# request httpx refuses to build) would fail the same way again.
+_RETRYABLE_HTTPX_ERRORS = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
+
+# Statuses after which the rest of a send() is not attempted: the account
+# is refused, or Pinterest stayed unavailable for a whole retry budget.
+_ACCOUNT_WIDE_STATUSES = frozenset({401, 403})
+
+
+class EventStatus(StrEnum):
+    """What became of one event."""
+
+    PROCESSED = "processed"
+    """Pinterest accepted the event."""
+    WARNED = "warned"
+    """Pinterest accepted the event with a warning (see `warning_message`)."""
+    FAILED = "failed"
+    """Pinterest rejected the event (see `error_message`)."""
+    NOT_SENT = "not_sent"
+    """The request carrying the event failed finally (see `error_message`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """The outcome of one event of a send.
+
+    `index` is the event's position in what was passed to `send()` (or to
+    `send_batch()`). `error_message` is Pinterest's message for a failed
+    event, or why the event was not sent; `warning_message` is Pinterest's
+    warning for a warned one. Both are None when there is nothing to say.
+    """
+
+    index: int
+    event_id: str
+    event_name: str
+    status: EventStatus
+    error_message: str | None = None
+    warning_message: str | None = None
+
+    @property
+    def is_processed(self) -> bool:
+        """Whether Pinterest accepted the event, with or without a warning."""
+        return self.status in (EventStatus.PROCESSED, EventStatus.WARNED)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The outcome of `send()`: one result per input event, in input order.
+
+    `errors` lists the requests that failed finally when the send was made
+    with `raise_on_error=False` (their events are `not_sent`).
+    """
+
+    results: list[EventResult]
+    errors: list[ConversionsError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every event was processed (warnings allowed)."""
+        return not self.errors and all(r.is_processed for r in self.results)
+
+    @property
+    def processed(self) -> list[EventResult]:
+        """The events Pinterest accepted, warned ones included."""
+        return [r for r in self.results if r.is_processed]
+
+    @property
+    def warned(self) -> list[EventResult]:
+        """The events Pinterest accepted with a warning."""
+        return self._with_status(EventStatus.WARNED)
+
+    @property
+    def failed(self) -> list[EventResult]:
+        """The events Pinterest rejected."""
+        return self._with_status(EventStatus.FAILED)
+
+    @property
+    def not_sent(self) -> list[EventResult]:
+        """The events whose request failed finally."""
+        return self._with_status(EventStatus.NOT_SENT)
+
+    def _with_status(self, status: EventStatus) -> list[EventResult]:
+        return [r for r in self.results if r.status is status]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a request is retried after a 429, a 5xx, a timeout or a lost connection.
+
+    The wait before retry n (n = 1, 2, ...) is `initial_backoff *
+    multiplier ** (n - 1)`, capped at `max_backoff`; `jitter` is the share
+    of that wait that is random (0 for none, 1 for "full jitter"). A
+    `Retry-After` from Pinterest is a floor: the wait is never shorter.
+    `total_budget` bounds the time spent on one request, waits included: a
+    retry whose wait would end past it is not made, and the last error is
+    raised. `attempts` counts the first try; `RetryPolicy(attempts=1)`
+    never retries.
+    """
+
+    attempts: int = 5
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    total_budget: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigurationError("RetryPolicy.attempts must be at least 1")
+        numbers = (self.initial_backoff, self.max_backoff, self.total_budget)
+        if not all(math.isfinite(n) and n >= 0 for n in numbers):
+            raise ConfigurationError(
+                "RetryPolicy backoffs and budget must be finite and not negative"
+            )
+        if self.multiplier < 1 or not math.isfinite(self.multiplier):
+            raise ConfigurationError("RetryPolicy.multiplier must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError("RetryPolicy.jitter must be between 0 and 1")
+
+    def backoff(self, retry_number: int) -> float:
+        """The wait before retry `retry_number` (from 1), jitter applied."""
+        exponent = min(retry_number - 1, 64)
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier**exponent)
+        spread = base * self.jitter
+
+        return base - spread + spread * random.random()  # noqa: S311 - jitter, not a secret
+
+
+class _Secret(str):
+    """A string whose repr hides it, for values that end up in locals."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<redacted>'"
+
+
+class _BaseTransport:
+    """Configuration, request building and answer reading shared by both transports."""
+
+    def __init__(
+        self,
+        access_token: str,
+        ad_account_id: str | int,
+        *,
+        api_url: str | None,
+        test_mode: bool,
+        timeout: float,
+        retry: RetryPolicy | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ad_account_id = _check_ad_account_id(ad_account_id)
+        self.api_url = _check_api_url(api_url or os.environ.get(API_URL_ENV))
+        self.test_mode = test_mode
+        self.timeout = _check_timeout(timeout)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._clock = clock
+        self._url = f"{self.api_url}/v5/ad_accounts/{self.ad_account_id}/events"
+        self._headers = {
+            "Authorization": _Secret(f"Bearer {_check_token(access_token)}"),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"pinterest-mw/{__version__}",
+        }
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(ad_account_id={self.ad_account_id!r}, "
+            f"api_url={self.api_url!r})"
+        )
+
+    def _httpx_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+
+    def _params(self, test: bool | None) -> dict[str, str]:
+        is_test = self.test_mode if test is None else test
+        return {"test": "true"} if is_test else {}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError("the transport has been closed")
+
+    def _retry_options(self, batch: Sequence[WireEvent]) -> dict[str, Any]:
+        """The tenacity settings for one request, its budget starting now."""
+        policy = self.retry
+        started = self._clock()
+
+        def wait(state: RetryCallState) -> float:
+            delay = policy.backoff(state.attempt_number)
+            error = _outcome_error(state)
+            if isinstance(error, APIError) and error.retry_after is not None:
+                delay = max(delay, error.retry_after)
+            return delay
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= policy.attempts:
+                return True
+            elapsed = self._clock() - started
+            return elapsed + state.upcoming_sleep > policy.total_budget
+
+        def before_sleep(state: RetryCallState) -> None:
+            logger.warning(
+                "request of %d events failed (%s) on attempt %d of %d; "
+                "retrying in %.2f s",
+                len(batch),
+                _describe(_outcome_error(state)),
+                state.attempt_number,
+                policy.attempts,
+                state.upcoming_sleep,
+            )
+
+        return {
+            "wait": wait,
+            "stop": stop,
+            "retry": retry_if_exception(_is_retryable),
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+    def _read_answer(
+        self,
+        response: httpx.Response,
+        batch: Sequence[WireEvent],
+        offset: int,
+        started: float,
+    ) -> list[EventResult]:
+        """Turn one answer into per-event results, or raise its error."""
+        status = response.status_code
+        logger.debug(
+            "request of %d events answered %d in %.3f s",
+            len(batch),
+            status,
+            self._clock() - started,
+        )
+        document = _json_or_none(response)
+        if 200 <= status < 300:
+            return _summary_results(document, batch, offset, answered=True)
+
+        code, message = _error_fields(document)
+        if status == 422:
+            details = document.get("details") if isinstance(document, dict) else None
+            if _is_summary(details):
+                return _summary_results(details, batch, offset, answered=False)
+        error_class = RateLimitError if status == 429 else APIError
+        raise error_class(status, code, message, retry_after=_retry_after(response))
+
+    def _log_results(self, results: Sequence[EventResult]) -> None:
+        failed = [r for r in results if r.status is EventStatus.FAILED]
+        warned = sum(r.status is EventStatus.WARNED for r in results)
+        logger.debug(
+            "batch of %d events: %d processed, %d warned, %d failed",
+            len(results),
+            len(results) - len(failed) - warned,
+            warned,
+            len(failed),
+        )
+        for result in failed:
+            logger.debug(
+                "event %s (%s) at index %d failed",
+                result.event_id,
+                result.event_name,
+                result.index,
+            )
+        if failed:
+            logger.warning(
+                "Pinterest rejected %d of %d events", len(failed), len(results)
+            )
+
+    def _log_abandoned(
+        self, batch: Sequence[WireEvent], attempts: int, error: ConversionsError
+    ) -> None:
+        logger.error(
+            "abandoned a request of %d events after %d attempt(s): %s",
+            len(batch),
+            attempts,
+            _describe(error),
+        )
+
+
+class Transport(_BaseTransport):
+    """Post events to Pinterest with a blocking `httpx.Client`.
+
+    One client (and its connection pool) serves every request; close the
+    transport, or use it as a context manager, to release it. A client
+    passed as `http_client` is used as it is, timeouts included, and is
+    left open.
+
+    Args:
+        access_token: the conversion access token (never logged or shown).
+        ad_account_id: the ad account, 1 to 18 digits.
+        api_url: the API's base URL. Defaults to `PINTEREST_API_URL`, then
+            to `https://api.pinterest.com`.
+        test_mode: send every request with `?test=true` (Pinterest then
+            validates the events without recording them), unless a call
+            says otherwise.
+        timeout: seconds allowed for one request (the connection gets at
+            most five of them).
+        retry: the retry policy; `RetryPolicy()` by default.
+        sleep: how to wait between attempts; replace it to test waits
+            without waiting.
+        clock: a monotonic clock in seconds, for the retry budget.
+
+    Raises:
+        ConfigurationError: for an unusable token, ad account, URL or
+            timeout, before any request is made.
+    """
+
+    def __init__(
+        self,
+        access_token: str,
+        ad_account_id: str | int,
+        *,
+        api_url: str | None = None,
+        test_mode: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            access_token,
+            ad_account_id,
+            api_url=api_url,
+            test_mode=test_mode,
+            timeout=timeout,
+            retry=retry,
+            clock=clock,
+        )
+        self._sleep = sleep
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.Client(
+            timeout=self._httpx_timeout(), verify=_shared_ssl_context()
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool (a caller's `http_client` stays open)."""
+        self._closed = True
+        if self._owns_client:
+            self._client.close()
+
+    def send(
+        self,
+        events: Iterable[Event | Mapping[str, Any] | WireEvent],
+        *,
+        test: bool | None = None,
+        raise_on_error: bool = True,
+    ) -> SendResult:
+        """Send any number of events, in requests of at most 1000, in order.
+
+        Mappings are validated and hashed with `parse_event` first; if any
+        is invalid, `EventValidationError` lists every problem (paths start
+        with `data.<index>.`) and nothing is sent.
+
+        A request that finally fails raises `APIError`, `RateLimitError` or
+        `TransportError`; the requests before it were delivered and the
+        ones after it are not attempted. With `raise_on_error=False` the
+        error is listed in `SendResult.errors` and its events are
+        `not_sent`; later requests still go out unless the error concerns
+        the whole account (401, 403) or Pinterest stayed unavailable for a
+        whole retry budget.
+
+        `test` overrides the transport's `test_mode` for this call.
+        """
+        self._check_open()
+        outcome = _SendOutcome(raise_on_error)
+        for offset, chunk in _chunks(_prepare(events)):
+            if outcome.stopped:
+                outcome.skip(chunk, offset)
+                continue
+            try:
+                outcome.add(self._send_chunk(chunk, offset, test))
+            except (APIError, TransportError) as exc:
+                outcome.fail(exc, chunk, offset)
+
+        return outcome.result()
+
+    def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        """Send one request of up to 1000 events, retrying as the policy allows.
+
+        Returns one result per event (a 422 is read into per-event results,
+        not raised). Raises `APIError`, `RateLimitError` or
+        `TransportError` when the request finally fails, and ValueError for
+        more than 1000 events.
+        """
+        self._check_open()
+        return self._send_chunk(_check_batch(batch), 0, test)
+
+    def _send_chunk(
+        self, batch: Sequence[WireEvent], offset: int, test: bool | None
+    ) -> list[EventResult]:
+        if not batch:
+            return []
+        body = batch_body(event.payload for event in batch)
+        params = self._params(test)
+        retrying = Retrying(sleep=self._sleep, **self._retry_options(batch))
+        logger.debug("sending %d events (test=%s)", len(batch), bool(params))
+        try:
+            results = retrying(self._attempt, body, params, batch, offset)
+        except (APIError, TransportError) as exc:
+            self._log_abandoned(batch, retrying.statistics["attempt_number"], exc)
+            raise
+        self._log_results(results)
+
+        return results
+
+    def _attempt(
+        self,
+        body: bytes,
+        params: dict[str, str],
+        batch: Sequence[WireEvent],
+        offset: int,
+    ) -> list[EventResult]:
+        started = self._clock()
+        try:
+            response = self._client.post(
+                self._url, content=body, params=params, headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+
+        return self._read_answer(response, batch, offset, started)
+
+
+class AsyncTransport(_BaseTransport):
+    """Post events to Pinterest with an `httpx.AsyncClient` (asyncio or trio).
+
+    The twin of `Transport`: same arguments, same behaviour, with `async
+    send`, `async send_batch` and `aclose()`. `sleep` is awaited between
+    attempts (`anyio.sleep` by default).
+    """
+
+    def __init__(
+        self,
+        access_token: str,
+        ad_account_id: str | int,
+        *,
+        api_url: str | None = None,
+        test_mode: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            access_token,
+            ad_account_id,
+            api_url=api_url,
+            test_mode=test_mode,
+            timeout=timeout,
+            retry=retry,
+            clock=clock,
+        )
+        self._sleep = sleep
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(
+            timeout=self._httpx_timeout(), verify=_shared_ssl_context()
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release the connection pool (a caller's `http_client` stays open)."""
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def send(
+        self,
+        events: Iterable[Event | Mapping[str, Any] | WireEvent],
+        *,
+        test: bool | None = None,
+        raise_on_error: bool = True,
+    ) -> SendResult:
+        """Send any number of events, in requests of at most 1000, in order.
+
+        Behaves as `Transport.send`.
+        """
+        self._check_open()
+        outcome = _SendOutcome(raise_on_error)
+        for offset, chunk in _chunks(_prepare(events)):
+            if outcome.stopped:
+                outcome.skip(chunk, offset)
+                continue
+            try:
+                outcome.add(await self._send_chunk(chunk, offset, test))
+            except (APIError, TransportError) as exc:
+                outcome.fail(exc, chunk, offset)
+
+        return outcome.result()
+
+    async def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        """Send one request of up to 1000 events, retrying as the policy allows.
+
+        Behaves as `Transport.send_batch`.
+        """
+        self._check_open()
+        return await self._send_chunk(_check_batch(batch), 0, test)
+
+    async def _send_chunk(
+        self, batch: Sequence[WireEvent], offset: int, test: bool | None
+    ) -> list[EventResult]:
+        if not batch:
+            return []
+        body = batch_body(event.payload for event in batch)
+        params = self._params(test)
+        retrying = AsyncRetrying(sleep=self._sleep, **self._retry_options(batch))
+        logger.debug("sending %d events (test=%s)", len(batch), bool(params))
+        try:
+            results: list[EventResult] = await retrying(
+                self._attempt, body, params, batch, offset
+            )
+        except (APIError, TransportError) as exc:
+            self._log_abandoned(batch, retrying.statistics["attempt_number"], exc)
+            raise
+        self._log_results(results)
+
+        return results
+
+    async def _attempt(
+        self,
+        body: bytes,
+        params: dict[str, str],
+        batch: Sequence[WireEvent],
+        offset: int,
+    ) -> list[EventResult]:
+        started = self._clock()
+        try:
+            response = await self._client.post(
+                self._url, content=body, params=params, headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+
+        return self._read_answer(response, batch, offset, started)
+
+
+class _SendOutcome:
+    """Collects the results of the requests of one `send()`."""
+
+    def __init__(self, raise_on_error: bool) -> None:
+        self.raise_on_error = raise_on_error
+        self.results: list[EventResult] = []
+        self.errors: list[ConversionsError] = []
+        self.stopped_by: ConversionsError | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_by is not None
+
+    def add(self, results: list[EventResult]) -> None:
+        self.results.extend(results)
+
+    def fail(
+        self, error: APIError | TransportError, chunk: Sequence[WireEvent], offset: int
+    ) -> None:
+        if self.raise_on_error:
+            raise error
+        self.errors.append(error)
+        self.results.extend(_not_sent(chunk, offset, f"request failed: {error}"))
+        if _stops_the_send(error):
+            self.stopped_by = error
+
+    def skip(self, chunk: Sequence[WireEvent], offset: int) -> None:
+        reason = f"not attempted after an earlier request failed: {self.stopped_by}"
+        self.results.extend(_not_sent(chunk, offset, reason))
+
+    def result(self) -> SendResult:
+        return SendResult(self.results, self.errors)
+
+
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every transport of the process.
+
+    Loading the CA bundle takes tens of milliseconds; a process that builds
+    several transports (sync and async, one per worker) pays it once.
+    """
+    return httpx.create_ssl_context()
+
+
+def _check_ad_account_id(value: str | int) -> str:
+    text = (
+        str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    )
+    if not isinstance(text, str) or _AD_ACCOUNT_ID.fullmatch(text) is None:
+        raise ConfigurationError("ad_account_id must be 1 to 18 digits")
+
+    return text
+
+
+def _check_token(value: str) -> str:
+    problem = (
+        "access_token must be a non-empty string of printable ASCII without whitespace"
+    )
+    if not isinstance(value, str):
+        raise ConfigurationError(problem)
+    if _TOKEN.fullmatch(value) is None:
+        raise ConfigurationError(problem)
+
+    return value
+
+
+def _check_api_url(value: str | None) -> str:
+    if not value:
+        return DEFAULT_API_URL
+    problem = "api_url must be an http(s) URL without credentials, query or fragment"
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError):
+        raise ConfigurationError(problem) from None
+    if (
+        url.scheme not in ("http", "https")
+        or not url.host
+        or url.userinfo
+        or url.query
+        or url.fragment
+    ):
+        raise ConfigurationError(problem)
+
+    return str(url).rstrip("/")
+
+
+def _check_timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError("timeout must be a number of seconds")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError("timeout must be finite and positive")
+
+    return float(value)
+
+
+def _check_batch(batch: Sequence[WireEvent]) -> Sequence[WireEvent]:
+    if len(batch) > MAX_BATCH_SIZE:
+        raise ValueError(f"a batch holds at most {MAX_BATCH_SIZE} events")
+
+    return batch
+
+
+def _prepare(
+    events: Iterable[Event | Mapping[str, Any] | WireEvent],
+) -> list[WireEvent]:
+    """Serialize every event once, or raise with every invalid one's problems."""
+    wire: list[WireEvent] = []
+    problems: list[FieldError] = []
+    for index, item in enumerate(events):
+        if isinstance(item, WireEvent):
+            wire.append(item)
+        elif isinstance(item, Event):
+            wire.append(item.to_wire_event())
+        elif isinstance(item, Mapping):
+            try:
+                wire.append(parse_event(item, path=f"data.{index}").to_wire_event())
+            except EventValidationError as exc:
+                problems.extend(exc.errors)
+        else:
+            raise TypeError(
+                "events must be Event, mapping or WireEvent objects, "
+                f"not {type(item).__name__}"
+            )
+    if problems:
+        raise EventValidationError(problems)
+
+    return wire
+
+
+def _chunks(events: list[WireEvent]) -> Iterator[tuple[int, list[WireEvent]]]:
+    for offset in range(0, len(events), MAX_BATCH_SIZE):
+        yield offset, events[offset : offset + MAX_BATCH_SIZE]
+
+
+def _not_sent(
+    chunk: Sequence[WireEvent], offset: int, reason: str
+) -> list[EventResult]:
+    return [
+        EventResult(
+            offset + i, event.event_id, event.event_name, EventStatus.NOT_SENT, reason
+        )
+        for i, event in enumerate(chunk)
+    ]
+
+
+def _stops_the_send(error: APIError | TransportError) -> bool:
+    if isinstance(error, TransportError):
+        return True
+
+    return error.status_code in _ACCOUNT_WIDE_STATUSES or error.is_retryable
+
+
+def _is_retryable(error: BaseException) -> bool:
+    if isinstance(error, APIError):
+        return error.is_retryable
+    if isinstance(error, TransportError):
+        return isinstance(error.__cause__, _RETRYABLE_HTTPX_ERRORS)
+
+    return False
+
+
+def _outcome_error(state: RetryCallState) -> BaseException | None:
+    if state.outcome is None or not state.outcome.failed:
+        return None
+
+    return state.outcome.exception()
+
+
+def _describe(error: BaseException | None) -> str:
+    """Name a failure for a log line: a status, or an exception's class."""
+    if isinstance(error, APIError):
+        return f"status {error.status_code}"
+    if error is not None and error.__cause__ is not None:
+        return type(error.__cause__).__name__
+
+    return type(error).__name__
+
+
+def _transport_error(exc: httpx.HTTPError) -> TransportError:
+    # httpx's own message can hold the URL and its query: keep it out of ours.
+    if isinstance(exc, httpx.TimeoutException):
+        what = "timed out"
+    elif isinstance(exc, httpx.NetworkError):
+        what = "connection failed"
+    else:
+        what = "request failed"
+
+    return TransportError(f"Pinterest request {what} ({type(exc).__name__})")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_fields(document: Any) -> tuple[int | None, str | None]:
+    if not isinstance(document, dict):
+        return None, None
+    code = document.get("code")
+    message = document.get("message")
+    if not isinstance(code, int) or isinstance(code, bool):
+        code = None
+    if not isinstance(message, str):
+        message = None
+
+    return code, message[:_MAX_MESSAGE_LENGTH] if message else None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait per `Retry-After`: a number, or an HTTP date.
+
+    A date is measured against the answer's own `Date` header when there is
+    one, so a skewed local clock does not shorten the wait.
+    """
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+
+    retry_at = _http_date(value)
+    if retry_at is None:
+        return None
+    now = _http_date(response.headers.get("date", "")) or datetime.now(UTC)
+
+    return max(0.0, (retry_at - now).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+
+    return moment
+
+
+def _is_summary(document: Any) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("events"), list)
+
+
+def _summary_results(
+    summary: Any, batch: Sequence[WireEvent], offset: int, *, answered: bool
+) -> list[EventResult]:
+    """One result per event of `batch`, from Pinterest's per-event list.
+
+    An event the list does not cover (or a 2xx body of another shape) was
+    accepted without a verdict: it is reported as warned, since the request
+    succeeded but no per-event status confirms it.
+    """
+    entries = summary.get("events") if _is_summary(summary) else []
+    results = []
+    for i, event in enumerate(batch):
+        entry = entries[i] if i < len(entries) else None
+        results.append(_event_result(entry, offset + i, event, answered=answered))
+
+    return results
+
+
+def _event_result(
+    entry: Any, index: int, event: WireEvent, *, answered: bool
+) -> EventResult:
+    def build(
+        status: EventStatus, error: Any = None, warning: Any = None
+    ) -> EventResult:
+        return EventResult(
+            index,
+            event.event_id,
+            event.event_name,
+            status,
+            _text(error),
+            _text(warning),
+        )
+
+    if not isinstance(entry, dict):
+        if answered:
+            return build(EventStatus.WARNED, warning=_NO_VERDICT)
+        return build(EventStatus.FAILED, error=_NO_VERDICT)
+    status = entry.get("status")
+    if status == "processed":
+        warning = _text(entry.get("warning_message"))
+        return build(
+            EventStatus.WARNED if warning else EventStatus.PROCESSED, None, warning
+        )
+    if status == "failed":
+        error = _text(entry.get("error_message")) or _NO_REASON
+        return build(EventStatus.FAILED, error)
+
+    return build(EventStatus.FAILED, _UNKNOWN_STATUS)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value[:_MAX_MESSAGE_LENGTH]
+
+    return None

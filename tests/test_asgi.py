@@ -1,0 +1,1115 @@
+"""The ASGI sub-app: bodies, enrichment, refusals, CORS, protections, real hosts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+
+from pinterest_mw._ingest import QUEUE_FULL_RETRY_AFTER
+from pinterest_mw.asgi import pinterest_app
+from pinterest_mw.client import Client
+from pinterest_mw.context import TrustedProxies
+from pinterest_mw.dispatch import DeliveryBackoff
+from pinterest_mw.exceptions import ConfigurationError
+from pinterest_mw.hashing import sha256_hex
+from pinterest_mw.outbox import MemoryOutbox
+from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
+from pinterest_mw.transport import RetryPolicy
+
+EMAIL = "Buyer@Example.com"
+HASHED_EMAIL = sha256_hex("buyer@example.com")
+BROWSER_IP = "203.0.113.7"
+PROXY_IP = "10.0.0.2"
+USER_AGENT = "Mozilla/5.0 (test)"
+SHOP = "https://shop.example"
+FOREIGN = "https://evil.example"
+MOCK_URL = "https://pinterest.example"
+FAST: dict[str, Any] = {
+    "flush_interval": 0.05,
+    "retry": RetryPolicy(attempts=1),
+    "backoff": DeliveryBackoff(initial=0.02, maximum=0.1, jitter=0),
+    "shutdown_timeout": 5.0,
+}
+
+
+def event(email: str = EMAIL, **changes: Any) -> dict[str, Any]:
+    return {
+        "event_name": "checkout",
+        "action_source": "web",
+        "user_data": {"email": email},
+        **changes,
+    }
+
+
+@pytest.fixture
+def make_client(fake_pinterest: FakePinterestAPI) -> Iterator[Callable[..., Client]]:
+    """Sending clients in front of the in-process fake, closed after the test."""
+    made: list[Client] = []
+
+    def make(**options: Any) -> Client:
+        client = Client(
+            FAKE_ACCESS_TOKEN,
+            FAKE_AD_ACCOUNT_ID,
+            api_url=MOCK_URL,
+            **{**FAST, **options},
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close(timeout=1)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Client]) -> Client:
+    return make_client()
+
+
+@pytest.fixture
+def local_client() -> Iterator[Client]:
+    """A client without credentials, keeping events in memory (not sending)."""
+    client = Client(sending=False, outbox=MemoryOutbox(100), **FAST)
+    yield client
+    client.close(timeout=1)
+
+
+def http(app: Any, client_ip: str = BROWSER_IP) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(client_ip, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+async def post(
+    app: Any,
+    body: Any,
+    path: str = "/track-event",
+    *,
+    client_ip: str = BROWSER_IP,
+    **headers: str,
+) -> httpx.Response:
+    headers = {"user-agent": USER_AGENT, **headers}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers.setdefault("content-type", "application/json")
+    async with http(app, client_ip) as session:
+        return await session.post(path, content=content, headers=headers)
+
+
+def delivered_ids(fake: FakePinterestAPI) -> list[str]:
+    return [event["event_id"] for event in fake.events]
+
+
+def asgi_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """A bare HTTP scope for a POST to /track-event, for hand-driven requests."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/track-event",
+        "raw_path": b"/track-event",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": (BROWSER_IP, 1),
+        "server": ("testserver", 80),
+    }
+
+
+async def delivered(client: Client, fake: FakePinterestAPI) -> list[dict[str, Any]]:
+    assert await client.aflush(timeout=10)
+    return fake.events
+
+
+# --- construction ---------------------------------------------------------------
+
+
+def test_wildcard_origin_with_credentials_is_refused_at_construction(
+    local_client: Client,
+) -> None:
+    with pytest.raises(ConfigurationError, match="allow_credentials"):
+        pinterest_app(local_client, allow_origins=["*"], allow_credentials=True)
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://shop.example/", "shop.example", "https://shop.example/buy"]
+)
+def test_origin_that_no_browser_sends_is_refused_at_construction(
+    local_client: Client, origin: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="allow_origins"):
+        pinterest_app(local_client, allow_origins=[origin])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"allow_origins": SHOP},
+        {"allow_origins": [None]},
+        {"max_body_size": 0},
+        {"rate_limit": 0},
+        {"rate_limit": 1, "rate_limit_burst": 0},
+        {"trusted_proxies": ["not an address"]},
+        {"trusted_proxies": PROXY_IP},
+        {"shared_secret": "has a space"},
+        {"shared_secret": "s3cret", "shared_secret_header": "Bad Header"},
+    ],
+)
+def test_unusable_option_is_refused_at_construction(
+    local_client: Client, options: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        pinterest_app(local_client, **options)
+
+
+def test_a_client_of_another_kind_is_refused(local_client: Client) -> None:
+    with pytest.raises(ConfigurationError, match="Client"):
+        pinterest_app(object())  # type: ignore[arg-type]
+
+
+# --- accepting ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/track-event", "/track-event/"])
+async def test_both_path_spellings_accept_without_redirect(
+    local_client: Client, path: str
+) -> None:
+    response = await post(pinterest_app(local_client), event(), path)
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_single_event_is_accepted_with_its_event_id(local_client: Client) -> None:
+    response = await post(pinterest_app(local_client), event(event_id="order-1"))
+
+    assert response.json() == {"accepted": 1, "event_ids": ["order-1"], "warnings": []}
+
+
+@pytest.mark.anyio
+async def test_data_body_accepts_every_event(local_client: Client) -> None:
+    body = {"data": [event(event_id=f"e{i}") for i in range(3)]}
+
+    response = await post(pinterest_app(local_client), body)
+
+    assert response.json()["event_ids"] == ["e0", "e1", "e2"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "event_data",
+    [event(event_id="seed-0"), [event(event_id="seed-0"), event(event_id="seed-1")]],
+    ids=["object", "list"],
+)
+async def test_npm_seed_body_is_accepted(
+    make_client: Callable[..., Client], event_data: Any
+) -> None:
+    app = pinterest_app(make_client())
+    body = {"advertiser_id": FAKE_AD_ACCOUNT_ID, "event_data": event_data}
+
+    response = await post(app, body)
+
+    assert response.status_code == 202
+    assert response.json()["event_ids"][0] == "seed-0"
+
+
+@pytest.mark.anyio
+async def test_accepted_events_reach_pinterest_hashed(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    await post(pinterest_app(client), event())
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["em"] == [HASHED_EMAIL]
+
+
+@pytest.mark.anyio
+async def test_raw_email_never_leaves_the_process(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    await post(pinterest_app(client), {"data": [event(), event(email="x@y.example")]})
+
+    await delivered(client, fake_pinterest)
+    assert all(EMAIL.encode() not in r.body for r in fake_pinterest.requests)
+
+
+@pytest.mark.anyio
+async def test_wire_names_and_prehashed_values_are_accepted(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event()
+    body["user_data"] = {"em": [HASHED_EMAIL], "ph": "+1 (415) 555-0100"}
+
+    await post(pinterest_app(client), body)
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["em"] == [HASHED_EMAIL]
+    assert sent["user_data"]["ph"] == [sha256_hex("14155550100")]
+
+
+@pytest.mark.anyio
+async def test_dropped_personal_data_is_a_warning_without_its_value(
+    local_client: Client,
+) -> None:
+    body = {"data": [event(user_data={"email": EMAIL, "phone": "call me maybe"})]}
+
+    response = await post(pinterest_app(local_client), body)
+
+    [warning] = response.json()["warnings"]
+    assert warning["path"] == "data.0.user_data.phone"
+    assert "call me" not in response.text
+
+
+@pytest.mark.anyio
+async def test_action_source_defaults_to_web(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event()
+    del body["action_source"]
+
+    await post(pinterest_app(client), body)
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["action_source"] == "web"
+
+
+# --- enrichment -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_request_ip_and_user_agent_replace_the_body_ones(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event()
+    body["user_data"].update(client_ip_address="198.51.100.1", user_agent="forged")
+
+    await post(pinterest_app(client), body)
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["client_ip_address"] == BROWSER_IP
+    assert sent["user_data"]["client_user_agent"] == USER_AGENT
+
+
+@pytest.mark.anyio
+async def test_epik_cookie_becomes_the_click_id(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    await post(pinterest_app(client), event(), cookie="_epik=dj0yJnU9abc")
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["click_id"] == "dj0yJnU9abc"
+
+
+@pytest.mark.anyio
+async def test_referer_fills_in_a_missing_event_source_url(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    await post(pinterest_app(client), event(), referer=f"{SHOP}/cart")
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["event_source_url"] == f"{SHOP}/cart"
+
+
+@pytest.mark.anyio
+async def test_referer_does_not_replace_the_event_source_url(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event(event_source_url=f"{SHOP}/thanks")
+
+    await post(pinterest_app(client), body, referer=f"{SHOP}/cart")
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["event_source_url"] == f"{SHOP}/thanks"
+
+
+@pytest.mark.anyio
+async def test_forwarded_for_through_a_trusted_proxy_is_the_client_ip(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    app = pinterest_app(client, trusted_proxies=["10.0.0.0/8"])
+
+    await post(app, event(), client_ip=PROXY_IP, **{"x-forwarded-for": f"{BROWSER_IP}"})
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["client_ip_address"] == BROWSER_IP
+
+
+@pytest.mark.anyio
+async def test_trusted_proxies_may_be_given_ready_made(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    app = pinterest_app(client, trusted_proxies=TrustedProxies([PROXY_IP]))
+
+    await post(app, event(), client_ip=PROXY_IP, **{"x-forwarded-for": BROWSER_IP})
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["client_ip_address"] == BROWSER_IP
+
+
+@pytest.mark.anyio
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    app = pinterest_app(client, trusted_proxies=["10.0.0.0/8"])
+
+    await post(app, event(), **{"x-forwarded-for": "198.51.100.99"})
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["client_ip_address"] == BROWSER_IP
+
+
+@pytest.mark.anyio
+async def test_trusted_proxies_default_to_the_environment(
+    client: Client, fake_pinterest: FakePinterestAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINTEREST_TRUSTED_PROXIES", "192.0.2.1, 10.0.0.0/8")
+    app = pinterest_app(client)
+
+    await post(app, event(), client_ip=PROXY_IP, **{"x-forwarded-for": BROWSER_IP})
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["client_ip_address"] == BROWSER_IP
+
+
+# --- advertiser ids -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("advertiser_id", [FAKE_AD_ACCOUNT_ID, int(FAKE_AD_ACCOUNT_ID)])
+async def test_the_own_ad_account_may_be_named(
+    client: Client, advertiser_id: str | int
+) -> None:
+    body = {"advertiser_id": advertiser_id, "data": [event()]}
+
+    response = await post(pinterest_app(client), body)
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("advertiser_id", ["1", 42, True, ["549755813888"], {}])
+async def test_another_advertiser_id_is_forbidden(
+    client: Client, advertiser_id: Any
+) -> None:
+    body = {"advertiser_id": advertiser_id, "event_data": event()}
+
+    response = await post(pinterest_app(client), body)
+
+    assert response.status_code == 403
+    assert response.json()["field"] == "advertiser_id"
+
+
+@pytest.mark.anyio
+async def test_forbidden_advertiser_queues_nothing(client: Client) -> None:
+    body = {"advertiser_id": "1", "event_data": event()}
+
+    await post(pinterest_app(client), body)
+
+    assert (await client.acounters()).accepted == 0
+
+
+# --- bad input ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"\xff\xfe{}", b'{"event_name": NaN}', b"[" * 50_000],
+    ids=["empty", "truncated", "not-utf8", "nan", "too-deep"],
+)
+async def test_malformed_json_is_400(local_client: Client, body: bytes) -> None:
+    response = await post(pinterest_app(local_client), body)
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_json"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "multipart/form-data", "application/xml"],
+)
+async def test_other_content_types_are_415(
+    local_client: Client, content_type: str
+) -> None:
+    response = await post(
+        pinterest_app(local_client), event(), **{"content-type": content_type}
+    )
+
+    assert response.status_code == 415
+
+
+@pytest.mark.anyio
+async def test_missing_content_type_is_415(local_client: Client) -> None:
+    async with http(pinterest_app(local_client)) as session:
+        response = await session.post("/track-event", content=b"{}")
+
+    assert response.status_code == 415
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "text/plain;charset=UTF-8"],
+)
+async def test_json_and_beacon_content_types_are_accepted(
+    local_client: Client, content_type: str
+) -> None:
+    response = await post(
+        pinterest_app(local_client), event(), **{"content-type": content_type}
+    )
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_declared_body_over_the_limit_is_413(local_client: Client) -> None:
+    app = pinterest_app(local_client, max_body_size=100)
+
+    response = await post(app, event(custom_data={"search_string": "x" * 200}))
+
+    assert response.status_code == 413
+    assert response.json()["limit"] == 100
+
+
+@pytest.mark.anyio
+async def test_streamed_body_over_the_limit_is_413(local_client: Client) -> None:
+    """Without Content-Length the body is read in chunks and refused past the limit."""
+    app = pinterest_app(local_client, max_body_size=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b" " * 100
+
+    async with http(app) as session:
+        response = await session.post(
+            "/track-event",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+
+    assert response.status_code == 413
+
+
+@pytest.mark.anyio
+async def test_streamed_body_within_the_limit_is_accepted(
+    local_client: Client,
+) -> None:
+    body = json.dumps(event()).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 10):
+            yield body[start : start + 10]
+
+    async with http(pinterest_app(local_client)) as session:
+        response = await session.post(
+            "/track-event",
+            content=chunks(),
+            headers={"content-type": "application/json", "user-agent": USER_AGENT},
+        )
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_non_numeric_content_length_is_400(local_client: Client) -> None:
+    app = pinterest_app(local_client)
+    scope_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"ten"),
+    ]
+    messages: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        messages.append(message)
+
+    await app(asgi_scope(scope_headers), receive, send)
+
+    assert messages[0]["status"] == 400
+
+
+@pytest.mark.anyio
+async def test_invalid_events_are_422_with_every_path(local_client: Client) -> None:
+    body = {
+        "data": [
+            event(),
+            event(event_time="yesterday"),
+            event(custom_data={"value": "lots", "currency": "dollars"}),
+        ]
+    }
+
+    response = await post(pinterest_app(local_client), body)
+
+    assert response.status_code == 422
+    paths = {error["path"] for error in response.json()["errors"]}
+    assert paths == {
+        "data.1.event_time",
+        "data.2.custom_data.value",
+        "data.2.custom_data.currency",
+    }
+
+
+@pytest.mark.anyio
+async def test_invalid_events_queue_nothing(local_client: Client) -> None:
+    body = {"data": [event(), event(event_time="yesterday")]}
+
+    await post(pinterest_app(local_client), body)
+
+    assert (await local_client.acounters()).accepted == 0
+
+
+@pytest.mark.anyio
+async def test_invalid_event_answer_repeats_no_value(local_client: Client) -> None:
+    body = event(event_time="not-a-time", user_data={"email": EMAIL, "bogus": EMAIL})
+
+    response = await post(pinterest_app(local_client), body)
+
+    assert response.status_code == 422
+    assert EMAIL not in response.text
+    assert "not-a-time" not in response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ([event()], "body"),
+        ("checkout", "body"),
+        ({"data": []}, "data"),
+        ({"data": event()}, "data"),
+        ({"data": [event()] * 1001}, "data"),
+        ({"data": [event()], "extra": 1}, "extra"),
+        ({"data": ["checkout"]}, "data.0"),
+        ({"advertiser_id": FAKE_AD_ACCOUNT_ID}, "event_data"),
+        ({"event_data": "checkout"}, "event_data"),
+        (event(user_data="buyer@example.com"), "user_data"),
+    ],
+    ids=[
+        "list",
+        "string",
+        "empty-data",
+        "data-object",
+        "too-many",
+        "extra-key",
+        "data-item",
+        "seed-without-events",
+        "seed-string",
+        "user-data-string",
+    ],
+)
+async def test_body_of_the_wrong_shape_is_422_naming_the_path(
+    local_client: Client, body: Any, path: str
+) -> None:
+    app = pinterest_app(local_client, max_body_size=1 << 20)
+
+    response = await post(app, body)
+
+    assert response.status_code == 422
+    assert [error["path"] for error in response.json()["errors"]] == [path]
+
+
+@pytest.mark.anyio
+async def test_other_methods_are_405(local_client: Client) -> None:
+    async with http(pinterest_app(local_client)) as session:
+        response = await session.get("/track-event")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.anyio
+async def test_unknown_path_is_404_json(local_client: Client) -> None:
+    async with http(pinterest_app(local_client)) as session:
+        response = await session.get("/nowhere")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.anyio
+async def test_failure_of_our_own_code_is_503_not_500(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(events: Any) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(local_client, "asubmit", broken)
+
+    response = await post(pinterest_app(local_client), event())
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+
+
+@pytest.mark.anyio
+async def test_failing_health_is_503_not_500(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken() -> Any:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(local_client, "acounters", broken)
+
+    async with http(pinterest_app(local_client)) as session:
+        response = await session.get("/health")
+
+    assert response.status_code == 503
+
+
+@pytest.mark.anyio
+async def test_client_gone_before_its_body_is_answered_quietly(
+    local_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A browser that leaves mid-body gets no 500 and logs no error."""
+    app = pinterest_app(local_client)
+    messages: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        messages.append(message)
+
+    scope = asgi_scope([(b"content-type", b"application/json")])
+    with caplog.at_level(logging.WARNING, logger="pinterest_mw"):
+        await app(scope, receive, send)
+
+    assert messages[0]["status"] == 400
+    assert caplog.records == []
+
+
+@pytest.mark.anyio
+async def test_failure_log_holds_no_personal_data(
+    local_client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(events: Any) -> int:
+        raise RuntimeError(EMAIL)
+
+    monkeypatch.setattr(local_client, "asubmit", broken)
+
+    with caplog.at_level(logging.DEBUG, logger="pinterest_mw"):
+        await post(pinterest_app(local_client), event())
+
+    assert "RuntimeError" in caplog.text
+    assert EMAIL not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_logs_of_a_tracked_request_hold_no_personal_data(
+    client: Client, fake_pinterest: FakePinterestAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="pinterest_mw"):
+        await post(pinterest_app(client), event(), referer=f"{SHOP}/?q=secret")
+        await delivered(client, fake_pinterest)
+
+    for secret in (EMAIL, HASHED_EMAIL, BROWSER_IP, USER_AGENT, "q=secret"):
+        assert secret not in caplog.text
+
+
+# --- the queue ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_full_queue_answers_503_naming_the_dropped_events() -> None:
+    with Client(sending=False, outbox=MemoryOutbox(2), **FAST) as client:
+        body = {"data": [event(event_id=f"e{i}") for i in range(3)]}
+
+        response = await post(pinterest_app(client), body)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == str(QUEUE_FULL_RETRY_AFTER)
+    assert response.json()["event_ids"] == ["e0", "e1"]
+    assert response.json()["dropped_event_ids"] == ["e2"]
+
+
+@pytest.mark.anyio
+async def test_full_queue_under_the_raise_policy_accepts_nothing() -> None:
+    with Client(
+        sending=False, outbox=MemoryOutbox(2), overflow="raise", **FAST
+    ) as client:
+        body = {"data": [event(event_id=f"e{i}") for i in range(3)]}
+
+        response = await post(pinterest_app(client), body)
+
+    assert response.status_code == 503
+    assert response.json()["accepted"] == 0
+
+
+@pytest.mark.anyio
+async def test_no_event_lost_or_duplicated_while_pinterest_refuses(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    """429s and 503s for a while: every event arrives, exactly once."""
+    fake_pinterest.fail_next(3, status=429, retry_after=0)
+    fake_pinterest.fail_next(2, status=503)
+    app = pinterest_app(client)
+    posted: list[str] = []
+    for request in range(4):
+        body = {"data": [event(event_id=f"r{request}-{i}") for i in range(3)]}
+        response = await post(app, body)
+        posted += response.json()["event_ids"]
+
+    events = await delivered(client, fake_pinterest)
+
+    assert sorted(e["event_id"] for e in events) == sorted(posted)
+
+
+# --- the test endpoint ----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_answers_with_pinterest_verdict_per_event(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = {"data": [event(event_id="a"), event(event_id="b", event_name="my_own")]}
+
+    response = await post(pinterest_app(client), body, "/track-event-test")
+
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [(r["event_id"], r["status"]) for r in results] == [
+        ("a", "processed"),
+        ("b", "warned"),
+    ]
+    assert response.json()["sent_to_pinterest"] is True
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_sends_in_test_mode_only(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    await post(pinterest_app(client), event(), "/track-event-test/")
+
+    assert len(fake_pinterest.test_events) == 1
+    assert fake_pinterest.events == []
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_without_credentials_says_nothing_was_sent(
+    local_client: Client,
+) -> None:
+    response = await post(
+        pinterest_app(local_client), event(event_id="x"), "/track-event-test"
+    )
+
+    assert response.status_code == 200
+    assert response.json()["sent_to_pinterest"] is False
+    assert response.json()["results"][0]["event_id"] == "x"
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_reports_an_unreachable_pinterest_as_502(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fake_pinterest.fail_next(1, status=503)
+
+    response = await post(pinterest_app(client), event(), "/track-event-test")
+
+    assert response.status_code == 502
+    assert response.json()["results"][0]["status"] == "not_sent"
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_reports_a_timeout_as_502(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fake_pinterest.timeout_next(1)
+
+    response = await post(pinterest_app(client), event(), "/track-event-test")
+
+    assert response.status_code == 502
+    assert response.json()["errors"][0]["message"] == "Pinterest could not be reached"
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_refuses_invalid_events(client: Client) -> None:
+    response = await post(
+        pinterest_app(client), event(event_time="later"), "/track-event-test"
+    )
+
+    assert response.status_code == 422
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_can_be_switched_off(local_client: Client) -> None:
+    app = pinterest_app(local_client, test_endpoint=False)
+
+    response = await post(app, event(), "/track-event-test")
+
+    assert response.status_code == 404
+
+
+# --- health ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/health", "/health/"])
+async def test_health_reports_the_counters(local_client: Client, path: str) -> None:
+    app = pinterest_app(local_client)
+    await post(app, event())
+
+    async with http(app) as session:
+        response = await session.get(path)
+
+    assert response.status_code == 200
+    assert response.json()["counters"]["accepted"] == 1
+
+
+@pytest.mark.anyio
+async def test_health_shows_no_token(client: Client) -> None:
+    async with http(pinterest_app(client)) as session:
+        response = await session.get("/health")
+
+    assert FAKE_ACCESS_TOKEN not in response.text
+
+
+# --- CORS -----------------------------------------------------------------------
+
+
+async def preflight(app: Any, origin: str, **headers: str) -> httpx.Response:
+    async with http(app) as session:
+        return await session.options(
+            "/track-event",
+            headers={
+                "origin": origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+                **headers,
+            },
+        )
+
+
+@pytest.mark.anyio
+async def test_preflight_from_an_allowed_origin_is_allowed(
+    local_client: Client,
+) -> None:
+    response = await preflight(pinterest_app(local_client, allow_origins=[SHOP]), SHOP)
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == SHOP
+
+
+@pytest.mark.anyio
+async def test_preflight_from_a_foreign_origin_is_refused(local_client: Client) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP])
+
+    response = await preflight(app, FOREIGN)
+
+    assert response.status_code == 400
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_response_to_an_allowed_origin_names_it(local_client: Client) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP])
+
+    response = await post(app, event(), origin=SHOP)
+
+    assert response.status_code == 202
+    assert response.headers["access-control-allow-origin"] == SHOP
+
+
+@pytest.mark.anyio
+async def test_response_to_a_foreign_origin_does_not_allow_it(
+    local_client: Client,
+) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP])
+
+    response = await post(app, event(), origin=FOREIGN)
+
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_error_response_carries_the_cors_headers(local_client: Client) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP])
+
+    response = await post(app, b"{", origin=SHOP)
+
+    assert response.status_code == 400
+    assert response.headers["access-control-allow-origin"] == SHOP
+
+
+@pytest.mark.anyio
+async def test_retry_after_is_readable_by_the_page(local_client: Client) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP])
+
+    response = await post(app, event(), origin=SHOP)
+
+    assert response.headers["access-control-expose-headers"] == "Retry-After"
+
+
+@pytest.mark.anyio
+async def test_allowed_origins_default_to_the_environment(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINTEREST_ALLOW_ORIGINS", f"{SHOP}, https://other.example")
+
+    response = await preflight(pinterest_app(local_client), SHOP)
+
+    assert response.headers["access-control-allow-origin"] == SHOP
+
+
+# --- shared secret and rate limit -----------------------------------------------
+
+SECRET = "s3cret-value"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("given", [None, "wrong", "s3cret-valuE", "s3cret-value-x"])
+async def test_missing_or_wrong_secret_is_401(
+    local_client: Client, given: str | None
+) -> None:
+    app = pinterest_app(local_client, shared_secret=SECRET)
+    headers = {} if given is None else {"x-pinterest-mw-secret": given}
+
+    response = await post(app, event(), **headers)
+
+    assert response.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_right_secret_is_accepted(local_client: Client) -> None:
+    app = pinterest_app(
+        local_client, shared_secret=SECRET, shared_secret_header="X-Shop-Key"
+    )
+
+    response = await post(app, event(), **{"x-shop-key": SECRET})
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_secret_defaults_to_the_environment(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINTEREST_SHARED_SECRET", SECRET)
+
+    response = await post(pinterest_app(local_client), event())
+
+    assert response.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_preflight_allows_the_secret_header(local_client: Client) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP], shared_secret=SECRET)
+
+    response = await preflight(
+        app,
+        SHOP,
+        **{"access-control-request-headers": "content-type, x-pinterest-mw-secret"},
+    )
+
+    assert response.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_requests_over_the_rate_limit_get_429(local_client: Client) -> None:
+    app = pinterest_app(local_client, rate_limit=0.01, rate_limit_burst=2)
+
+    statuses = [(await post(app, event())).status_code for _ in range(3)]
+
+    assert statuses == [202, 202, 429]
+
+
+@pytest.mark.anyio
+async def test_rate_limited_answer_says_when_to_retry(local_client: Client) -> None:
+    app = pinterest_app(local_client, rate_limit=0.5, rate_limit_burst=1)
+    await post(app, event())
+
+    response = await post(app, event())
+
+    assert response.headers["retry-after"] == "2"
+
+
+@pytest.mark.anyio
+async def test_rate_limit_counts_each_client_ip_apart(local_client: Client) -> None:
+    app = pinterest_app(local_client, rate_limit=0.01, rate_limit_burst=1)
+    await post(app, event(), client_ip="198.51.100.1")
+
+    response = await post(app, event(), client_ip="198.51.100.2")
+
+    assert response.status_code == 202
+
+
+# --- real host apps -------------------------------------------------------------
+
+
+def test_mounted_under_a_starlette_app_with_its_own_lifespan_delivers(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    """Starlette runs no lifespan for mounted apps: delivery starts by itself."""
+    started: list[bool] = []
+
+    @asynccontextmanager
+    async def host_lifespan(app: Starlette) -> AsyncIterator[None]:
+        started.append(True)
+        yield
+
+    async def home(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    host = Starlette(
+        routes=[Route("/", home), Mount("/pinterest", pinterest_app(client))],
+        lifespan=host_lifespan,
+    )
+    with TestClient(host, client=(BROWSER_IP, 1)) as browser:
+        response = browser.post(
+            "/pinterest/track-event", json=event(), headers={"user-agent": USER_AGENT}
+        )
+        assert client.flush(timeout=10)
+
+    assert started == [True]
+    assert response.status_code == 202
+    assert delivered_ids(fake_pinterest) == response.json()["event_ids"]
+
+
+def test_mounted_under_fastapi_delivers(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    host = FastAPI()
+    host.mount("/pinterest", pinterest_app(client))
+
+    with TestClient(host, client=(BROWSER_IP, 1)) as browser:
+        response = browser.post(
+            "/pinterest/track-event/", json=event(), headers={"user-agent": USER_AGENT}
+        )
+        assert client.flush(timeout=10)
+
+    assert delivered_ids(fake_pinterest) == response.json()["event_ids"]
+
+
+def test_mounted_app_builds_its_page_url_from_the_referer_not_the_mount(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    host = FastAPI()
+    host.mount("/pinterest", pinterest_app(client))
+
+    with TestClient(host, client=(BROWSER_IP, 1)) as browser:
+        browser.post(
+            "/pinterest/track-event",
+            json=event(),
+            headers={"user-agent": USER_AGENT, "referer": f"{SHOP}/p/1"},
+        )
+        assert client.flush(timeout=10)
+
+    assert fake_pinterest.events[0]["event_source_url"] == f"{SHOP}/p/1"

@@ -1,0 +1,911 @@
+"""Tests of the `pinterest-mw` command line (`pinterest_mw.cli`).
+
+Most commands are driven in-process through typer's `CliRunner`, with the
+fake Pinterest API answering through pytest-httpx. `serve`, and one run of
+each kind of command, also run as real processes (`python -m
+pinterest_mw.cli`) against the fake served on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pytest_httpx import HTTPXMock
+from typer.testing import CliRunner
+
+from pinterest_mw.cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_ROWS_FAILED,
+    NOT_SENDING_LINE,
+    build_app,
+)
+from pinterest_mw.events import WireEvent, build_event
+from pinterest_mw.outbox import OutboxStats, SQLiteOutbox
+from pinterest_mw.testing import (
+    FAKE_ACCESS_TOKEN,
+    FAKE_AD_ACCOUNT_ID,
+    FakePinterestAPI,
+    serve_fake_api,
+)
+
+DAY = 24 * 3600
+CREDENTIALS = {
+    "PINTEREST_ACCESS_TOKEN": FAKE_ACCESS_TOKEN,
+    "PINTEREST_AD_ACCOUNT_ID": FAKE_AD_ACCOUNT_ID,
+}
+STARTUP_TIMEOUT = 30.0
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No PINTEREST_* variable of the developer's leaks in; files go to tmp_path."""
+    for name in list(os.environ):
+        if name.startswith(("PINTEREST_", "_PINTEREST")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli() -> Any:
+    runner = CliRunner()
+    app = build_app()
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+def write_csv(path: Path, header: str, *rows: str) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def mixed_csv(tmp_path: Path) -> Path:
+    """Two good rows (lines 2 and 5) and two bad ones (lines 3 and 4)."""
+    now = int(time.time())
+    return write_csv(
+        tmp_path / "orders.csv",
+        "event_name,event_time,email,value,currency,order_id",
+        f"checkout,{now},Ann@Example.com,19.99,usd,A1",
+        f"checkout,{now - 10 * DAY},bob@example.com,5,USD,A2",
+        f"checkout,{now},carl@example.com,lots,USD,A3",
+        f"checkout,{now},dana@example.com,7,USD,A4",
+    )
+
+
+@pytest.fixture
+def good_csv(tmp_path: Path) -> Path:
+    now = int(time.time())
+    return write_csv(
+        tmp_path / "good.csv",
+        "event_name,event_time,email",
+        f"checkout,{now},ann@example.com",
+        f"lead,{now - DAY},bob@example.com",
+    )
+
+
+# --- hash ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "normalized"),
+    [
+        (["email", "  Ann@Example.COM "], "ann@example.com"),
+        (["em", "ann@example.com"], "ann@example.com"),
+        (["phone", "(650) 555-1212", "--default-region", "US"], "16505551212"),
+        (["zip_code", "94025-1234"], "94025"),
+        (["country", "United States"], "us"),
+    ],
+)
+def test_hash_prints_the_normalized_value_and_its_sha256(cli, args, normalized):
+    result = cli("hash", *args)
+
+    assert result.exit_code == EXIT_OK
+    assert f"normalized: {normalized}" in result.stdout
+    assert f"sha256: {sha256(normalized)}" in result.stdout
+
+
+def test_hash_of_an_unusable_value_says_why_and_exits_1(cli):
+    result = cli("hash", "email", "not-an-email")
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "dropped: not an email address" in result.stdout
+    assert "sha256" not in result.stdout
+
+
+def test_hash_of_an_already_hashed_value_shows_it_lowercased(cli):
+    digest = sha256("ann@example.com")
+
+    result = cli("hash", "email", digest.upper())
+
+    assert result.exit_code == EXIT_OK
+    assert "already hashed" in result.stdout
+    assert f"sha256: {digest}" in result.stdout
+
+
+def test_hash_of_an_unhashed_field_shows_what_is_sent(cli):
+    result = cli("hash", "client_ip_address", "203.0.113.9:443")
+
+    assert result.exit_code == EXIT_OK
+    assert "sent unhashed" in result.stdout
+    assert "normalized: 203.0.113.9" in result.stdout
+
+
+def test_hash_of_an_unknown_field_is_an_error(cli):
+    result = cli("hash", "shoe_size", "42")
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.startswith("pinterest-mw: error: unknown user data field")
+
+
+def test_hash_refuses_an_unknown_default_region(cli):
+    result = cli("hash", "phone", "5551212", "--default-region", "XX")
+
+    assert result.exit_code == EXIT_ERROR
+    assert "--default-region" in result.stderr
+
+
+# --- validate -----------------------------------------------------------------
+
+
+def test_validate_of_a_good_file_exits_0(cli, good_csv):
+    result = cli("validate", str(good_csv))
+
+    assert result.exit_code == EXIT_OK
+    assert "2 rows: 2 valid, 0 invalid" in result.stdout
+
+
+def test_validate_reports_each_bad_row_by_line_and_field(cli, mixed_csv):
+    result = cli("validate", str(mixed_csv))
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "line 3: invalid: event_time: is more than 7 days in the past" in (
+        result.stderr
+    )
+    assert "line 4: invalid: custom_data.value:" in result.stderr
+    assert "4 rows: 2 valid, 2 invalid" in result.stdout
+
+
+def test_validate_reports_field_paths_never_values(cli, tmp_path):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "secret.csv",
+        "event_name,event_time,email,phone,value",
+        f"checkout,{now},secret-person-at-example.com,+1 650 555 0000,priceless",
+    )
+
+    result = cli("validate", str(path), "--report", str(tmp_path / "r.csv"))
+
+    everything = result.output + (tmp_path / "r.csv").read_text()
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "user_data.email" in result.stderr
+    for value in ("secret-person", "650 555 0000", "16505550000", "priceless"):
+        assert value not in everything
+
+
+def test_validate_writes_every_problem_to_the_report_file(cli, tmp_path):
+    now = int(time.time())
+    rows = [f"checkout,{now},bad-email-{i}" for i in range(30)]
+    path = write_csv(tmp_path / "many.csv", "event_name,event_time,email", *rows)
+    report = tmp_path / "report.csv"
+
+    result = cli("validate", str(path), "--report", str(report))
+
+    lines = report.read_text().splitlines()
+    assert lines[0] == "line,status,field,message"
+    assert len([line for line in lines if ",invalid,user_data," in line]) == 30
+    assert f"more problems, in {report}" in result.stderr
+
+
+def test_validate_explains_a_dropped_value_behind_a_failed_row(cli, tmp_path):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "bad.csv", "event_name,event_time,email", f"checkout,{now},nope"
+    )
+
+    result = cli("validate", str(path))
+
+    assert "line 2: warning: user_data.email: not an email address" in result.stderr
+
+
+def test_validate_reads_json_lines_with_nested_and_dotted_keys(cli, tmp_path):
+    now = int(time.time())
+    documents = [
+        {
+            "event_name": "checkout",
+            "event_time": now,
+            "user_data": {"em": ["ann@example.com"]},
+            "custom_data.value": "10",
+            "currency": "EUR",
+        },
+        {"event_name": "checkout", "event_time": now, "email": "b@example.com"},
+        {"event_name": "checkout", "event_time": now, "shoe_size": 42},
+        "not an object",
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        "\n".join(json.dumps(d) for d in documents) + "\n{broken\n", encoding="utf-8"
+    )
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "5 rows: 2 valid, 3 invalid" in result.stdout
+    assert "line 3: invalid: shoe_size: is not an event field" in result.stderr
+    assert "line 4: invalid: is not a JSON object" in result.stderr
+    assert "line 5: invalid: is not valid JSON" in result.stderr
+
+
+def test_validate_builds_lists_from_indexed_columns(cli, tmp_path):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "items.csv",
+        "event_name,event_time,email,custom_data.contents.0.item_price,"
+        "custom_data.contents.1.item_price,content_ids.0",
+        f"checkout,{now},a@example.com,1.50,oops,sku-1",
+    )
+
+    result = cli("validate", str(path))
+
+    assert "line 2: invalid: custom_data.contents.1.item_price:" in result.stderr
+    assert "contents.0" not in result.stderr
+
+
+def test_map_renames_their_columns_and_drops_others(cli, tmp_path):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "theirs.csv",
+        "Kind,When,E-Mail Address,Customer Name",
+        f"checkout,{now},ann@example.com,Ann",
+    )
+
+    result = cli(
+        "validate",
+        str(path),
+        "--map",
+        "Kind=event_name",
+        "--map",
+        "When=event_time",
+        "--map",
+        "E-Mail Address=email",
+        "--map",
+        "Customer Name=",
+    )
+
+    assert result.exit_code == EXIT_OK
+
+
+def test_an_unknown_column_stops_with_the_map_option_to_use(cli, tmp_path):
+    path = write_csv(tmp_path / "x.csv", "event_name,event_time,Shoe Size", "a,1,2")
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert "--map 'Shoe Size='" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("event_name,email", "no event_time column"),
+        ("event_time,email", "no event_name column"),
+        ("event_name,event_time,value,custom_data.value", "set the same field"),
+    ],
+)
+def test_a_header_that_cannot_work_is_an_error(cli, tmp_path, header, problem):
+    path = write_csv(tmp_path / "x.csv", header, "a,1,2,3")
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert problem in result.stderr
+
+
+def test_event_name_option_fills_rows_without_one(cli, tmp_path):
+    now = int(time.time())
+    path = write_csv(tmp_path / "x.csv", "event_time,email", f"{now},a@example.com")
+
+    result = cli("validate", str(path), "--event-name", "lead")
+
+    assert result.exit_code == EXIT_OK
+
+
+def test_a_missing_file_is_a_one_line_error(cli):
+    result = cli("validate", "missing.csv")
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: No such file or directory: missing.csv\n"
+    )
+
+
+def test_a_file_that_is_not_utf8_is_an_error(cli, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"event_name,event_time,email\ncheckout,1,j\xe9@example.com\n")
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert "is not UTF-8 text" in result.stderr
+
+
+def test_a_format_the_name_does_not_tell_must_be_given(cli, tmp_path):
+    (tmp_path / "events.data").write_text("", encoding="utf-8")
+
+    result = cli("validate", "events.data")
+
+    assert result.exit_code == EXIT_ERROR
+    assert "--format" in result.stderr
+
+
+def test_an_empty_file_has_nothing_to_do(cli, tmp_path):
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
+
+    result = cli("validate", "empty.csv")
+
+    assert result.exit_code == EXIT_OK
+    assert "0 rows" in result.stdout
+
+
+# --- send ---------------------------------------------------------------------
+
+
+def test_send_without_credentials_names_what_to_set(cli, good_csv):
+    result = cli("send", str(good_csv))
+
+    assert result.exit_code == EXIT_ERROR
+    assert "PINTEREST_ACCESS_TOKEN" in result.stderr
+    assert "PINTEREST_AD_ACCOUNT_ID" in result.stderr
+
+
+def test_a_bad_ad_account_names_the_option_not_the_token(cli, good_csv):
+    env = {**CREDENTIALS, "PINTEREST_AD_ACCOUNT_ID": "not-digits"}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert result.exit_code == EXIT_ERROR
+    assert "--ad-account-id or PINTEREST_AD_ACCOUNT_ID" in result.stderr
+    assert FAKE_ACCESS_TOKEN not in result.output
+
+
+def test_send_of_good_and_bad_rows_sends_the_good_and_exits_1(
+    cli, mixed_csv, fake_pinterest
+):
+    result = cli("send", str(mixed_csv), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    sent = [event["user_data"]["em"] for event in fake_pinterest.events]
+    assert sent == [[sha256("ann@example.com")], [sha256("dana@example.com")]]
+    assert "line 3: invalid: event_time" in result.stderr
+    assert "2 processed, 0 rejected by Pinterest, 0 not sent" in result.stdout
+
+
+def test_send_of_a_good_file_exits_0(cli, good_csv, fake_pinterest):
+    result = cli("send", str(good_csv), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_OK
+    assert len(fake_pinterest.events) == 2
+
+
+def test_send_uses_offline_as_the_default_action_source(cli, good_csv, fake_pinterest):
+    cli("send", str(good_csv), env=CREDENTIALS)
+
+    assert {e["action_source"] for e in fake_pinterest.events} == {"offline"}
+
+
+def test_send_dry_run_checks_and_sends_nothing(cli, mixed_csv, fake_pinterest):
+    result = cli("send", str(mixed_csv), "--dry-run", env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert fake_pinterest.requests == []
+    assert "dry run: nothing sent" in result.stdout
+
+
+def test_send_test_goes_to_pinterests_test_mode(cli, good_csv, fake_pinterest):
+    result = cli("send", str(good_csv), "--test", env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_OK
+    assert len(fake_pinterest.test_events) == 2
+    assert fake_pinterest.events == []
+
+
+def test_send_reports_rows_pinterest_rejected(cli, tmp_path, httpx_mock: HTTPXMock):
+    """Pinterest's clock a day ahead: a 6.5-day-old row is too old for it."""
+    fake = FakePinterestAPI(clock=lambda: time.time() + DAY)
+    httpx_mock.add_callback(fake.handle, is_reusable=True)
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,event_time,email",
+        f"checkout,{now},a@example.com",
+        f"checkout,{now - int(6.5 * DAY)},b@example.com",
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "line 3: rejected: Pinterest: Invalid event_timestamp" in result.stderr
+    assert "1 processed, 1 rejected by Pinterest" in result.stdout
+
+
+def test_send_reports_pinterests_warnings_without_failing(
+    cli, tmp_path, fake_pinterest
+):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv", "event_name,event_time,email", f"my_own_event,{now},a@b.co"
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_OK
+    assert "line 2: warning: Pinterest: event_name is not a standard" in (result.stderr)
+
+
+def test_send_posts_at_most_1000_events_per_request(cli, tmp_path, fake_pinterest):
+    now = int(time.time())
+    rows = [f"checkout,{now},{i},buyer{i}@example.com" for i in range(2001)]
+    path = write_csv(
+        tmp_path / "big.csv", "event_name,event_time,event_id,email", *rows
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_OK
+    assert [len(r.event_ids()) for r in fake_pinterest.requests] == [1000, 1000, 1]
+
+
+def test_an_authentication_failure_stops_with_status_2(
+    cli, good_csv, fake_pinterest, caplog
+):
+    env = {**CREDENTIALS, "PINTEREST_ACCESS_TOKEN": "pina_wrong-token"}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert result.exit_code == EXIT_ERROR
+    assert "Pinterest answered 401" in result.stderr
+    assert "pina_wrong-token" not in result.output + caplog.text
+
+
+def test_a_refused_request_reports_its_rows_as_not_sent(cli, good_csv, fake_pinterest):
+    fake_pinterest.fail_next(1, status=400)
+
+    result = cli("send", str(good_csv), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert "line 2: not_sent: request failed: Pinterest answered 400" in (result.stderr)
+    assert "0 processed, 0 rejected by Pinterest, 2 not sent" in result.stdout
+    assert result.stderr.splitlines()[-1].startswith(
+        "pinterest-mw: error: stopped at line 3"
+    )
+
+
+def test_send_never_prints_or_logs_user_data(cli, tmp_path, fake_pinterest, caplog):
+    caplog.set_level("DEBUG")
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,event_time,email,phone,client_ip_address",
+        f"checkout,{now},private.person@example.com,+44 20 7946 0958,203.0.113.77",
+        f"checkout,{now},private.person@example.com,+44 20 7946 0958,bad-ip",
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    everything = result.output + caplog.text
+    assert result.exit_code == EXIT_OK
+    for value in (
+        "private.person",
+        sha256("private.person@example.com"),
+        "7946",
+        "203.0.113.77",
+        FAKE_ACCESS_TOKEN,
+    ):
+        assert value not in everything
+
+
+# --- outbox -------------------------------------------------------------------
+
+
+def outbox_stats(path: Path) -> OutboxStats:
+    outbox = SQLiteOutbox(path)
+    try:
+        return outbox.stats()
+    finally:
+        outbox.close()
+
+
+def event(index: int) -> WireEvent:
+    return build_event(
+        "checkout", user_data={"email": f"buyer{index}@example.com"}
+    ).to_wire_event()
+
+
+@pytest.fixture
+def outbox_file(tmp_path: Path) -> Path:
+    """An outbox with 2 pending events and 3 rejected ones (two reasons)."""
+    path = tmp_path / "outbox.sqlite3"
+    outbox = SQLiteOutbox(path)
+    try:
+        outbox.put([event(i) for i in range(5)])
+        claim = outbox.claim(3, lease=60)
+        assert claim is not None
+        keys = [item.key for item in claim.items]
+        outbox.reject(
+            claim,
+            {keys[0]: "Invalid event_name", keys[1]: "Invalid event_name"}
+            | {keys[2]: "HTTP 400"},
+        )
+    finally:
+        outbox.close()
+    return path
+
+
+def test_outbox_counts_events_by_state_with_reasons(cli, outbox_file):
+    result = cli("outbox", "--path", str(outbox_file))
+
+    assert result.exit_code == EXIT_OK
+    assert "pending:   2" in result.stdout
+    assert "rejected:  3" in result.stdout
+    assert "        2  Invalid event_name" in result.stdout
+
+
+def test_outbox_json_is_one_document(cli, outbox_file):
+    result = cli("outbox", "--path", str(outbox_file), "--json", "--rejected", "5")
+
+    document = json.loads(result.stdout)
+    assert document["rejected_reasons"] == {"Invalid event_name": 2, "HTTP 400": 1}
+    assert len(document["latest_rejected"]) == 3
+
+
+def test_outbox_shows_no_user_data(cli, outbox_file):
+    result = cli("outbox", "--path", str(outbox_file), "--rejected", "5")
+
+    assert "buyer" not in result.stdout
+    assert sha256("buyer0@example.com") not in result.stdout
+
+
+def test_outbox_path_comes_from_the_environment(cli, outbox_file):
+    result = cli("outbox", env={"PINTEREST_OUTBOX": str(outbox_file)})
+
+    assert "rejected:  3" in result.stdout
+
+
+def test_outbox_retry_requeues_every_rejected_event(cli, outbox_file):
+    result = cli("outbox", "retry", "--path", str(outbox_file))
+
+    stats = outbox_stats(outbox_file)
+    assert result.stdout == "re-queued 3 rejected events\n"
+    assert (stats.pending, stats.rejected) == (5, 0)
+
+
+def test_outbox_retry_can_pick_one_reason(cli, outbox_file):
+    cli("outbox", "--path", str(outbox_file), "retry", "--reason", "HTTP 400")
+
+    stats = outbox_stats(outbox_file)
+    assert (stats.pending, stats.rejected) == (3, 2)
+
+
+@pytest.mark.parametrize("args", [["outbox"], ["outbox", "retry"]])
+def test_outbox_commands_do_not_create_a_missing_outbox(cli, tmp_path, args):
+    result = cli(*args)
+
+    assert result.exit_code == EXIT_ERROR
+    assert "no outbox at" in result.stderr
+    assert not (tmp_path / "pinterest-mw-data").exists()
+
+
+# --- errors -------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("value ann@example.com could not be read")
+
+    monkeypatch.setattr("pinterest_mw.cli.parse_event", fail)
+
+
+def test_an_unexpected_error_is_one_line_without_its_message(
+    cli, good_csv, broken_parser
+):
+    result = cli("validate", str(good_csv))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: unexpected RuntimeError (run with --debug for details)\n"
+    )
+
+
+def test_debug_shows_the_traceback_of_an_unexpected_error(cli, good_csv, broken_parser):
+    result = cli("--debug", "validate", str(good_csv))
+
+    assert "Traceback" in result.stderr
+    assert result.stderr.endswith("pinterest-mw: error: unexpected RuntimeError\n")
+
+
+def test_a_usage_error_exits_2(cli):
+    result = cli("send")
+
+    assert result.exit_code == EXIT_ERROR
+
+
+def test_version_is_printed(cli):
+    result = cli("--version")
+
+    assert result.stdout.startswith("pinterest-mw ")
+
+
+# --- real processes -----------------------------------------------------------
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pinterest_mw.cli", *args],
+        capture_output=True,
+        text=True,
+        env=process_env(env),
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def process_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINTEREST_")}
+    return {**env, **(extra or {})}
+
+
+@dataclass
+class Server:
+    """A `pinterest-mw serve` process and what it logged."""
+
+    process: subprocess.Popen[str]
+    url: str = ""
+    log: list[str] = field(default_factory=list)
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def wait_for_line(self, text: str) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    break
+                continue
+            if text in line:
+                return line
+        raise AssertionError(f"no {text!r} in the log:\n{''.join(self.log)}")
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> int:
+        """Signal the process to stop, then wait for it to flush and exit."""
+        self.process.send_signal(signal_number)
+        return self.process.wait(timeout=STARTUP_TIMEOUT)
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, port: int = 0
+) -> Iterator[Server]:
+    """Run `pinterest-mw serve` on 127.0.0.1; kill it at the end whatever happens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pinterest_mw.cli", "serve", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=process_env(env),
+        cwd=tmp_path,
+    )
+    server = Server(process)
+    reader = threading.Thread(target=server.read_log, daemon=True)
+    reader.start()
+    try:
+        line = server.wait_for_line("serving on http://")
+        server.url = line.split("serving on ")[1].split()[0]
+        if port:
+            server.url = f"http://127.0.0.1:{port}"
+        wait_for_health(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=STARTUP_TIMEOUT)
+        reader.join(timeout=5)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def wait_for_health(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError as exc:
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                log = "".join(server.log)
+                raise AssertionError(f"serve never answered:\n{log}") from exc
+        time.sleep(0.05)
+
+
+def post_event(server: Server, email: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{server.url}/track-event",
+        json={"event_name": "checkout", "user_data": {"email": email}},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[FakePinterestAPI, str]]:
+    fake = FakePinterestAPI()
+    with serve_fake_api(fake) as url:
+        yield fake, url
+
+
+def sending_env(api_url: str) -> dict[str, str]:
+    return {**CREDENTIALS, "PINTEREST_API_URL": api_url}
+
+
+@pytest.mark.e2e
+def test_serve_without_credentials_keeps_events_in_the_outbox(tmp_path):
+    outbox = tmp_path / "kept.sqlite3"
+
+    with serving(tmp_path, "--outbox", str(outbox)) as server:
+        health = httpx.get(f"{server.url}/health").json()
+        post_event(server, "ann@example.com")
+        server.stop()
+
+    assert health["sending"] is False
+    assert outbox_stats(outbox).pending == 1
+
+
+@pytest.mark.e2e
+def test_serve_without_credentials_says_so_in_one_log_line(tmp_path):
+    outbox = tmp_path / "kept.sqlite3"
+
+    with serving(tmp_path, "--outbox", str(outbox)) as server:
+        server.stop()
+
+    expected = NOT_SENDING_LINE % outbox
+    not_sending = [line for line in server.log if "not sent" in line]
+    assert len(not_sending) == 1
+    assert expected in not_sending[0]
+
+
+@pytest.mark.e2e
+def test_serve_sends_events_hashed_to_the_api(tmp_path, fake_api):
+    fake, url = fake_api
+
+    with serving(tmp_path, "--flush-interval", "0.05", env=sending_env(url)) as server:
+        accepted = post_event(server, "Ann@Example.com")
+        wait_until(lambda: fake.events, "the event at the fake API")
+
+    assert [e["event_id"] for e in fake.events] == accepted["event_ids"]
+    assert fake.events[0]["user_data"]["em"] == [sha256("ann@example.com")]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_flushes_waiting_events_before_exit(
+    tmp_path, fake_api, stop_signal
+):
+    """A flush interval of an hour: only the shutdown can have sent the event."""
+    fake, url = fake_api
+
+    with serving(tmp_path, "--flush-interval", "3600", env=sending_env(url)) as server:
+        accepted = post_event(server, "ann@example.com")
+        assert fake.events == []
+        server.stop(stop_signal)
+
+    assert [e["event_id"] for e in fake.events] == accepted["event_ids"]
+
+
+@pytest.mark.e2e
+def test_serve_delivers_events_an_earlier_run_kept_first(tmp_path, fake_api):
+    fake, url = fake_api
+    outbox = tmp_path / "shared.sqlite3"
+    with serving(tmp_path, "--outbox", str(outbox)) as server:
+        kept = post_event(server, "ann@example.com")
+        server.stop()
+
+    with serving(
+        tmp_path,
+        "--outbox",
+        str(outbox),
+        "--flush-interval",
+        "0.05",
+        env=sending_env(url),
+    ):
+        wait_until(lambda: fake.events, "the kept event at the fake API")
+
+    assert [e["event_id"] for e in fake.events] == kept["event_ids"]
+
+
+@pytest.mark.e2e
+def test_serve_with_two_workers_shares_one_outbox(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outbox = tmp_path / "kept.sqlite3"
+
+    with serving(tmp_path, "--outbox", str(outbox), "--workers", "2", port=port) as s:
+        for index in range(4):
+            post_event(s, f"buyer{index}@example.com")
+        s.stop()
+
+    assert outbox_stats(outbox).pending == 4
+    assert len([line for line in s.log if "not sent" in line]) == 1
+
+
+@pytest.mark.e2e
+def test_send_as_a_process_reports_and_exits_1(tmp_path, mixed_csv, fake_api):
+    fake, url = fake_api
+
+    result = run_cli("send", str(mixed_csv), env=sending_env(url), cwd=tmp_path)
+
+    assert result.returncode == EXIT_ROWS_FAILED
+    assert "line 4: invalid: custom_data.value" in result.stderr
+    assert "2 processed" in result.stdout
+    assert len(fake.events) == 2
+
+
+@pytest.mark.e2e
+def test_hash_as_a_process_prints_the_digest(tmp_path):
+    result = run_cli("hash", "email", "Ann@Example.com", cwd=tmp_path)
+
+    assert result.returncode == EXIT_OK
+    assert f"sha256: {sha256('ann@example.com')}" in result.stdout
+
+
+@pytest.mark.e2e
+def test_an_error_in_a_process_is_one_line_without_a_traceback(tmp_path):
+    result = run_cli("validate", "missing.csv", cwd=tmp_path)
+
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: No such file or directory: missing.csv\n"
+    )

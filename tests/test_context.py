@@ -1,0 +1,278 @@
+"""Reading a request's context: client IP, user agent, click id, page, language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pinterest_mw.context import (
+    RequestContext,
+    TrustedProxies,
+    current_context,
+    enrich_event_data,
+    use_context,
+)
+from pinterest_mw.exceptions import ConfigurationError
+
+PROXIES = TrustedProxies(["10.0.0.0/8", "::1"])
+
+
+def scope(
+    headers: dict[str, str] | None = None,
+    *,
+    peer: str = "203.0.113.9",
+    path: str = "/thank-you",
+    query: str = "",
+    root_path: str = "",
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "scheme": "https",
+        "path": path,
+        "root_path": root_path,
+        "query_string": query.encode(),
+        "headers": [
+            (name.lower().encode(), value.encode())
+            for name, value in (headers or {}).items()
+        ],
+        "client": (peer, 51234),
+        "server": ("shop.example", 443),
+    }
+
+
+def environ(headers: dict[str, str] | None = None, **extra: str) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/thank-you",
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": "203.0.113.9",
+        "wsgi.url_scheme": "https",
+        "HTTP_HOST": "shop.example",
+    }
+    for name, value in (headers or {}).items():
+        env["HTTP_" + name.upper().replace("-", "_")] = value
+    env.update(extra)
+    return env
+
+
+class TestClientIP:
+    def test_untrusted_peer_is_the_client_whatever_the_headers_say(self) -> None:
+        ip = PROXIES.client_ip("203.0.113.9", forwarded_for="198.51.100.1")
+
+        assert ip == "203.0.113.9"
+
+    def test_no_trusted_proxies_ignores_forwarding_headers(self) -> None:
+        ip = TrustedProxies().client_ip("10.0.0.2", forwarded_for="198.51.100.1")
+
+        assert ip == "10.0.0.2"
+
+    def test_trusted_peer_passes_on_the_forwarded_client(self) -> None:
+        ip = PROXIES.client_ip("10.0.0.2", forwarded_for="198.51.100.1")
+
+        assert ip == "198.51.100.1"
+
+    def test_spoofed_leftmost_entry_is_not_believed(self) -> None:
+        """The first untrusted hop from the right is the client."""
+        ip = PROXIES.client_ip(
+            "10.0.0.2", forwarded_for="1.2.3.4, 198.51.100.1, 10.0.0.7"
+        )
+
+        assert ip == "198.51.100.1"
+
+    def test_chain_of_only_trusted_hops_gives_the_leftmost(self) -> None:
+        ip = PROXIES.client_ip("10.0.0.2", forwarded_for="10.1.1.1, 10.0.0.7")
+
+        assert ip == "10.1.1.1"
+
+    @pytest.mark.parametrize(
+        ("header", "expected"),
+        [
+            ("198.51.100.1:8080", "198.51.100.1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+        ],
+    )
+    def test_ports_are_stripped(self, header: str, expected: str) -> None:
+        assert PROXIES.client_ip("10.0.0.2", forwarded_for=header) == expected
+
+    @pytest.mark.parametrize("hop", ["unknown", "not-an-ip", "_hidden", "1.2.3.4, ,"])
+    def test_invalid_hop_gives_no_client_ip(self, hop: str) -> None:
+        assert PROXIES.client_ip("10.0.0.2", forwarded_for=hop) is None
+
+    def test_forwarded_header_is_read_and_preferred(self) -> None:
+        ip = PROXIES.client_ip(
+            "::1",
+            forwarded='for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711"',
+            forwarded_for="1.2.3.4",
+        )
+
+        assert ip == "2001:db8:cafe::17"
+
+    def test_invalid_peer_gives_no_client_ip(self) -> None:
+        assert PROXIES.client_ip("testclient") is None
+
+    def test_bad_trusted_proxy_entry_is_a_configuration_error(self) -> None:
+        with pytest.raises(ConfigurationError, match="trusted_proxies"):
+            TrustedProxies(["10.0.0.0/8", "proxy.internal"])
+
+
+class TestFromScope:
+    def test_reads_user_agent_language_and_page_url(self) -> None:
+        context = RequestContext.from_scope(
+            scope(
+                {"User-Agent": "Mozilla/5.0", "Accept-Language": "fr-CA,fr;q=0.8"},
+                query="a=1",
+            ),
+        )
+
+        assert context == RequestContext(
+            client_ip="203.0.113.9",
+            user_agent="Mozilla/5.0",
+            page_url="https://shop.example/thank-you?a=1",
+            language="fr",
+        )
+
+    def test_click_id_comes_from_the_epik_cookie(self) -> None:
+        context = RequestContext.from_scope(
+            scope({"Cookie": "a=b; _epik=dj0yJnU9; c=d"})
+        )
+
+        assert context.click_id == "dj0yJnU9"
+
+    def test_epik_query_parameter_wins_over_an_older_cookie(self) -> None:
+        context = RequestContext.from_scope(
+            scope({"Cookie": "_epik=old"}, query="epik=fresh")
+        )
+
+        assert context.click_id == "fresh"
+
+    def test_page_from_referer_for_events_posted_by_the_browser(self) -> None:
+        context = RequestContext.from_scope(
+            scope({"Referer": "https://shop.example/p?epik=from-page"}),
+            page="referer",
+        )
+
+        assert context.page_url == "https://shop.example/p?epik=from-page"
+        assert context.click_id == "from-page"
+
+    def test_forwarded_client_through_trusted_proxy(self) -> None:
+        context = RequestContext.from_scope(
+            scope({"X-Forwarded-For": "198.51.100.1"}, peer="10.0.0.2"),
+            trusted_proxies=PROXIES,
+        )
+
+        assert context.client_ip == "198.51.100.1"
+
+    def test_mounted_app_url_keeps_the_mount_point(self) -> None:
+        context = RequestContext.from_scope(
+            scope(path="/pinterest/track-event", root_path="/pinterest")
+        )
+
+        assert context.page_url == "https://shop.example/pinterest/track-event"
+
+    @pytest.mark.parametrize("header", ["*", "", "123", "english"])
+    def test_unusable_accept_language_gives_no_language(self, header: str) -> None:
+        context = RequestContext.from_scope(scope({"Accept-Language": header}))
+
+        assert context.language is None
+
+
+class TestFromEnviron:
+    def test_reads_the_same_parts_as_asgi(self) -> None:
+        env = environ(
+            {
+                "User-Agent": "Mozilla/5.0",
+                "Accept-Language": "de",
+                "Cookie": "_epik=abc",
+            },
+            QUERY_STRING="x=1",
+        )
+
+        assert RequestContext.from_environ(env) == RequestContext(
+            client_ip="203.0.113.9",
+            user_agent="Mozilla/5.0",
+            click_id="abc",
+            page_url="https://shop.example/thank-you?x=1",
+            language="de",
+        )
+
+    def test_forwarded_client_through_trusted_proxy(self) -> None:
+        env = environ({"X-Forwarded-For": "198.51.100.1"}, REMOTE_ADDR="10.0.0.2")
+
+        context = RequestContext.from_environ(env, trusted_proxies=PROXIES)
+
+        assert context.client_ip == "198.51.100.1"
+
+
+class TestEnrichment:
+    CONTEXT = RequestContext(
+        client_ip="203.0.113.9",
+        user_agent="Mozilla/5.0",
+        click_id="epik-value",
+        page_url="https://shop.example/p",
+        language="en",
+    )
+
+    def test_request_values_replace_what_the_body_claims(self) -> None:
+        data = {
+            "event_name": "checkout",
+            "user_data": {
+                "ip_address": "1.1.1.1",
+                "client_user_agent": "spoofed",
+                "click_id": "spoofed",
+                "em": "a@example.com",
+            },
+        }
+
+        enriched = enrich_event_data(data, self.CONTEXT)
+
+        assert enriched["user_data"] == {
+            "em": "a@example.com",
+            "client_ip_address": "203.0.113.9",
+            "client_user_agent": "Mozilla/5.0",
+            "click_id": "epik-value",
+        }
+
+    def test_page_url_and_language_fill_in_only_when_absent(self) -> None:
+        data = {"event_source_url": "https://other.example/", "language": "fr"}
+
+        enriched = enrich_event_data(data, self.CONTEXT)
+
+        assert enriched["event_source_url"] == "https://other.example/"
+        assert enriched["language"] == "fr"
+
+    def test_missing_request_values_leave_the_body_alone(self) -> None:
+        data = {"user_data": {"click_id": "from-body"}}
+
+        enriched = enrich_event_data(data, RequestContext(client_ip="203.0.113.9"))
+
+        assert enriched["user_data"] == {
+            "click_id": "from-body",
+            "client_ip_address": "203.0.113.9",
+        }
+
+    def test_input_is_not_modified(self) -> None:
+        data: dict[str, Any] = {"user_data": {"em": "a@example.com"}}
+
+        enrich_event_data(data, self.CONTEXT)
+
+        assert data == {"user_data": {"em": "a@example.com"}}
+
+
+def test_repr_names_parts_without_their_values() -> None:
+    text = repr(TestEnrichment.CONTEXT)
+
+    assert "203.0.113.9" not in text
+    assert "epik-value" not in text
+    assert "client_ip" in text
+
+
+def test_use_context_sets_and_restores_the_current_context() -> None:
+    context = RequestContext(user_agent="ua")
+
+    with use_context(context):
+        inside = current_context()
+
+    assert (inside, current_context()) == (context, None)

@@ -1,0 +1,859 @@
+"""Background delivery: batching, lazy start, flush, overflow, outcomes, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from pinterest_mw.dispatch import (
+    AsyncDispatcher,
+    Counters,
+    DeliveryBackoff,
+    DeliveryFailure,
+    ThreadDispatcher,
+    _close_all_at_exit,
+)
+from pinterest_mw.events import WireEvent
+from pinterest_mw.exceptions import (
+    APIError,
+    ConfigurationError,
+    QueueFullError,
+    RateLimitError,
+    TransportError,
+)
+from pinterest_mw.outbox import MemoryOutbox, Outbox, SQLiteOutbox
+from pinterest_mw.transport import EventResult, EventStatus
+
+FAST_BACKOFF = DeliveryBackoff(initial=0.01, maximum=0.05, jitter=0)
+SECRET_PAYLOAD = b'{"user_data":{"em":["' + b"a" * 64 + b'"]}}'
+
+Outcome = Any  # a status, a list of statuses (one per event), or an exception
+
+
+def wire(n: int, start: int = 0) -> list[WireEvent]:
+    return [
+        WireEvent(f"event-{i}", "checkout", SECRET_PAYLOAD)
+        for i in range(start, start + n)
+    ]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class FakeSender:
+    """A scripted transport: each call consumes the next outcome (then "processed")."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.outcomes: deque[Outcome] = deque(outcomes)
+        self.batches: list[list[str]] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def sent_ids(self) -> list[str]:
+        with self._lock:
+            return [event_id for batch in self.batches for event_id in batch]
+
+    def answer(self, batch: Sequence[WireEvent]) -> list[EventResult]:
+        with self._lock:
+            self.batches.append([event.event_id for event in batch])
+            outcome = self.outcomes.popleft() if self.outcomes else "processed"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        statuses = outcome if isinstance(outcome, list) else [outcome] * len(batch)
+        return [
+            EventResult(
+                index,
+                event.event_id,
+                event.event_name,
+                EventStatus(status),
+                "Given timestamp is in the past." if status == "failed" else None,
+            )
+            for index, (event, status) in enumerate(zip(batch, statuses, strict=False))
+        ]
+
+    def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        return self.answer(batch)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class AsyncFakeSender:
+    """The async twin of `FakeSender`, sharing its script and records."""
+
+    def __init__(self, fake: FakeSender) -> None:
+        self.fake = fake
+
+    async def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        await anyio.lowlevel.checkpoint()
+        return self.fake.answer(batch)
+
+    async def aclose(self) -> None:
+        self.fake.closed = True
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[Callable[..., SQLiteOutbox]]:
+    """Open SQLite outboxes (default file in `tmp_path`), closed after the test."""
+    opened: list[SQLiteOutbox] = []
+
+    def open_outbox(path: Path | None = None, **options: Any) -> SQLiteOutbox:
+        outbox = SQLiteOutbox(path or tmp_path / "outbox.sqlite3", **options)
+        opened.append(outbox)
+        return outbox
+
+    yield open_outbox
+    for outbox in opened:
+        outbox.close()
+
+
+@pytest.fixture
+def made() -> Iterator[list[ThreadDispatcher | AsyncDispatcher]]:
+    dispatchers: list[ThreadDispatcher | AsyncDispatcher] = []
+    yield dispatchers
+    for dispatcher in dispatchers:
+        if isinstance(dispatcher, ThreadDispatcher) or not dispatcher._closed:
+            dispatcher.close(timeout=0.5)
+
+
+@pytest.fixture
+def make_thread(
+    made: list[ThreadDispatcher | AsyncDispatcher],
+) -> Callable[..., ThreadDispatcher]:
+    def make(
+        sender: FakeSender | None = None,
+        outbox: Outbox | None = None,
+        **options: Any,
+    ) -> ThreadDispatcher:
+        options = {
+            "flush_interval": 0.02,
+            "backoff": FAST_BACKOFF,
+            "shutdown_timeout": 2.0,
+            **options,
+        }
+        dispatcher = ThreadDispatcher(
+            outbox if outbox is not None else MemoryOutbox(),
+            (lambda: sender) if sender is not None else None,
+            **options,
+        )
+        made.append(dispatcher)
+        return dispatcher
+
+    return make
+
+
+@pytest.fixture
+def make_async(
+    made: list[ThreadDispatcher | AsyncDispatcher],
+) -> Callable[..., AsyncDispatcher]:
+    def make(
+        sender: FakeSender, outbox: Outbox | None = None, **options: Any
+    ) -> AsyncDispatcher:
+        options = {
+            "flush_interval": 0.02,
+            "backoff": FAST_BACKOFF,
+            "shutdown_timeout": 2.0,
+            **options,
+        }
+        dispatcher = AsyncDispatcher(
+            outbox if outbox is not None else MemoryOutbox(),
+            lambda: AsyncFakeSender(sender),
+            **options,
+        )
+        made.append(dispatcher)
+        return dispatcher
+
+    return make
+
+
+def worker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pinterest-mw-dispatcher"]
+
+
+# --- batching and life cycle ---
+
+
+def test_full_batches_go_out_before_the_interval(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(sender, batch_size=3, flush_interval=60)
+
+    dispatcher.submit(wire(7))
+
+    assert wait_until(lambda: len(sender.batches) >= 2)
+    assert sender.batches[:2] == [
+        ["event-0", "event-1", "event-2"],
+        ["event-3", "event-4", "event-5"],
+    ]
+
+
+def test_a_partial_batch_goes_out_when_the_interval_passes(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(sender, batch_size=1000, flush_interval=0.05)
+
+    dispatcher.submit(wire(2))
+
+    assert wait_until(lambda: len(sender.batches) == 1)
+    assert sender.batches == [["event-0", "event-1"]]
+
+
+def test_the_worker_starts_at_the_first_event(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    before = len(worker_threads())
+    dispatcher = make_thread(FakeSender())
+    started_early = len(worker_threads()) > before
+
+    dispatcher.submit(wire(1))
+
+    assert not started_early
+    assert len(worker_threads()) == before + 1
+
+
+def test_flush_delivers_everything_waiting(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(sender, flush_interval=60)
+    dispatcher.submit(wire(3))
+
+    assert dispatcher.flush(timeout=5)
+    assert sender.sent_ids == ["event-0", "event-1", "event-2"]
+
+
+def test_close_flushes_and_closes_the_transport(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(sender, flush_interval=60)
+    dispatcher.submit(wire(2))
+
+    dispatcher.close(timeout=5)
+
+    assert sender.sent_ids == ["event-0", "event-1"]
+    assert sender.closed
+
+
+def test_the_exit_hook_flushes_open_dispatchers(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(sender, flush_interval=60)
+    dispatcher.submit(wire(2))
+
+    _close_all_at_exit()
+
+    assert sender.sent_ids == ["event-0", "event-1"]
+
+
+def test_events_submitted_after_close_are_dropped_and_counted(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    dispatcher = make_thread(FakeSender())
+    dispatcher.close()
+
+    assert dispatcher.submit(wire(2)) == 0
+    assert dispatcher.counters.dropped == 2
+
+
+def test_closing_with_undelivered_events_in_memory_counts_them_lost(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = make_thread(None)
+    dispatcher.submit(wire(2))
+
+    dispatcher.close(timeout=0.1)
+
+    assert dispatcher.counters.dropped == 2
+    assert "2 events not delivered; they are lost" in caplog.text
+
+
+def test_closing_with_undelivered_events_in_a_durable_outbox_keeps_them(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+    tmp_path: Path,
+) -> None:
+    outbox = sqlite()
+    dispatcher = make_thread(None, outbox)
+    dispatcher.submit(wire(2))
+
+    dispatcher.close(timeout=0.1)
+
+    assert (dispatcher.counters.dropped, outbox.depth()) == (0, 2)
+
+
+def test_without_a_transport_events_are_only_stored(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    dispatcher = make_thread(None)
+
+    dispatcher.submit(wire(2))
+
+    assert not dispatcher.is_sending
+    assert dispatcher.counters == Counters(accepted=2, queue_depth=2)
+    assert not dispatcher.flush(timeout=0.1)
+
+
+def test_start_delivers_what_a_durable_outbox_kept(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+    tmp_path: Path,
+) -> None:
+    outbox = sqlite()
+    outbox.put(wire(2))
+    sender = FakeSender()
+    dispatcher = make_thread(sender, outbox)
+
+    dispatcher.start()
+
+    assert wait_until(lambda: sender.sent_ids == ["event-0", "event-1"])
+
+
+# --- overflow ---
+
+
+def test_drop_newest_keeps_what_fits_and_counts_the_rest(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = make_thread(None, MemoryOutbox(max_events=2))
+
+    accepted = dispatcher.submit(wire(3))
+
+    assert (accepted, dispatcher.counters.dropped) == (2, 1)
+    assert "dropped 1 events: the outbox is full" in caplog.text
+
+
+def test_drop_warnings_are_rate_limited_but_counts_add_up(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = make_thread(None, MemoryOutbox(max_events=1))
+    dispatcher.submit(wire(1))
+
+    for _ in range(5):
+        dispatcher.submit(wire(1))
+
+    assert dispatcher.counters.dropped == 5
+    assert len([r for r in caplog.records if "dropped" in r.message]) == 1
+
+
+def test_raise_policy_raises_and_stores_nothing_of_the_call(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    outbox = MemoryOutbox(max_events=2)
+    dispatcher = make_thread(None, outbox, overflow="raise")
+    dispatcher.submit(wire(1))
+
+    with pytest.raises(QueueFullError):
+        dispatcher.submit(wire(2))
+    assert (outbox.depth(), dispatcher.counters.dropped) == (1, 2)
+
+
+def test_block_policy_drops_after_the_timeout(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    dispatcher = make_thread(
+        None, MemoryOutbox(max_events=1), overflow="block", block_timeout=0.05
+    )
+
+    accepted = dispatcher.submit(wire(2))
+
+    assert (accepted, dispatcher.counters.dropped) == (1, 1)
+
+
+def test_block_policy_waits_for_the_worker_to_make_room(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(
+        sender,
+        MemoryOutbox(max_events=2),
+        overflow="block",
+        block_timeout=5,
+        flush_interval=60,
+    )
+
+    accepted = dispatcher.submit(wire(5))
+
+    assert (accepted, dispatcher.counters.dropped) == (5, 0)
+
+
+def test_a_storage_failure_drops_and_logs(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbox = sqlite()
+
+    def broken_put(events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        raise OSError("disk full")
+
+    outbox.put = broken_put  # type: ignore[method-assign]
+    dispatcher = make_thread(FakeSender(), outbox)
+
+    assert dispatcher.submit(wire(1)) == 0
+    assert dispatcher.counters.dropped == 1
+    assert "could not store 1 events" in caplog.text
+
+
+# --- outcomes ---
+
+
+def test_processed_events_leave_the_outbox(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    outbox = MemoryOutbox()
+    dispatcher = make_thread(FakeSender(), outbox)
+    dispatcher.submit(wire(2))
+
+    assert dispatcher.flush(timeout=5)
+    assert dispatcher.counters == Counters(accepted=2, sent=2, processed=2)
+
+
+def test_events_pinterest_rejects_are_kept_with_its_message(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    outbox = MemoryOutbox()
+    dispatcher = make_thread(FakeSender(["processed", "failed", "warned"]), outbox)
+    dispatcher.submit(wire(3))
+
+    dispatcher.flush(timeout=5)
+
+    stats = outbox.stats()
+    assert (stats.depth, stats.rejected) == (0, 1)
+    assert stats.rejected_reasons == {"Given timestamp is in the past.": 1}
+    assert dispatcher.counters == Counters(
+        accepted=3, sent=3, processed=2, warned=1, failed=1
+    )
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+def test_a_refused_request_rejects_all_its_events_and_logs_an_error(
+    make_thread: Callable[..., ThreadDispatcher],
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    outbox = MemoryOutbox()
+    error = APIError(status, 2, "Authentication failed.")
+    dispatcher = make_thread(FakeSender(error), outbox)
+    dispatcher.submit(wire(2))
+
+    dispatcher.flush(timeout=5)
+
+    assert outbox.stats().rejected_reasons == {
+        f"HTTP {status} (code 2): Authentication failed.": 2
+    }
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RateLimitError(429, 8, "rate limited", retry_after=0.01),
+        APIError(503, 4197),
+        TransportError("Pinterest request connection failed (ConnectError)"),
+        RuntimeError("a bug"),
+    ],
+    ids=["429", "503", "network", "unexpected"],
+)
+def test_a_retryable_failure_defers_and_the_retry_delivers(
+    make_thread: Callable[..., ThreadDispatcher], error: Exception
+) -> None:
+    sender = FakeSender(error)
+    dispatcher = make_thread(sender)
+    dispatcher.submit(wire(2))
+
+    assert dispatcher.flush(timeout=5)
+    assert sender.batches == [["event-0", "event-1"], ["event-0", "event-1"]]
+    assert dispatcher.counters == Counters(accepted=2, sent=4, processed=2, retried=2)
+
+
+def test_a_deferred_event_records_its_attempt_and_retry_time(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+    tmp_path: Path,
+) -> None:
+    outbox = sqlite()
+    backoff = DeliveryBackoff(initial=600, maximum=600, jitter=0)
+    dispatcher = make_thread(FakeSender(APIError(503)), outbox, backoff=backoff)
+    dispatcher.submit(wire(1))
+
+    assert wait_until(lambda: outbox.stats().deferred == 1)
+    stats = outbox.stats()
+    assert stats.next_attempt_at is not None
+    assert stats.next_attempt_at > time.time() + 500
+    assert stats.deferred_reasons == {"HTTP 503": 1}
+
+
+def test_events_without_a_result_are_deferred(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender(["processed", "not_sent"])
+    dispatcher = make_thread(sender)
+    dispatcher.submit(wire(2))
+
+    assert dispatcher.flush(timeout=5)
+    assert sender.batches == [["event-0", "event-1"], ["event-1"]]
+
+
+def test_events_in_memory_are_dropped_after_their_last_attempt(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = MemoryOutbox()
+    sender = FakeSender(*[APIError(503)] * 3)
+    dispatcher = make_thread(sender, outbox, max_attempts=2)
+    dispatcher.submit(wire(1))
+
+    assert dispatcher.flush(timeout=5)
+    assert len(sender.batches) == 2
+    assert dispatcher.counters.dropped == 1
+    assert "1 events are lost: gave up after 2 delivery attempts" in caplog.text
+
+
+def test_durable_events_are_rejected_after_their_last_attempt(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+    tmp_path: Path,
+) -> None:
+    outbox = sqlite()
+    dispatcher = make_thread(FakeSender(APIError(503)), outbox, max_attempts=1)
+    dispatcher.submit(wire(1))
+
+    dispatcher.flush(timeout=5)
+
+    assert outbox.stats().rejected_reasons == {
+        "gave up after 1 delivery attempts: HTTP 503": 1
+    }
+
+
+def test_on_error_hears_of_each_failure(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    failures: list[DeliveryFailure] = []
+    error = APIError(503)
+    dispatcher = make_thread(
+        FakeSender(error, ["failed", "processed"]), on_error=failures.append
+    )
+    dispatcher.submit(wire(2))
+
+    dispatcher.flush(timeout=5)
+
+    assert [(f.outcome, f.event_ids, f.error) for f in failures] == [
+        ("deferred", ("event-0", "event-1"), error),
+        ("rejected", ("event-0",), None),
+    ]
+
+
+def test_a_failing_on_error_callback_is_logged_not_raised(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    def callback(failure: DeliveryFailure) -> None:
+        raise ValueError("oops")
+
+    dispatcher = make_thread(FakeSender(APIError(400)), on_error=callback)
+    dispatcher.submit(wire(1))
+
+    dispatcher.flush(timeout=5)
+
+    assert "the on_error callback raised" in caplog.text
+
+
+def test_logs_never_hold_payloads(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pinterest_mw")
+    sender = FakeSender(APIError(503), ["failed"], APIError(401))
+    dispatcher = make_thread(sender, MemoryOutbox(max_events=1), max_attempts=3)
+    dispatcher.submit(wire(2))
+    dispatcher.flush(timeout=5)
+    dispatcher.submit(wire(1, start=5))
+    dispatcher.flush(timeout=5)
+
+    assert caplog.records
+    assert "a" * 64 not in caplog.text
+    assert "user_data" not in caplog.text
+
+
+# --- backoff ---
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    backoff = DeliveryBackoff(initial=1, maximum=5, multiplier=2, jitter=0)
+
+    assert [backoff.delay(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
+
+
+def test_retry_after_is_a_floor_of_the_backoff() -> None:
+    backoff = DeliveryBackoff(initial=1, jitter=0)
+
+    assert backoff.delay(1, retry_after=30) == 30
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"initial": -1}, {"maximum": float("inf")}, {"multiplier": 0.5}, {"jitter": 2}],
+)
+def test_unusable_backoff_is_a_configuration_error(options: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        DeliveryBackoff(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"batch_size": 0},
+        {"batch_size": 1001},
+        {"flush_interval": 0},
+        {"overflow": "drop_oldest"},
+        {"block_timeout": -1},
+        {"max_attempts": 0},
+        {"lease": float("nan")},
+    ],
+)
+def test_unusable_options_are_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        ThreadDispatcher(MemoryOutbox(), None, **options)
+
+
+def test_counters_convert_to_a_dict(
+    sqlite: Callable[..., SQLiteOutbox],
+) -> None:
+    assert Counters(accepted=1).as_dict()["accepted"] == 1
+
+
+# --- the async dispatcher ---
+
+
+@pytest.mark.anyio
+async def test_async_dispatcher_starts_in_the_running_loop(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_async(sender)
+
+    await dispatcher.asubmit(wire(2))
+
+    assert await dispatcher.aflush(timeout=5)
+    assert sender.sent_ids == ["event-0", "event-1"]
+    assert not worker_threads()
+
+
+@pytest.mark.anyio
+async def test_async_dispatcher_writes_a_durable_outbox_off_the_loop(
+    sqlite: Callable[..., SQLiteOutbox], make_async: Callable[..., AsyncDispatcher]
+) -> None:
+    sender = FakeSender()
+    outbox = sqlite()
+    dispatcher = make_async(sender, outbox)
+    loop_thread = threading.get_ident()
+    put = outbox.put
+    put_threads: list[int] = []
+
+    def recording_put(events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        put_threads.append(threading.get_ident())
+        return put(events, atomic=atomic)
+
+    outbox.put = recording_put  # type: ignore[method-assign]
+
+    await dispatcher.asubmit(wire(2))
+
+    assert await dispatcher.aflush(timeout=5)
+    assert put_threads
+    assert loop_thread not in put_threads
+
+
+def test_async_dispatcher_restarts_in_a_new_loop(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    """Each request of Starlette's TestClient without `with` runs in a new loop."""
+    sender = FakeSender()
+    dispatcher = make_async(sender, flush_interval=60)
+
+    async def one_request(start: int) -> None:
+        await dispatcher.asubmit(wire(1, start=start))
+
+    asyncio.run(one_request(0))
+    asyncio.run(one_request(1))
+
+    assert dispatcher.flush(timeout=5)
+    assert sorted(sender.sent_ids) == ["event-0", "event-1"]
+
+
+def test_async_dispatcher_picks_up_events_from_other_threads(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_async(sender)
+
+    async def serve() -> None:
+        await dispatcher.asubmit(wire(1))
+        await anyio.to_thread.run_sync(dispatcher.submit, wire(1, start=1))
+        assert await dispatcher.aflush(timeout=5)
+
+    asyncio.run(serve())
+
+    assert sorted(sender.sent_ids) == ["event-0", "event-1"]
+
+
+def test_async_dispatcher_starts_from_a_loop_thread_pool(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    """A sync view in the loop's thread pool starts the worker in that loop."""
+    sender = FakeSender()
+    dispatcher = make_async(sender)
+    loop_threads: list[int] = []
+
+    async def serve() -> None:
+        loop_threads.append(threading.get_ident())
+        await anyio.to_thread.run_sync(dispatcher.submit, wire(1))
+        assert await dispatcher.aflush(timeout=5)
+
+    asyncio.run(serve())
+
+    assert sender.sent_ids == ["event-0"]
+    assert dispatcher._worker is not None
+    assert dispatcher._worker.thread_id == loop_threads[0]
+
+
+def test_async_dispatcher_without_a_loop_uses_a_private_thread(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_async(sender)
+
+    dispatcher.submit(wire(1))
+
+    assert dispatcher.flush(timeout=5)
+    assert sender.sent_ids == ["event-0"]
+    assert worker_threads()
+
+
+def test_async_dispatcher_delivers_in_place_when_no_thread_can_start(
+    make_async: Callable[..., AsyncDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At interpreter exit (Python 3.12+) no thread starts: flush runs a loop here."""
+    sender = FakeSender()
+    dispatcher = make_async(sender, flush_interval=60)
+    asyncio.run(dispatcher.asubmit(wire(2)))
+
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+    assert dispatcher.flush(timeout=5)
+    assert sender.sent_ids == ["event-0", "event-1"]
+
+
+@pytest.mark.anyio
+async def test_sync_flush_in_the_workers_loop_is_refused(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    dispatcher = make_async(FakeSender(), flush_interval=60)
+    await dispatcher.asubmit(wire(1))
+
+    with pytest.raises(RuntimeError, match="aflush"):
+        dispatcher.flush(timeout=1)
+
+
+@pytest.mark.anyio
+async def test_running_delivers_and_flushes_at_the_end(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_async(sender, flush_interval=60)
+
+    async with dispatcher.running():
+        await dispatcher.asubmit(wire(2))
+
+    assert sender.sent_ids == ["event-0", "event-1"]
+    assert sender.closed
+
+
+@pytest.mark.anyio
+async def test_running_leaves_the_dispatcher_usable(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    """An app's lifespan may run several times (tests start apps often)."""
+    sender = FakeSender()
+    dispatcher = make_async(sender)
+    async with dispatcher.running():
+        pass
+
+    async with dispatcher.running():
+        await dispatcher.asubmit(wire(1))
+
+    assert sender.sent_ids == ["event-0"]
+
+
+@pytest.mark.anyio
+async def test_aclose_flushes_and_refuses_later_events(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_async(sender, flush_interval=60)
+    await dispatcher.asubmit(wire(1))
+
+    await dispatcher.aclose()
+
+    assert sender.sent_ids == ["event-0"]
+    assert await dispatcher.asubmit(wire(1)) == 0
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_delivery_hands_its_batch_back(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    """A loop shutting down mid-request leaves the batch for the next worker."""
+    outbox = MemoryOutbox()
+    started = threading.Event()
+
+    class HangingSender:
+        async def send_batch(
+            self, batch: Sequence[WireEvent], *, test: bool | None = None
+        ) -> list[EventResult]:
+            started.set()
+            await anyio.sleep_forever()
+            raise AssertionError  # pragma: no cover - never reached
+
+        async def aclose(self) -> None:
+            pass
+
+    dispatcher = AsyncDispatcher(outbox, HangingSender, flush_interval=0.01)
+    await dispatcher.asubmit(wire(1))
+    await anyio.to_thread.run_sync(started.wait, 5)
+    worker = dispatcher._worker
+    assert worker is not None
+    assert worker.task is not None
+
+    worker.task.cancel()
+    with anyio.move_on_after(5):
+        while not worker.done:  # noqa: ASYNC110 - waiting for a task we cancelled
+            await anyio.sleep(0.005)
+
+    assert outbox.stats().pending == 1
+    dispatcher._closed = True

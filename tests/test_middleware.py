@@ -1,0 +1,742 @@
+"""The request-context middleware (ASGI and WSGI): context, `_epik` cookie, rules."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.exceptions import StarletteDeprecationWarning
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from pinterest_mw.client import Client
+from pinterest_mw.context import RequestContext, TrustedProxies, current_context
+from pinterest_mw.decorators import current_event, hook_counters, track_conversion
+from pinterest_mw.dispatch import DeliveryBackoff
+from pinterest_mw.exceptions import ConfigurationError, EventValidationError
+from pinterest_mw.middleware import (
+    EPIK_COOKIE_MAX_AGE,
+    PinterestMiddleware,
+    PinterestWSGIMiddleware,
+    RouteRule,
+)
+from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
+from pinterest_mw.transport import RetryPolicy
+
+with warnings.catch_warnings():
+    # Starlette 1.10 asks for httpx2 under its TestClient; httpx still works.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+MOCK_URL = "https://pinterest.example"
+SHOP = "https://shop.example"
+PEER = "203.0.113.9"
+PROXY = "10.0.0.2"
+FORWARDED_CLIENT = "198.51.100.7"
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0"
+FAST = {
+    "flush_interval": 0.02,
+    "retry": RetryPolicy(attempts=1),
+    "backoff": DeliveryBackoff(initial=0.02, maximum=0.1, jitter=0),
+    "shutdown_timeout": 2.0,
+}
+COOKIE_ATTRIBUTES = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax; Secure"
+KINDS = ["asgi", "wsgi"]
+PAGE_VISIT = RouteRule(
+    "page_visit",
+    methods={"GET"},
+    include=["/products/*"],
+    exclude=["/products/admin/*"],
+    content_types={"text/html"},
+)
+
+
+@pytest.fixture
+def make_client(fake_pinterest: FakePinterestAPI) -> Iterator[Callable[..., Client]]:
+    """A sending client in front of the in-process fake, closed after the test."""
+    made: list[Client] = []
+
+    def make(**options: Any) -> Client:
+        client = Client(
+            FAKE_ACCESS_TOKEN,
+            FAKE_AD_ACCOUNT_ID,
+            api_url=MOCK_URL,
+            **{**FAST, **options},
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close(timeout=1)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Client]) -> Client:
+    return make_client()
+
+
+def sent_events(client: Client, fake: FakePinterestAPI) -> list[dict[str, Any]]:
+    assert client.flush(timeout=5)
+    return fake.events
+
+
+# --- the shop under test, as ASGI and as WSGI ------------------------------------
+
+
+def context_fields() -> dict[str, str | None]:
+    context = current_context() or RequestContext()
+    return {
+        "client_ip": context.client_ip,
+        "user_agent": context.user_agent,
+        "click_id": context.click_id,
+    }
+
+
+def asgi_shop(client: Client | None, **options: Any) -> Starlette:
+    async def product(request: Request) -> Response:
+        return HTMLResponse("<p>product</p>")
+
+    async def product_json(request: Request) -> Response:
+        return JSONResponse({"product": 1})
+
+    async def missing(request: Request) -> Response:
+        return HTMLResponse("<p>gone</p>", status_code=404)
+
+    async def own_cookie(request: Request) -> Response:
+        response = HTMLResponse("<p>mine</p>")
+        response.set_cookie("_epik", "set-by-the-app")
+        return response
+
+    async def context(request: Request) -> Response:
+        return JSONResponse(context_fields())
+
+    async def lead(request: Request) -> Response:
+        assert client is not None
+        await client.atrack({"event_name": "lead", "action_source": "web"})
+        return PlainTextResponse("thanks")
+
+    routes = [
+        Route("/products/{name:path}", product, methods=["GET", "POST"]),
+        Route("/api/products/1", product_json),
+        Route("/missing", missing),
+        Route("/own-cookie", own_cookie),
+        Route("/context", context),
+        Route("/lead", lead),
+    ]
+    middleware = [Middleware(PinterestMiddleware, client=client, **options)]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def wsgi_shop(client: Client | None, **options: Any) -> flask.Flask:
+    app = flask.Flask(__name__)
+
+    @app.route("/products/<path:name>", methods=["GET", "POST"])
+    def product(name: str) -> Any:
+        return "<p>product</p>"
+
+    @app.get("/api/products/1")
+    def product_json() -> Any:
+        return {"product": 1}
+
+    @app.get("/missing")
+    def missing() -> Any:
+        return "<p>gone</p>", 404
+
+    @app.get("/own-cookie")
+    def own_cookie() -> Any:
+        response = flask.make_response("<p>mine</p>")
+        response.set_cookie("_epik", "set-by-the-app")
+        return response
+
+    @app.get("/context")
+    def context() -> Any:
+        return context_fields()
+
+    @app.get("/lead")
+    def lead() -> Any:
+        assert client is not None
+        client.track({"event_name": "lead", "action_source": "web"})
+        return "thanks"
+
+    app.wsgi_app = PinterestWSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, client=client, **options
+    )
+    return app
+
+
+@dataclass
+class Reply:
+    status: int
+    text: str
+    json: Any
+    set_cookies: list[str]
+
+
+class Browser:
+    """GETs and POSTs against an ASGI (TestClient) or a WSGI (Flask) shop."""
+
+    def __init__(self, app: Any, peer: str) -> None:
+        self._app = app
+        self._peer = peer
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Browser:
+        if isinstance(self._app, flask.Flask):
+            self._flask = self._app.test_client()
+        else:
+            self._asgi = self._stack.enter_context(
+                TestClient(self._app, base_url=SHOP, client=(self._peer, 50000))
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def request(self, method: str, path: str, headers: dict[str, str]) -> Reply:
+        headers = {"user-agent": USER_AGENT, **headers}
+        if isinstance(self._app, flask.Flask):
+            response = self._flask.open(
+                path,
+                method=method,
+                base_url=SHOP,
+                headers=headers,
+                environ_base={"REMOTE_ADDR": self._peer},
+            )
+            return Reply(
+                response.status_code,
+                response.text,
+                response.get_json(silent=True),
+                response.headers.getlist("Set-Cookie"),
+            )
+        response = self._asgi.request(method, path, headers=headers)
+        json = response.json() if "json" in response.headers["content-type"] else None
+        return Reply(
+            response.status_code,
+            response.text,
+            json,
+            response.headers.get_list("set-cookie"),
+        )
+
+
+def shop(kind: str, client: Client | None, **options: Any) -> Any:
+    return (asgi_shop if kind == "asgi" else wsgi_shop)(client, **options)
+
+
+def fetch(
+    kind: str,
+    client: Client | None,
+    path: str,
+    *,
+    method: str = "GET",
+    peer: str = PEER,
+    headers: dict[str, str] | None = None,
+    **options: Any,
+) -> Reply:
+    with Browser(shop(kind, client, **options), peer) as browser:
+        return browser.request(method, path, headers or {})
+
+
+# --- the request context ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scope_type", ["lifespan", "websocket"])
+async def test_other_scopes_pass_straight_through(scope_type: str) -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.extend([scope, receive, send, current_context()])
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope = {"type": scope_type}
+    await PinterestMiddleware(app, epik_cookie=True)(scope, receive, send)
+
+    assert seen == [scope, receive, send, None]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_view_sees_the_request_context(kind: str) -> None:
+    reply = fetch(kind, None, "/context?epik=click-1")
+
+    assert reply.json == {
+        "client_ip": PEER,
+        "user_agent": USER_AGENT,
+        "click_id": "click-1",
+    }
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_track_in_a_view_is_enriched_from_the_request(
+    kind: str, client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fetch(kind, client, "/lead")
+
+    [event] = sent_events(client, fake_pinterest)
+    assert event["user_data"]["client_ip_address"] == PEER
+    assert event["user_data"]["client_user_agent"] == USER_AGENT
+    assert event["event_source_url"] == f"{SHOP}/lead"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("peer", "trusted", "expected"),
+    [
+        (PROXY, ["10.0.0.0/8"], FORWARDED_CLIENT),
+        (PROXY, [], PROXY),
+        (PEER, ["10.0.0.0/8"], PEER),
+    ],
+    ids=["trusted-proxy", "no-trusted-proxies", "untrusted-peer"],
+)
+def test_client_ip_follows_the_trusted_proxy_rules(
+    kind: str, peer: str, trusted: list[str], expected: str
+) -> None:
+    reply = fetch(
+        kind,
+        None,
+        "/context",
+        peer=peer,
+        headers={"x-forwarded-for": FORWARDED_CLIENT},
+        trusted_proxies=trusted,
+    )
+
+    assert reply.json["client_ip"] == expected
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trusted_proxies_default_to_the_environment_as_for_the_sub_app(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINTEREST_TRUSTED_PROXIES", "10.0.0.0/8, ::1")
+
+    reply = fetch(
+        kind,
+        None,
+        "/context",
+        peer=PROXY,
+        headers={"x-forwarded-for": FORWARDED_CLIENT},
+    )
+
+    assert reply.json["client_ip"] == FORWARDED_CLIENT
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_context_is_left_behind_after_the_request(kind: str) -> None:
+    fetch(kind, None, "/context")
+
+    assert current_context() is None
+
+
+@pytest.mark.parametrize("trusted", ["10.0.0.1", ["not an address"]])
+def test_unusable_trusted_proxies_raise_at_construction(trusted: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        PinterestMiddleware(PlainTextResponse("x"), trusted_proxies=trusted)
+
+
+def test_trusted_proxies_object_is_used_as_it_is() -> None:
+    reply = fetch(
+        "asgi",
+        None,
+        "/context",
+        peer=PROXY,
+        headers={"x-forwarded-for": FORWARDED_CLIENT},
+        trusted_proxies=TrustedProxies(["10.0.0.2"]),
+    )
+
+    assert reply.json["client_ip"] == FORWARDED_CLIENT
+
+
+def test_decorated_view_uses_the_middlewares_client_and_proxies(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    """A FastAPI endpoint without a Request parameter: all from the middleware."""
+    app = FastAPI()
+    app.add_middleware(PinterestMiddleware, client=client, trusted_proxies=[PROXY])
+    seen: list[str] = []
+
+    @app.get("/orders/{order_id}")
+    @track_conversion(
+        "checkout", custom_data=lambda request: seen.append(request.url.path)
+    )
+    async def thank_you(order_id: int) -> dict[str, str]:
+        return {"event_id": current_event().event_id}
+
+    with TestClient(app, client=(PROXY, 1), headers={"user-agent": USER_AGENT}) as tc:
+        reply = tc.get("/orders/5", headers={"x-forwarded-for": FORWARDED_CLIENT})
+
+    [event] = sent_events(client, fake_pinterest)
+    assert event["event_id"] == reply.json()["event_id"]
+    assert event["user_data"]["client_ip_address"] == FORWARDED_CLIENT
+    assert seen == ["/orders/5"]
+
+
+# --- the _epik cookie ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_query_sets_the_cookie_on_a_successful_html_page(kind: str) -> None:
+    reply = fetch(
+        kind, None, "/products/1?utm_source=pin&epik=dj0yJnU9abc", epik_cookie=True
+    )
+
+    assert reply.set_cookies == [f"_epik=dj0yJnU9abc{COOKIE_ATTRIBUTES}"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_is_readable_by_the_tag(kind: str) -> None:
+    """Not HttpOnly: the Pinterest tag's JavaScript reads the cookie."""
+    reply = fetch(kind, None, "/products/1?epik=abc", epik_cookie=True)
+
+    assert "httponly" not in reply.set_cookies[0].lower()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_url_epik_replaces_an_older_cookie(kind: str) -> None:
+    reply = fetch(
+        kind,
+        None,
+        "/products/1?epik=new-click",
+        headers={"cookie": "_epik=old-click"},
+        epik_cookie=True,
+    )
+
+    assert reply.set_cookies == [f"_epik=new-click{COOKIE_ATTRIBUTES}"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_url_epik_is_the_click_id_over_an_older_cookie(kind: str) -> None:
+    reply = fetch(
+        kind, None, "/context?epik=new-click", headers={"cookie": "_epik=old-click"}
+    )
+
+    assert reply.json["click_id"] == "new-click"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("path", "options"),
+    [
+        ("/products/1?epik=abc", {}),
+        ("/products/1", {"epik_cookie": True}),
+        ("/products/1?epik=", {"epik_cookie": True}),
+        ("/api/products/1?epik=abc", {"epik_cookie": True}),
+        ("/missing?epik=abc", {"epik_cookie": True}),
+        ("/products/1?epik=a%3B%20Domain%3Devil.example", {"epik_cookie": True}),
+        ("/products/1?epik=" + "a" * 1025, {"epik_cookie": True}),
+    ],
+    ids=[
+        "option-off",
+        "no-epik",
+        "empty-epik",
+        "not-html",
+        "error-status",
+        "not-a-cookie-value",
+        "too-long",
+    ],
+)
+def test_epik_cookie_is_not_set(kind: str, path: str, options: dict[str, Any]) -> None:
+    reply = fetch(kind, None, path, **options)
+
+    assert reply.set_cookies == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_apps_own_epik_cookie_is_left_alone(kind: str) -> None:
+    reply = fetch(kind, None, "/own-cookie?epik=abc", epik_cookie=True)
+
+    assert [c.split(";")[0] for c in reply.set_cookies] == ["_epik=set-by-the-app"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cookie_domain_is_added_when_given(kind: str) -> None:
+    reply = fetch(
+        kind,
+        None,
+        "/products/1?epik=abc",
+        epik_cookie=True,
+        cookie_domain=".shop.example",
+    )
+
+    assert reply.set_cookies[0].endswith("; Secure; Domain=.shop.example")
+
+
+@pytest.mark.parametrize("domain", ["", "shop.example; HttpOnly", "a b"])
+def test_unusable_cookie_domain_raises_at_construction(domain: str) -> None:
+    with pytest.raises(ConfigurationError):
+        PinterestWSGIMiddleware(flask.Flask(__name__), cookie_domain=domain)
+
+
+# --- route rules ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_route_rule_emits_one_event_for_a_matching_page(
+    kind: str, client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fetch(kind, client, "/products/shoes?epik=click-7", route_rules=[PAGE_VISIT])
+
+    [event] = sent_events(client, fake_pinterest)
+    assert event["event_name"] == "page_visit"
+    assert event["event_source_url"] == f"{SHOP}/products/shoes?epik=click-7"
+    assert event["user_data"]["click_id"] == "click-7"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/products/admin/users"),
+        ("GET", "/missing"),
+        ("GET", "/context"),
+        ("POST", "/products/shoes"),
+        ("GET", "/api/products/1"),
+    ],
+    ids=["excluded", "error-status", "not-included", "other-method", "not-html"],
+)
+def test_route_rule_does_not_emit(
+    kind: str, method: str, path: str, client: Client
+) -> None:
+    rule = RouteRule(
+        "page_visit",
+        include=["/products/*", "/missing", "/api/*"],
+        exclude=["/products/admin/*"],
+    )
+
+    fetch(kind, client, path, method=method, route_rules=[rule])
+
+    assert client.counters.accepted == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_matching_rule_emits_its_event(
+    kind: str, client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    rules = [PAGE_VISIT, RouteRule("view_category", include=["/products/shoes"])]
+
+    fetch(kind, client, "/products/shoes", route_rules=rules)
+
+    names = sorted(e["event_name"] for e in sent_events(client, fake_pinterest))
+    assert names == ["page_visit", "view_category"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_route_rule_with_any_method_and_content_type(kind: str, client: Client) -> None:
+    rule = RouteRule("lead", methods=None, content_types=None, include=["/api/*"])
+
+    fetch(kind, client, "/api/products/1", route_rules=[rule])
+
+    assert client.counters.accepted == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_route_rule_event_that_cannot_be_built_is_logged_not_raised(
+    kind: str, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a client IP the event has no match keys: logged, counted, passed on."""
+    errors: list[Exception] = []
+    before = hook_counters().failed
+
+    with caplog.at_level(logging.WARNING, logger="pinterest_mw"):
+        reply = fetch(
+            kind,
+            client,
+            "/products/shoes",
+            peer="unknown",
+            route_rules=[PAGE_VISIT],
+            on_error=errors.append,
+        )
+
+    assert reply.status == 200
+    assert hook_counters().failed == before + 1
+    assert [type(e) for e in errors] == [EventValidationError]
+    assert USER_AGENT not in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_page_answers_while_pinterest_fails(
+    kind: str, make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI
+) -> None:
+    """Pinterest answers 503 to every delivery; pages keep answering."""
+    fake_pinterest.fail_next(1000, status=503)
+    client = make_client(dispatcher="thread")
+
+    with Browser(shop(kind, client, route_rules=[PAGE_VISIT]), PEER) as browser:
+        statuses = [browser.request("GET", "/products/shoes", {}).status]
+        assert not client.flush(timeout=0.5)
+        statuses.append(browser.request("GET", "/products/hats", {}).status)
+
+    counters = client.counters
+    assert statuses == [200, 200]
+    assert (counters.accepted, counters.processed) == (2, 0)
+    assert counters.retried >= 1
+    assert counters.queue_depth == 2
+
+
+class LazyBody:
+    """A WSGI body that calls start_response only when iterated."""
+
+    def __init__(self, start_response: Any) -> None:
+        self._start_response = start_response
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._start_response("200 OK", [("Content-Type", "text/html")])
+        yield b"<p>late</p>"
+
+
+class ClosableLazyBody(LazyBody):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("body_class", [LazyBody, ClosableLazyBody])
+def test_lazy_wsgi_app_emits_when_the_body_is_closed(
+    body_class: type[LazyBody], client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    """An app that calls start_response from inside its body iterator."""
+    bodies: list[LazyBody] = []
+
+    def lazy_app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        bodies.append(body_class(start_response))
+        return bodies[-1]
+
+    app = flask.Flask(__name__)
+    app.wsgi_app = PinterestWSGIMiddleware(  # type: ignore[method-assign]
+        lazy_app, client=client, route_rules=[PAGE_VISIT]
+    )
+    response = app.test_client().get(
+        "/products/1",
+        environ_base={"REMOTE_ADDR": PEER, "HTTP_USER_AGENT": USER_AGENT},
+    )
+    response.close()
+
+    assert response.text == "<p>late</p>"
+    assert getattr(bodies[0], "closed", True)
+    assert [e["event_name"] for e in sent_events(client, fake_pinterest)] == [
+        "page_visit"
+    ]
+
+
+@pytest.mark.anyio
+async def test_asgi_messages_pass_through_unchanged() -> None:
+    """A streamed body reaches the server chunk by chunk, as the app sent it."""
+
+    async def chunks() -> Any:
+        yield b"one,"
+        yield b"two"
+
+    inner = StreamingResponse(chunks(), media_type="text/html")
+    app = PinterestMiddleware(inner, route_rules=[RouteRule("lead", include=["/x"])])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [],
+        "query_string": b"",
+    }
+    await app(scope, receive, send)
+
+    assert [m.get("body") for m in sent] == [None, b"one,", b"two", b""]
+
+
+# --- RouteRule ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "matches"),
+    [
+        ("GET", "/products/1", True),
+        ("get", "/products/1", False),
+        ("GET", "/products/a/b", True),
+        ("GET", "/products/admin/x", False),
+        ("HEAD", "/products/1", False),
+        ("GET", "/about", False),
+    ],
+)
+def test_route_rule_matches_methods_and_patterns(
+    method: str, path: str, matches: bool
+) -> None:
+    assert PAGE_VISIT.matches_request(method, path) is matches
+
+
+@pytest.mark.parametrize(
+    ("status", "media_type", "matches"),
+    [
+        (200, "text/html", True),
+        (204, "text/html", True),
+        (301, "text/html", False),
+        (500, "text/html", False),
+        (200, "application/json", False),
+        (None, None, False),
+    ],
+)
+def test_route_rule_matches_successful_responses_of_its_types(
+    status: int | None, media_type: str | None, matches: bool
+) -> None:
+    assert PAGE_VISIT.matches_response(status, media_type) is matches
+
+
+def test_route_rule_without_includes_matches_nothing() -> None:
+    assert not RouteRule("page_visit", include=[]).matches_request("GET", "/")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"event_name": "page visit"},
+        {"event_name": "page_visit", "action_source": "fax"},
+        {"event_name": "page_visit", "methods": "GET"},
+        {"event_name": "page_visit", "include": "/products/*"},
+        {"event_name": "page_visit", "content_types": "text/html"},
+    ],
+    ids=["event-name", "action-source", "methods", "include", "content-types"],
+)
+def test_unusable_route_rule_raises_at_construction(options: dict[str, Any]) -> None:
+    name = options.pop("event_name")
+
+    with pytest.raises(ConfigurationError):
+        RouteRule(name, **options)
+
+
+def test_route_rules_must_be_route_rule_objects() -> None:
+    with pytest.raises(ConfigurationError):
+        PinterestMiddleware(PlainTextResponse("x"), route_rules=["page_visit"])  # type: ignore[list-item]
+
+
+def test_route_rule_repr_shows_its_configuration() -> None:
+    rule = RouteRule("lead", methods=["post"], exclude=["/admin/*"], content_types=None)
+
+    assert repr(rule) == (
+        "RouteRule('lead', methods=['POST'], include=['*'], exclude=['/admin/*'], "
+        "content_types=None)"
+    )

@@ -1,0 +1,593 @@
+"""The outbox stores: bounds, claims and leases, outcomes, durability, privacy."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pinterest_mw.events import WireEvent, build_event
+from pinterest_mw.exceptions import ConfigurationError
+from pinterest_mw.hashing import sha256_hex
+from pinterest_mw.outbox import MemoryOutbox, Outbox, SQLiteOutbox
+
+RAW_EMAIL = "Ann.Example@Example.com"
+
+
+class Clock:
+    """A settable clock, so that leases, backoff and retention need no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wire(n: int, size: int = 10) -> list[WireEvent]:
+    return [
+        WireEvent(f"event-{i}", "checkout", b"{" + b"x" * (size - 2) + b"}")
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_outbox(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> Iterator[Callable[..., Outbox]]:
+    """Build either store with the given bounds and the test clock."""
+    made: list[Outbox] = []
+
+    def make(**options: object) -> Outbox:
+        outbox: Outbox
+        if request.param == "memory":
+            outbox = MemoryOutbox(clock=clock, **options)  # type: ignore[arg-type]
+        else:
+            path = tmp_path / f"outbox-{len(made)}.sqlite3"
+            outbox = SQLiteOutbox(path, clock=clock, **options)  # type: ignore[arg-type]
+        made.append(outbox)
+        return outbox
+
+    yield make
+    for outbox in made:
+        outbox.close()
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[Callable[..., SQLiteOutbox]]:
+    """Open SQLite outboxes (default file in `tmp_path`), closed after the test."""
+    opened: list[SQLiteOutbox] = []
+
+    def open_outbox(path: Path | None = None, **options: Any) -> SQLiteOutbox:
+        outbox = SQLiteOutbox(path or tmp_path / "outbox.sqlite3", **options)
+        opened.append(outbox)
+        return outbox
+
+    yield open_outbox
+    for outbox in opened:
+        outbox.close()
+
+
+@pytest.fixture
+def outbox(make_outbox: Callable[..., Outbox]) -> Outbox:
+    return make_outbox()
+
+
+def ids(claim_items: object) -> list[str]:
+    return [item.event.event_id for item in claim_items]  # type: ignore[attr-defined]
+
+
+# --- put and bounds ---
+
+
+def test_put_stores_events_and_counts_them(outbox: Outbox) -> None:
+    stored = outbox.put(wire(3))
+
+    assert (stored, outbox.depth()) == (3, 3)
+
+
+def test_put_stores_the_prefix_that_fits_the_event_bound(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    outbox = make_outbox(max_events=4)
+    outbox.put(wire(3))
+
+    assert outbox.put(wire(3)) == 1
+    assert outbox.depth() == 4
+
+
+def test_put_stores_the_prefix_that_fits_the_byte_bound(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    outbox = make_outbox(max_bytes=25)
+
+    assert outbox.put(wire(3, size=10)) == 2
+    assert outbox.stats().size_bytes == 20
+
+
+def test_atomic_put_stores_nothing_when_not_everything_fits(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    outbox = make_outbox(max_events=2)
+
+    assert outbox.put(wire(3), atomic=True) == 0
+    assert outbox.depth() == 0
+
+
+def test_rejected_events_do_not_count_against_the_event_bound(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    outbox = make_outbox(max_events=2)
+    outbox.put(wire(2))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    outbox.reject(claim, {item.key: "bad" for item in claim.items})
+
+    assert outbox.put(wire(2)) == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_events": 0}, {"max_bytes": 0}, {"max_rejected": -1}],
+    ids=["max_events", "max_bytes", "max_rejected"],
+)
+def test_unusable_bounds_are_configuration_errors(
+    make_outbox: Callable[..., Outbox], options: dict[str, int]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        make_outbox(**options)
+
+
+# --- claims and leases ---
+
+
+def test_claim_takes_the_oldest_due_events_up_to_the_limit(outbox: Outbox) -> None:
+    outbox.put(wire(5))
+
+    claim = outbox.claim(3, lease=60)
+
+    assert claim is not None
+    assert ids(claim.items) == ["event-0", "event-1", "event-2"]
+
+
+def test_claim_returns_none_when_nothing_is_due(outbox: Outbox) -> None:
+    assert outbox.claim(10, lease=60) is None
+
+
+def test_claimed_events_are_not_claimed_again_while_leased(outbox: Outbox) -> None:
+    outbox.put(wire(2))
+    outbox.claim(10, lease=60)
+
+    assert outbox.claim(10, lease=60) is None
+
+
+def test_events_of_an_expired_lease_are_claimable_again(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """A worker that died holding a batch does not keep it forever."""
+    outbox.put(wire(2))
+    outbox.claim(10, lease=60)
+    clock.advance(61)
+
+    claim = outbox.claim(10, lease=60)
+
+    assert claim is not None
+    assert ids(claim.items) == ["event-0", "event-1"]
+
+
+def test_claims_of_two_connections_to_one_file_never_overlap(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    """Claiming is atomic across connections, as across processes."""
+    path = tmp_path / "shared.sqlite3"
+    sqlite(path).put(wire(400))
+    stores = [sqlite(path), sqlite(path)]
+    claimed: list[list[str]] = [[], []]
+
+    def drain(index: int) -> None:
+        while (claim := stores[index].claim(7, lease=60)) is not None:
+            claimed[index].extend(ids(claim.items))
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    everything = claimed[0] + claimed[1]
+    assert sorted(everything) == sorted(f"event-{i}" for i in range(400))
+
+
+# --- outcomes ---
+
+
+def test_complete_deletes_the_events(outbox: Outbox) -> None:
+    outbox.put(wire(2))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+
+    outbox.complete(claim, [item.key for item in claim.items])
+
+    assert outbox.depth() == 0
+
+
+def test_complete_after_the_lease_expired_still_deletes(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """An event Pinterest answered for is not sent again by a later claim."""
+    outbox.put(wire(1))
+    first = outbox.claim(10, lease=60)
+    assert first is not None
+    clock.advance(61)
+    outbox.claim(10, lease=60)
+
+    outbox.complete(first, [first.items[0].key])
+
+    assert outbox.depth() == 0
+
+
+def test_reject_keeps_the_event_with_its_reason(outbox: Outbox) -> None:
+    outbox.put(wire(1))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+
+    outbox.reject(claim, {claim.items[0].key: "Given timestamp is in the past."})
+
+    stats = outbox.stats()
+    assert (stats.rejected, stats.depth) == (1, 0)
+    assert stats.rejected_reasons == {"Given timestamp is in the past.": 1}
+
+
+def test_listed_rejected_events_carry_ids_and_reasons(outbox: Outbox) -> None:
+    outbox.put(wire(1))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    outbox.reject(claim, {claim.items[0].key: "HTTP 400"})
+
+    [rejected] = outbox.list_rejected()
+
+    assert (rejected.event_id, rejected.reason, rejected.attempts) == (
+        "event-0",
+        "HTTP 400",
+        1,
+    )
+
+
+def test_rejected_events_are_purged_after_the_retention(
+    make_outbox: Callable[..., Outbox], clock: Clock
+) -> None:
+    outbox = make_outbox(rejected_retention=3600)
+    outbox.put(wire(1))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    outbox.reject(claim, {claim.items[0].key: "HTTP 400"})
+    clock.advance(3601)
+    outbox.put(wire(1))
+    second = outbox.claim(10, lease=60)
+    assert second is not None
+
+    outbox.reject(second, {second.items[0].key: "HTTP 400"})
+
+    assert outbox.stats().rejected == 1
+
+
+def test_the_oldest_rejected_events_go_beyond_the_rejected_bound(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    outbox = make_outbox(max_rejected=2)
+    outbox.put(wire(3))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+
+    outbox.reject(claim, {item.key: "HTTP 400" for item in claim.items})
+
+    assert [r.event_id for r in outbox.list_rejected()] == ["event-2", "event-1"]
+
+
+def test_deferred_events_wait_for_their_delay(outbox: Outbox, clock: Clock) -> None:
+    outbox.put(wire(1))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+
+    outbox.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+
+    assert outbox.claim(10, lease=60) is None
+    clock.advance(31)
+    again = outbox.claim(10, lease=60)
+    assert again is not None
+    assert again.items[0].attempts == 1
+
+
+def test_stats_show_deferred_events_with_their_retry_time_and_reason(
+    outbox: Outbox, clock: Clock
+) -> None:
+    outbox.put(wire(2))
+    claim = outbox.claim(1, lease=60)
+    assert claim is not None
+    outbox.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+
+    stats = outbox.stats()
+
+    assert (stats.pending, stats.deferred, stats.in_flight) == (2, 1, 0)
+    assert stats.next_attempt_at == clock.now + 30.0
+    assert stats.deferred_reasons == {"HTTP 503": 1}
+
+
+def test_stats_count_events_in_flight(outbox: Outbox) -> None:
+    outbox.put(wire(3))
+    outbox.claim(2, lease=60)
+
+    stats = outbox.stats()
+
+    assert (stats.pending, stats.in_flight, stats.depth) == (1, 2, 3)
+
+
+def test_defer_leaves_events_another_claim_took_over(
+    outbox: Outbox, clock: Clock
+) -> None:
+    """A late answer to an expired claim cannot push back the new holder's events."""
+    outbox.put(wire(1))
+    first = outbox.claim(10, lease=60)
+    assert first is not None
+    clock.advance(61)
+    second = outbox.claim(10, lease=60)
+    assert second is not None
+
+    outbox.defer(first, {first.items[0].key: 30.0}, "HTTP 503")
+
+    assert outbox.stats().in_flight == 1
+
+
+def test_released_events_are_due_again_without_an_attempt(outbox: Outbox) -> None:
+    outbox.put(wire(2))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+
+    outbox.release(claim, [item.key for item in claim.items])
+
+    again = outbox.claim(10, lease=60)
+    assert again is not None
+    assert [(i.event.event_id, i.attempts) for i in again.items] == [
+        ("event-0", 0),
+        ("event-1", 0),
+    ]
+
+
+def _reject_all(outbox: Outbox, reasons: list[str]) -> None:
+    outbox.put(wire(len(reasons)))
+    claim = outbox.claim(len(reasons), lease=60)
+    assert claim is not None
+    outbox.reject(
+        claim,
+        {item.key: reason for item, reason in zip(claim.items, reasons, strict=True)},
+    )
+
+
+def test_requeue_makes_rejected_events_pending_again(outbox: Outbox) -> None:
+    _reject_all(outbox, ["HTTP 401", "HTTP 401"])
+
+    assert outbox.requeue_rejected() == 2
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    assert [item.attempts for item in claim.items] == [0, 0]
+
+
+def test_requeue_can_pick_rejected_events_by_reason(outbox: Outbox) -> None:
+    _reject_all(outbox, ["HTTP 401", "Given timestamp is in the past."])
+
+    assert outbox.requeue_rejected(reason="HTTP 401") == 1
+    assert outbox.stats().rejected_reasons == {"Given timestamp is in the past.": 1}
+
+
+def test_reasons_are_kept_on_one_line_and_bounded(outbox: Outbox) -> None:
+    _reject_all(outbox, ["first line\nsecond line " + "x" * 2000])
+
+    [reason] = outbox.stats().rejected_reasons
+
+    assert "\n" not in reason
+    assert len(reason) == 500
+
+
+# --- SQLite specifics ---
+
+
+def test_sqlite_events_survive_a_new_connection_with_their_backoff(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    first = sqlite(path, clock=clock)
+    first.put(wire(2))
+    claim = first.claim(1, lease=60)
+    assert claim is not None
+    first.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+    first.close()
+
+    reopened = sqlite(path, clock=clock)
+
+    stats = reopened.stats()
+    assert (stats.depth, stats.deferred) == (2, 1)
+    assert stats.next_attempt_at == clock.now + 30.0
+
+
+def test_sqlite_uses_wal_mode(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    sqlite(path).put(wire(1))
+
+    with closing(sqlite3.connect(path)) as conn:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+
+    assert mode == "wal"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_sqlite_file_is_readable_by_its_owner_only(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    path = tmp_path / "data" / "outbox.sqlite3"
+    sqlite(path).put(wire(1))
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_sqlite_file_holds_hashed_user_data_only(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    event = build_event(
+        "checkout", user_data={"email": RAW_EMAIL, "phone": "+1 650 555 1212"}
+    )
+    outbox = sqlite(path)
+    outbox.put([event.to_wire_event()])
+    outbox.close()
+
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+
+    assert RAW_EMAIL.lower().encode() not in stored.lower()
+    assert b"5551212" not in stored
+    assert sha256_hex(RAW_EMAIL.lower()).encode() in stored
+
+
+def test_concurrent_puts_share_commits(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    """Puts arriving while a commit runs are written together in the next one."""
+    outbox = sqlite()
+    outbox.put(wire(1))
+    commits: list[int] = []
+    store = outbox._store
+
+    def slow_store(batch: list[object]) -> None:
+        commits.append(len(batch))
+        time.sleep(0.01)
+        store(batch)  # type: ignore[arg-type]
+
+    outbox._store = slow_store  # type: ignore[method-assign]
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(outbox.put(wire(1))))
+        for _ in range(40)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results == [1] * 40
+    assert outbox.depth() == 41
+    assert len(commits) < 40
+
+
+def test_a_failed_commit_fails_every_put_in_it(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    outbox = sqlite()
+
+    def broken_store(batch: list[object]) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    outbox._store = broken_store  # type: ignore[method-assign, assignment]
+
+    with pytest.raises(sqlite3.OperationalError):
+        outbox.put(wire(1))
+
+
+def test_sqlite_refuses_a_file_from_a_newer_version(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+
+    with pytest.raises(ConfigurationError):
+        SQLiteOutbox(path).depth()
+
+
+@pytest.mark.parametrize("path", [":memory:", ""])
+def test_sqlite_needs_a_file(path: str) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteOutbox(path)
+
+
+def test_sqlite_refuses_an_unknown_synchronous_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteOutbox(tmp_path / "o.sqlite3", synchronous="OFF")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("store", [MemoryOutbox, SQLiteOutbox])
+def test_stores_satisfy_the_outbox_protocol(store: type, tmp_path: Path) -> None:
+    instance = store() if store is MemoryOutbox else store(tmp_path / "o.sqlite3")
+
+    assert isinstance(instance, Outbox)
+
+
+def test_repr_names_no_event(outbox: Outbox) -> None:
+    outbox.put(wire(1))
+
+    assert "event-0" not in repr(outbox)
+
+
+# --- fork ---
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_with_an_empty_memory_outbox() -> None:
+    """Events queued in the parent are the parent's to send, not the child's."""
+    outbox = MemoryOutbox()
+    outbox.put(wire(3))
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write_end, str(outbox.depth()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child_depth = os.read(read_end, 16)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+
+    assert (child_depth, outbox.depth()) == (b"0", 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_opens_its_own_sqlite_connection(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    outbox = sqlite()
+    outbox.put(wire(1))
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            outbox.put([WireEvent("child", "checkout", b"{}")])
+            os.write(write_end, str(outbox.depth()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child_depth = os.read(read_end, 16)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+
+    assert (child_depth, outbox.depth()) == (b"2", 2)
