@@ -95,6 +95,8 @@ _ENV_AD_ACCOUNT = "PINTEREST_AD_ACCOUNT_ID"
 _ENV_API_URL = "PINTEREST_API_URL"
 _ENV_TEST_MODE = "PINTEREST_TEST_MODE"
 _ENV_OUTBOX = "PINTEREST_OUTBOX"
+_ENV_ADVERTISER_IDS = "PINTEREST_ADVERTISER_IDS"
+_ENV_DEFAULT_REGION = "PINTEREST_DEFAULT_REGION"
 _CHECKED = frozenset(
     {
         "batch_size",
@@ -268,14 +270,23 @@ class Client:
 
         Reads `PINTEREST_ACCESS_TOKEN`, `PINTEREST_AD_ACCOUNT_ID`,
         `PINTEREST_API_URL`, `PINTEREST_TEST_MODE` (1/true/yes/on or
-        0/false/no/off) and `PINTEREST_OUTBOX` (a path for a SQLite outbox).
+        0/false/no/off), `PINTEREST_OUTBOX` (a path for a SQLite outbox),
+        `PINTEREST_ADVERTISER_IDS` (comma-separated ad accounts a request
+        body may name) and `PINTEREST_DEFAULT_REGION` (for phone numbers
+        written without a country code, such as `US`).
         """
+        advertiser_ids = os.environ.get(_ENV_ADVERTISER_IDS, "")
         options: dict[str, Any] = {
             "access_token": os.environ.get(_ENV_TOKEN) or None,
             "ad_account_id": os.environ.get(_ENV_AD_ACCOUNT) or None,
             "api_url": os.environ.get(_ENV_API_URL) or None,
             "test_mode": _env_flag(_ENV_TEST_MODE),
             "outbox": os.environ.get(_ENV_OUTBOX) or None,
+            "advertiser_ids": [
+                entry.strip() for entry in advertiser_ids.split(",") if entry.strip()
+            ]
+            or None,
+            "default_region": os.environ.get(_ENV_DEFAULT_REGION) or None,
         }
         options.update(overrides)
 

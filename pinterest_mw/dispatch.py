@@ -670,7 +670,9 @@ class _BaseDispatcher:
         if not left:
             return
         if self.outbox.durable:
-            logger.warning(
+            # Keeping events is the whole job of a client that does not send.
+            logger.log(
+                logging.WARNING if self.is_sending else logging.INFO,
                 "closing with %d events not yet delivered; they stay in the "
                 "outbox for the next run",
                 left,

@@ -23,8 +23,9 @@ It is in no `repr`, log record or exception message. Log records carry
 counts, event names and ids, statuses and durations; never bodies, user
 data or URLs with their query.
 
-Loggers: `pinterest_mw.transport` logs each request at DEBUG, each retry at
-WARNING and each abandoned request at ERROR.
+Loggers: `pinterest_mw.transport` logs each request at DEBUG, and each
+retry and each request it gives up on at WARNING (the error then goes to the
+caller, which knows whether the events are lost: the dispatcher keeps them).
 """
 
 from __future__ import annotations
@@ -369,8 +370,10 @@ class _BaseTransport:
     def _log_abandoned(
         self, batch: Sequence[WireEvent], attempts: int, error: ConversionsError
     ) -> None:
-        logger.error(
-            "abandoned a request of %d events after %d attempt(s): %s",
+        # WARNING, not ERROR: the error is raised to the caller, who decides
+        # whether the events are lost (the dispatcher keeps them for later).
+        logger.warning(
+            "gave up on a request of %d events after %d attempt(s): %s",
             len(batch),
             attempts,
             _describe(error),

@@ -71,8 +71,10 @@ def cli() -> Any:
     runner = CliRunner()
     app = build_app()
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
-        return runner.invoke(app, list(args), env=env)
+    def invoke(
+        *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Any:
+        return runner.invoke(app, list(args), env=env, input=stdin)
 
     return invoke
 
@@ -298,6 +300,44 @@ def test_map_renames_their_columns_and_drops_others(cli, tmp_path):
     assert result.exit_code == EXIT_OK
 
 
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("no-equals-sign", "must be written THEIR_COLUMN=field"),
+        ("=email", "must be written THEIR_COLUMN=field"),
+        ("Size=shoe_size", "'shoe_size' is not an event field"),
+    ],
+)
+def test_a_map_that_cannot_work_is_an_error(cli, good_csv, item, problem):
+    result = cli("validate", str(good_csv), "--map", item)
+
+    assert result.exit_code == EXIT_ERROR
+    assert problem in result.stderr
+
+
+def test_a_row_with_more_cells_than_the_header_is_invalid(cli, tmp_path):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv", "event_name,event_time,email", f"lead,{now},a@b.co,extra"
+    )
+
+    result = cli("validate", str(path))
+
+    assert "line 2: invalid: has 4 cells; the header has 3" in result.stderr
+
+
+def test_json_keys_that_set_one_field_twice_make_the_row_invalid(cli, tmp_path):
+    now = int(time.time())
+    document = {"event_name": "lead", "event_time": now, "value": "1"}
+    document["custom_data.value"] = "2"
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
+
+    result = cli("validate", str(path))
+
+    assert "custom_data.value: sets a field another key already set" in (result.stderr)
+
+
 def test_an_unknown_column_stops_with_the_map_option_to_use(cli, tmp_path):
     path = write_csv(tmp_path / "x.csv", "event_name,event_time,Shoe Size", "a,1,2")
 
@@ -329,6 +369,29 @@ def test_event_name_option_fills_rows_without_one(cli, tmp_path):
     path = write_csv(tmp_path / "x.csv", "event_time,email", f"{now},a@example.com")
 
     result = cli("validate", str(path), "--event-name", "lead")
+
+    assert result.exit_code == EXIT_OK
+
+
+def test_validate_reads_standard_input_in_the_format_given(cli):
+    now = int(time.time())
+    lines = [
+        json.dumps({"event_name": "lead", "event_time": now, "email": "a@b.co"}),
+        json.dumps({"event_name": "lead", "event_time": now}),
+    ]
+
+    result = cli("validate", "-", "--format", "jsonl", stdin="\n".join(lines))
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "2 rows: 1 valid, 1 invalid" in result.stdout
+
+
+def test_a_tsv_file_is_read_with_tabs(cli, tmp_path):
+    now = int(time.time())
+    path = tmp_path / "x.tsv"
+    path.write_text(f"event_name\tevent_time\temail\nlead\t{now}\ta@b.co\n")
+
+    result = cli("validate", str(path))
 
     assert result.exit_code == EXIT_OK
 
@@ -908,4 +971,29 @@ def test_an_error_in_a_process_is_one_line_without_a_traceback(tmp_path):
     assert result.returncode == EXIT_ERROR
     assert result.stderr == (
         "pinterest-mw: error: No such file or directory: missing.csv\n"
+    )
+
+
+@pytest.mark.e2e
+def test_without_the_cli_extra_one_line_names_it(tmp_path):
+    """typer made unimportable, as when `pinterest-mw[cli]` is not installed."""
+    script = (
+        "import runpy, sys; sys.modules['typer'] = None;"
+        " runpy.run_module('pinterest_mw.cli', run_name='__main__')"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, "hash", "email", "a@b.co"],
+        capture_output=True,
+        text=True,
+        env=process_env(),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: the pinterest-mw command line needs its extra:"
+        " pip install 'pinterest-mw[cli]'\n"
     )

@@ -209,6 +209,19 @@ def test_from_env_reads_the_environment(
     assert isinstance(client.outbox, SQLiteOutbox)
 
 
+def test_from_env_reads_advertiser_ids_and_default_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PINTEREST_ADVERTISER_IDS", " 111, 222 ,")
+    monkeypatch.setenv("PINTEREST_DEFAULT_REGION", "GB")
+
+    client = Client.from_env(sending=False, outbox=MemoryOutbox())
+
+    assert client.is_allowed_advertiser("222")
+    assert not client.is_allowed_advertiser("333")
+    assert client.default_region == "GB"
+
+
 def test_from_env_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PINTEREST_ACCESS_TOKEN", FAKE_ACCESS_TOKEN)
     monkeypatch.setenv("PINTEREST_AD_ACCOUNT_ID", FAKE_AD_ACCOUNT_ID)
