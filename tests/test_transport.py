@@ -828,9 +828,7 @@ async def test_logs_carry_no_token_and_no_user_data(
         await resolve(make_transport().send(batch))
 
     ours = [r for r in caplog.records if r.name.startswith("pinterest_mw")]
-    assert {logging.DEBUG, logging.WARNING} <= {
-        record.levelno for record in ours
-    }
+    assert {logging.DEBUG, logging.WARNING} <= {record.levelno for record in ours}
     assert FAKE_ACCESS_TOKEN not in caplog.text
     for secret in (EMAIL, EMAIL_HASH, "user1", "?test"):
         assert all(secret not in record.getMessage() for record in ours)
