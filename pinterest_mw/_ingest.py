@@ -2,10 +2,10 @@
 
 `pinterest_mw.asgi` and `pinterest_mw.wsgi` only read the request in their
 framework's way and write out a `Reply`; every rule lives here, once: the
-options and their environment variables, the CORS policy, the shared-secret
-check, the per-IP rate limit, the content-type and size checks, the body
-shapes, the validation and enrichment of each event, and every response
-body.
+options and their environment variables, the CORS policy, the origin check
+of posts, the shared-secret check, the per-IP rate limit, the content-type
+and size checks, the body shapes, the validation and enrichment of each
+event, and every response body.
 
 Privacy: nothing here logs a body, a header value, an IP address or any
 event field. Responses echo event ids, event names and field paths; never a
@@ -29,7 +29,12 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 
 from .client import Client, get_default_client
-from .context import RequestContext, TrustedProxies, enrich_event_data
+from .context import (
+    ENV_TRUSTED_PROXIES,
+    RequestContext,
+    TrustedProxies,
+    enrich_event_data,
+)
 from .dispatch import Counters
 from .events import Event, parse_event
 from .exceptions import (
@@ -47,11 +52,13 @@ __all__ = [
     "DEFAULT_SECRET_HEADER",
     "ENV_ALLOW_ORIGINS",
     "ENV_SHARED_SECRET",
+    "ENV_TEST_ENDPOINT",
     "ENV_TRUSTED_PROXIES",
     "LENGTH_REQUIRED",
     "MALFORMED_JSON",
     "MAX_EVENTS_PER_REQUEST",
     "NOT_FOUND",
+    "ORIGIN_NOT_ALLOWED",
     "QUEUE_FULL_RETRY_AFTER",
     "BodyBuffer",
     "CORSPolicy",
@@ -83,8 +90,8 @@ RATE_LIMIT_MAX_CLIENTS = 10_000
 """IP addresses the rate limiter remembers before it forgets idle ones."""
 
 ENV_ALLOW_ORIGINS = "PINTEREST_ALLOW_ORIGINS"
-ENV_TRUSTED_PROXIES = "PINTEREST_TRUSTED_PROXIES"
 ENV_SHARED_SECRET = "PINTEREST_SHARED_SECRET"  # noqa: S105 - a variable's name
+ENV_TEST_ENDPOINT = "PINTEREST_TEST_ENDPOINT"
 
 ACCEPTED_MEDIA_TYPES = frozenset({"application/json", "text/plain"})
 """`text/plain` is what `navigator.sendBeacon` sends for a string body."""
@@ -104,9 +111,17 @@ NOT_SENT_MESSAGE = (
     "These are local validation results only."
 )
 ADVERTISER_MESSAGE = (
-    "advertiser_id is not an ad account this server sends events for "
-    "(configure ad_account_id or advertiser_ids)"
+    "advertiser_id is not an ad account this server sends events for; "
+    "to allow it, list it in PINTEREST_ADVERTISER_IDS (comma-separated) "
+    "or pass advertiser_ids=[...] to the Client"
 )
+ORIGIN_MESSAGE = (
+    "this endpoint does not take events from pages of the request's Origin; "
+    "list that origin in allow_origins (or PINTEREST_ALLOW_ORIGINS)"
+)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+_DEFAULT_PORTS = (":80", ":443")
 
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -169,6 +184,7 @@ BAD_LENGTH = _error(400, "bad_content_length", "Content-Length is not a number")
 UNAUTHORIZED = _error(
     401, "unauthorized", "the shared-secret header is missing or wrong"
 )
+ORIGIN_NOT_ALLOWED = _error(403, "origin_not_allowed", ORIGIN_MESSAGE)
 ADVERTISER_NOT_ALLOWED = _error(
     403, "advertiser_not_allowed", ADVERTISER_MESSAGE, field="advertiser_id"
 )
@@ -273,6 +289,29 @@ class CORSPolicy:
         """Whether a browser page at `origin` may read the responses."""
         return self.allow_all or origin in self._allowed
 
+    def is_allowed_poster(self, origin: str | None, host: str | None) -> bool:
+        """Whether a POST carrying this `Origin` may be taken at all.
+
+        CORS only stops a page from reading the answer: a page may post a
+        `text/plain` body to any site without a preflight. So a request
+        with an `Origin` is taken only from a listed origin (any, with
+        `"*"`) or from a page of the endpoint's own host, as its `Host`
+        header names it (the scheme is not compared, since a proxy in front
+        may end TLS). `Origin: null` (sandboxed frames, local files) is
+        refused unless `"*"` is configured. A request without `Origin`
+        comes from a server or a tool, not a page, and is taken.
+        """
+        if origin is None or self.allow_all:
+            return True
+        origin = origin.strip().lower()
+        if origin in self._allowed:
+            return True
+        _, separator, origin_host = origin.partition("://")
+        if not separator or not host:
+            return False
+
+        return origin_host in _host_spellings(host.strip().lower())
+
     def preflight(
         self,
         origin: str,
@@ -348,6 +387,14 @@ class CORSPolicy:
             ("Access-Control-Expose-Headers", ", ".join(CORS_EXPOSED_HEADERS))
         )
         return headers
+
+
+def _host_spellings(host: str) -> tuple[str, ...]:
+    # Browsers leave a default port out of Origin; a Host header may not.
+    for port in _DEFAULT_PORTS:
+        if host.endswith(port):
+            return host, host.removesuffix(port)
+    return (host,)
 
 
 class RateLimiter:
@@ -530,7 +577,7 @@ class Ingest:
         shared_secret_header: str = DEFAULT_SECRET_HEADER,
         rate_limit: float | None = None,
         rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST,
-        test_endpoint: bool = True,
+        test_endpoint: bool | None = None,
     ) -> None:
         if not _is_client_or_none(client):
             raise ConfigurationError("client must be a pinterest_mw Client")
@@ -545,7 +592,7 @@ class Ingest:
             f"the body is over {max_body_size} bytes",
             limit=max_body_size,
         )
-        self.test_endpoint = test_endpoint
+        self.test_endpoint = _test_endpoint(test_endpoint)
 
         self.secret_header, self.secret = _check_secret(
             shared_secret, shared_secret_header
@@ -553,7 +600,7 @@ class Ingest:
         self.rate_limiter = (
             None if rate_limit is None else RateLimiter(rate_limit, rate_limit_burst)
         )
-        self.trusted_proxies = _trusted_proxies(trusted_proxies)
+        self.trusted_proxies = TrustedProxies.from_option(trusted_proxies)
         secret_headers = [shared_secret_header] if self.secret is not None else []
         self.cors = _cors_policy(allow_origins, allow_credentials, secret_headers)
         # Resolved last, so that a bad option never builds the default client.
@@ -574,13 +621,17 @@ class Ingest:
         secret: str | None,
         content_type: str | None,
         content_length: str | None,
+        *,
+        origin: str | None = None,
+        host: str | None = None,
     ) -> Reply | None:
         """The refusal of a POST before its body is read, or None to go on.
 
-        In order: the rate limit (429), the shared secret (401), the content
-        type (415), the declared length (400 when not a number, 413 when
-        over the limit). A body without a declared length is checked while
-        it is read.
+        In order: the rate limit (429), the origin (403, see
+        `CORSPolicy.is_allowed_poster`), the shared secret (401), the
+        content type (415), the declared length (400 when not a number, 413
+        when over the limit). A body without a declared length is checked
+        while it is read.
         """
         if self.rate_limiter is not None:
             wait = self.rate_limiter.retry_after(client_ip)
@@ -591,6 +642,8 @@ class Ingest:
                     "too many requests from this address",
                     [("Retry-After", str(wait))],
                 )
+        if not self.cors.is_allowed_poster(origin, host):
+            return ORIGIN_NOT_ALLOWED
         if self.secret is not None and not _same_secret(secret, self.secret):
             return UNAUTHORIZED
         if content_type is None or not _is_accepted_media_type(content_type):
@@ -662,7 +715,7 @@ class Ingest:
             raise EventValidationError(
                 [FieldError(_join(path, "user_data"), "must be an object")]
             )
-        data = enrich_event_data(item, context)
+        data = enrich_event_data(item, context, from_browser=True)
         # Posted from a page: a web conversion, unless the body says otherwise.
         data.setdefault("action_source", "web")
 
@@ -816,14 +869,19 @@ def _cors_policy(
     )
 
 
-def _trusted_proxies(value: Iterable[str] | TrustedProxies | None) -> TrustedProxies:
-    if isinstance(value, TrustedProxies):
+def _test_endpoint(value: object) -> bool:
+    if value is not None:
+        if not isinstance(value, bool):
+            raise ConfigurationError("test_endpoint must be True or False")
         return value
-    if value is None:
-        return TrustedProxies(_env_list(ENV_TRUSTED_PROXIES))
-    if isinstance(value, str):
-        raise ConfigurationError("trusted_proxies must be a list of IPs or networks")
-    return TrustedProxies(value)
+    text = os.environ.get(ENV_TEST_ENDPOINT, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(
+        f"{ENV_TEST_ENDPOINT} must be one of 1, true, yes, on, 0, false, no, off"
+    )
 
 
 def _describe(error: ConversionsError) -> dict[str, Any]:

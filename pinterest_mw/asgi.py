@@ -20,9 +20,11 @@ rules (`pinterest_mw._ingest`), so they answer alike.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -63,7 +65,7 @@ def pinterest_app(
     shared_secret_header: str = DEFAULT_SECRET_HEADER,
     rate_limit: float | None = None,
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST,
-    test_endpoint: bool = True,
+    test_endpoint: bool | None = None,
 ) -> Starlette:
     """Build the mountable track endpoints.
 
@@ -76,16 +78,20 @@ def pinterest_app(
       already hashed. `action_source` defaults to `"web"`. Answers `202`
       `{"accepted": n, "event_ids": [...], "warnings": [{"path", "reason"}]}`
       once the events are queued (on disk, with a durable outbox).
-    - `POST /track-event-test`: the same body, sent at once in Pinterest's
-      test mode; answers `200` with Pinterest's verdict per event, `502`
-      when Pinterest could not be reached. Without credentials nothing is
-      sent: the answer says so (`"sent_to_pinterest": false`) and lists
-      the local validation results.
+    - `POST /track-event-test` (only with `test_endpoint`; `404` otherwise):
+      the same body, sent at once in Pinterest's test mode; answers `200`
+      with Pinterest's verdict per event, `502` when Pinterest could not be
+      reached. Without credentials nothing is sent: the answer says so
+      (`"sent_to_pinterest": false`) and lists the local validation
+      results.
     - `GET /health`: `{"status": "ok", "sending": ..., "counters": {...}}`.
 
     Refusals, all JSON with an `error` code (never a 500): `400` not UTF-8
-    JSON; `401` wrong shared secret; `403` an `advertiser_id` this server
-    does not send for (the body never chooses where events go); `405`;
+    JSON; `401` wrong shared secret; `403` `origin_not_allowed`: an
+    `Origin` header that is neither listed in `allow_origins` nor this
+    host's own (`null` included), or `advertiser_not_allowed`: an
+    `advertiser_id` this server does not send for (the body never chooses
+    where events go); `405`;
     `411` (WSGI only: no length); `413` body over `max_body_size` (checked
     while reading); `415` a content type other than `application/json` or
     `text/plain` (what `navigator.sendBeacon` sends for a string); `422`
@@ -96,9 +102,15 @@ def pinterest_app(
     or when our own code failed.
 
     Enrichment, from the request, never from the body: the client IP (see
-    `trusted_proxies`), the user agent and the `_epik` click id replace what
-    the body says; the `Referer` fills in `event_source_url` and
-    `Accept-Language` fills in `language` when the event has none.
+    `trusted_proxies`) and the user agent replace what the body says, and a
+    body's values are dropped when the request has none. The `_epik` click
+    id of the request (cookie, or `epik` in the `Referer`) replaces the
+    body's; a body's click id is kept only when the request has none (a
+    page of another site cannot send its first-party cookie here). The
+    `Referer`, without its query string except `epik` and `utm_*`
+    parameters, fills in `event_source_url`, and `Accept-Language` fills in
+    `language`, when the event has none; an `event_source_url` in the body
+    is sent as given.
 
     Args:
         client: the client that queues and sends; defaults to
@@ -106,8 +118,13 @@ def pinterest_app(
         allow_origins: origins whose pages may post, such as
             `["https://shop.example"]` (scheme, host, port; no path).
             Default: `PINTEREST_ALLOW_ORIGINS`, comma-separated; none when
-            unset (same-origin pages and servers can still post). `"*"`
-            allows any page, which lets anyone's page send you events.
+            unset. Pages of the host the request names (`Host`) and
+            callers that send no `Origin` (servers, curl) can always post;
+            a POST from any other page is refused with `403`, since a page
+            can post a `text/plain` body cross-origin without a preflight.
+            Behind a proxy that rewrites `Host`, list your own origin.
+            `"*"` allows any page, which lets anyone's page send you
+            events.
         allow_credentials: let pages send cookies (the `_epik` click id
             lives in one); refused together with `"*"`.
         trusted_proxies: IPs or networks of the proxies in front of this app
@@ -127,8 +144,11 @@ def pinterest_app(
             with `Retry-After`. In memory, per process (see `RateLimiter`).
             Off by default.
         rate_limit_burst: requests an IP may make at once.
-        test_endpoint: serve `/track-event-test`. It waits for Pinterest, so
-            each call costs an API request on your ad account's rate limit.
+        test_endpoint: serve `/track-event-test`. Default:
+            `PINTEREST_TEST_ENDPOINT` (`1`, `true`, ...), off when unset. It
+            waits for Pinterest, so each call costs an API request on your
+            ad account's rate limit, and anyone who can reach it can probe
+            what Pinterest thinks of an event: turn it on for development.
 
     CORS goes through Starlette's `CORSMiddleware`, on every answer,
     refusals included. Do not add CORS for this path in the host app too.
@@ -137,6 +157,10 @@ def pinterest_app(
     user agent and click id are sent unhashed, as Pinterest requires.
     Nothing from a body or a header is logged or echoed back, only event
     ids, event names and field paths.
+
+    .. versionchanged:: 0.2
+       `/track-event-test` is off by default; posts from unlisted origins
+       are refused; the body's client IP and user agent are never used.
 
     Raises:
         ConfigurationError: for any unusable option, here and not at the
@@ -161,7 +185,7 @@ def pinterest_app(
         Route("/health", endpoints.health, methods=["GET"]),
         Route("/health/", endpoints.health, methods=["GET"]),
     ]
-    if test_endpoint:
+    if ingest.test_endpoint:
         routes += [
             Route("/track-event-test", endpoints.track_test, methods=["POST"]),
             Route("/track-event-test/", endpoints.track_test, methods=["POST"]),
@@ -237,6 +261,8 @@ class _Endpoints:
             headers.get(self._secret_header),
             headers.get("content-type"),
             headers.get("content-length"),
+            origin=headers.get("origin"),
+            host=headers.get("host"),
         )
         if refusal is not None:
             return refusal
@@ -267,7 +293,11 @@ class _Endpoints:
     async def _send_test(self, parsed: ParsedEvents) -> Reply:
         if not self._client.is_sending:
             return self._ingest.local_results(parsed)
-        result = await self._client.asend(
-            parsed.events, test=True, raise_on_error=False
+        # The client's one blocking transport, from a worker thread: an async
+        # transport would need a new HTTP client (and its connections) for
+        # every call, since it belongs to one event loop.
+        send = functools.partial(
+            self._client.send, parsed.events, test=True, raise_on_error=False
         )
+        result = await anyio.to_thread.run_sync(send)
         return self._ingest.test_results(parsed, result)

@@ -11,14 +11,19 @@ pinterest-mw outbox [retry]       what the outbox holds; re-queue rejected event
 Configuration comes from options and the environment:
 `PINTEREST_ACCESS_TOKEN` (read from the environment only: an option would
 show the token to anyone running `ps`), `PINTEREST_AD_ACCOUNT_ID`,
-`PINTEREST_API_URL`, `PINTEREST_TEST_MODE`, `PINTEREST_OUTBOX`,
-`PINTEREST_ALLOW_ORIGINS` and `PINTEREST_TRUSTED_PROXIES`.
+`PINTEREST_API_URL`, `PINTEREST_TEST_MODE`, `PINTEREST_DEFAULT_REGION`,
+`PINTEREST_OUTBOX`, and for `serve` `PINTEREST_TEST_ENDPOINT`,
+`PINTEREST_ALLOW_ORIGINS` and `PINTEREST_TRUSTED_PROXIES`. An option wins
+over its variable; yes/no variables take 1, true, yes, on, 0, false, no, off.
 
 Exit statuses: 0 success; 1 some rows failed (invalid, or rejected by
 Pinterest), or `hash` found the value unusable; 2 an error (bad option or
-configuration, unreadable file, failed authentication or request); 130
-interrupted. Errors are one line on stderr; `--debug` adds the traceback of
-an unexpected one.
+configuration, a file without rows, unreadable file, failed authentication
+or request, an address `serve` cannot listen on); 130 interrupted (`serve`
+after SIGINT too). Errors, usage errors included, are one line on stderr;
+`--debug` adds the traceback of an unexpected one. Library warnings go to
+stderr once each: through rich on a terminal, as `pinterest-mw: warning:
+...` lines otherwise.
 
 Privacy: the token is never printed or logged. Reports name rows by line
 and fields by path, never by value. `serve` logs no request (no IP address,
@@ -95,7 +100,7 @@ from .hashing import (
     normalize_state,
     normalize_zip,
 )
-from .outbox import OutboxStats, SQLiteOutbox
+from .outbox import OutboxStats, RejectedEvent, SQLiteOutbox
 from .transport import MAX_BATCH_SIZE, EventResult, EventStatus, Transport
 
 _missing_extra: ImportError | None = None
@@ -112,6 +117,7 @@ try:
         TextColumn,
         TimeElapsedColumn,
     )
+    from typer.core import TyperGroup
 except ImportError as exc:  # pragma: no cover - a subprocess test
     _missing_extra = exc
 
@@ -133,7 +139,8 @@ NOT_SENDING_LINE: Final = (
     "To send them, set PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID "
     "and restart: stored events go out first."
 )
-SERVING_LINE: Final = "pinterest-mw serving on %s (POST /track-event, GET /health)"
+SERVING_LINE: Final = "pinterest-mw serving on %s (%s)"
+STOPPED_LINE: Final = "pinterest-mw stopped"
 
 _ENV_TOKEN: Final = "PINTEREST_ACCESS_TOKEN"  # noqa: S105 - the variable's name, not a token
 _ENV_AD_ACCOUNT: Final = "PINTEREST_AD_ACCOUNT_ID"
@@ -142,6 +149,8 @@ _ENV_TEST_MODE: Final = "PINTEREST_TEST_MODE"
 _ENV_OUTBOX: Final = "PINTEREST_OUTBOX"
 _ENV_ALLOW_ORIGINS: Final = "PINTEREST_ALLOW_ORIGINS"
 _ENV_TRUSTED_PROXIES: Final = "PINTEREST_TRUSTED_PROXIES"
+_ENV_DEFAULT_REGION: Final = "PINTEREST_DEFAULT_REGION"
+_ENV_TEST_ENDPOINT: Final = "PINTEREST_TEST_ENDPOINT"
 # How `serve --workers N` hands its options to the worker processes (never
 # the token: that stays in PINTEREST_ACCESS_TOKEN, inherited as it is).
 _ENV_SERVE_OPTIONS: Final = "_PINTEREST_MW_SERVE_OPTIONS"
@@ -151,7 +160,7 @@ _OPTION_SOURCES: Final = {
     "access_token": _ENV_TOKEN,
     "ad_account_id": f"--ad-account-id or {_ENV_AD_ACCOUNT}",
     "api_url": f"--api-url or {_ENV_API_URL}",
-    "default_region": "--default-region",
+    "default_region": f"--default-region or {_ENV_DEFAULT_REGION}",
     "outbox": f"--outbox or {_ENV_OUTBOX}",
     "flush_interval": "--flush-interval",
 }
@@ -201,40 +210,85 @@ _R = TypeVar("_R")
 def _command(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run a command, turning its errors into one line and an exit status.
 
-    Usage errors are typer's own and never reach this wrapper; the commands
-    run inside it both under the test runner and in a real process.
+    Usage errors are typer's own and never reach this wrapper (`_Group`
+    shows them in one line); the commands run inside it both under the test
+    runner and in a real process.
     """
 
     @functools.wraps(function)
     def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return function(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
-        except _CommandError as exc:
-            _error_line(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except (ConversionsError, OSError, sqlite3.Error) as exc:
-            if _debug.get():
-                traceback.print_exc(file=sys.stderr)
-            _error_line(_describe_error(exc))
-            raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             _error_line("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:  # noqa: BLE001 - the one line promised for any failure
-            # The message of an unexpected error may quote a value read from
-            # a file, so only its type is shown unless --debug asks for more.
-            if _debug.get():
-                traceback.print_exc(file=sys.stderr)
-                _error_line(f"unexpected {type(exc).__name__}")
-            else:
-                _error_line(
-                    f"unexpected {type(exc).__name__} (run with --debug for details)"
-                )
-            raise typer.Exit(EXIT_ERROR) from None
+            _error_line(_failure_line(exc))
+            raise typer.Exit(_failure_status(exc)) from None
 
     return run
+
+
+def _failure_status(exc: Exception) -> int:
+    return exc.exit_code if isinstance(exc, _CommandError) else EXIT_ERROR
+
+
+def _failure_line(exc: Exception) -> str:
+    """The line for a failure; the traceback too on stderr with --debug."""
+    if isinstance(exc, _CommandError):
+        return str(exc)
+    if _debug.get():
+        traceback.print_exc(file=sys.stderr)
+    if isinstance(exc, ConversionsError | OSError | sqlite3.Error):
+        return _describe_error(exc)
+    # The message of an unexpected error may quote a value read from a file,
+    # so only its type is shown unless --debug asks for more.
+    if _debug.get():
+        return f"unexpected {type(exc).__name__}"
+    return f"unexpected {type(exc).__name__} (run with --debug for details)"
+
+
+def _usage_line(exc: typer.TyperException) -> str:
+    """A usage error in one line, pointing at the command's help."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message
+    return f"{message} (see '{ctx.command_path} --help')"
+
+
+if _missing_extra is None:
+
+    class _Group(TyperGroup):
+        """The root command: usage errors and Ctrl-C in one line, no box.
+
+        click would print usage, a hint and the error on three lines (typer
+        in a box), and "Aborted!" with status 1 on Ctrl-C outside a command.
+        """
+
+        def main(  # type: ignore[override]
+            self,
+            args: Sequence[str] | None = None,
+            prog_name: str | None = None,
+            complete_var: str | None = None,
+            standalone_mode: bool = True,
+            **extra: Any,
+        ) -> Any:
+            try:
+                status = super().main(
+                    args, prog_name, complete_var, standalone_mode=False, **extra
+                )
+            except typer.TyperException as exc:
+                _error_line(_usage_line(exc))
+                status = exc.exit_code
+            except typer.Abort:
+                _error_line("interrupted")
+                status = EXIT_INTERRUPTED
+            if not standalone_mode:
+                return status
+            sys.exit(status or EXIT_OK)
 
 
 # --- the typer application ----------------------------------------------------
@@ -285,10 +339,32 @@ def _root(
         print(ctx.get_help())
         raise typer.Exit
     if _owns_logging(ctx):
-        handler = RichHandler(
-            console=_stderr_console(), show_time=False, show_path=False
-        )
-        logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+        _log_to_terminal()
+
+
+def _log_to_terminal() -> None:
+    """Log warnings on stderr, each record once and on one line when piped.
+
+    On a terminal RichHandler shows the level in its own column, so the
+    message goes alone (basicConfig's format would repeat level and logger);
+    into a pipe or file, rich would wrap long lines, so they go plain.
+    """
+    console = _stderr_console()
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_time=False, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+
+class _PlainFormatter(logging.Formatter):
+    """`pinterest-mw: warning: message`, like the command's error lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"pinterest-mw: {record.levelname.lower()}: {super().format(record)}"
 
 
 def build_app() -> typer.Typer:
@@ -302,6 +378,7 @@ def build_app() -> typer.Typer:
 
     app = typer.Typer(
         name="pinterest-mw",
+        cls=_Group,
         invoke_without_command=True,
         add_completion=False,
         pretty_exceptions_enable=False,
@@ -359,11 +436,34 @@ class LogLevel(StrEnum):
 
 
 def _check_region(region: str | None) -> str | None:
-    if region is None:
+    region = (region or "").strip().upper()
+    if not region:
         return None
-    if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        _fail("--default-region must be a two-letter region code, such as US")
-    return region.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        _fail(
+            f"--default-region (or {_ENV_DEFAULT_REGION}) must be a two-letter"
+            " region code, such as US"
+        )
+    return region
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
+
+
+def _env_flag(name: str) -> bool:
+    """A yes/no variable, read as the library reads PINTEREST_TEST_MODE."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    _fail(f"{name} must be one of 1, true, yes, on, 0, false, no, off")
+
+
+def _plural(count: int, noun: str) -> str:
+    """`1 row`, `2 rows`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _split(values: Sequence[str] | None) -> tuple[str, ...]:
@@ -377,8 +477,9 @@ def _split(values: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _credentials(ad_account_id: str | None) -> tuple[str, str]:
-    token = os.environ.get(_ENV_TOKEN) or None
-    account = ad_account_id or os.environ.get(_ENV_AD_ACCOUNT) or None
+    """The token and the ad account for `send`; say which one is missing."""
+    token = os.environ.get(_ENV_TOKEN, "").strip() or None
+    account = (ad_account_id or "").strip() or None
     missing = []
     if token is None:
         missing.append(_ENV_TOKEN)
@@ -433,6 +534,7 @@ if _missing_extra is None:
     RegionOption = Annotated[
         str | None,
         typer.Option(
+            envvar=_ENV_DEFAULT_REGION,
             help="Region of phone numbers without a country code, such as US.",
             show_default=False,
         ),
@@ -454,7 +556,7 @@ if _missing_extra is None:
     AdAccountOption = Annotated[
         str | None,
         typer.Option(
-            help=f"The ad account id [env: {_ENV_AD_ACCOUNT}].", show_default=False
+            envvar=_ENV_AD_ACCOUNT, help="The ad account id.", show_default=False
         ),
     ]
     ApiUrlOption = Annotated[
@@ -631,7 +733,8 @@ def _finish_row(row: _Row, options: _RowOptions) -> _Row:
 def _csv_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
     reader = csv.reader(text, delimiter=options.delimiter)
     try:
-        header = next(reader, None)
+        # Blank lines before the header are skipped, like blank rows after it.
+        header = next((r for r in reader if any(c.strip() for c in r)), None)
     except csv.Error as exc:
         _fail(f"line 1: not a valid CSV header ({exc})")
     if header is None:
@@ -811,9 +914,10 @@ class _Report:
         hidden = self.problems - _SHOWN_PROBLEMS
         if hidden <= 0:
             return None
+        more = f"... and {hidden} more {'problem' if hidden == 1 else 'problems'}"
         if self.path is not None:
-            return f"... and {hidden} more problems, in {self.path}"
-        return f"... and {hidden} more problems: write them all with --report FILE"
+            return f"{more}, in {self.path}"
+        return f"{more}: write them all with --report FILE"
 
 
 # --- send and validate --------------------------------------------------------
@@ -933,7 +1037,8 @@ def _process_file(
     """Read, validate and (with a transport) send a file; return its report.
 
     A request that fails after its retries stops the command: what was done
-    until then is summed up, then the error is raised.
+    until then is summed up, then the error is raised. A file without rows
+    is an error too.
     """
     file_format = _file_format(file, file_format)
     console = _stderr_console()
@@ -941,35 +1046,53 @@ def _process_file(
     run = _Run(transport, test, default_region, report)
     stopped: _CommandError | None = None
     try:
-        with (
-            _open_input(file) as (text, position, size),
-            _progress(console, size) as progress,
-        ):
-            task = progress.add_task(
-                "sending" if transport is not None else "checking", total=size
-            )
-            rows = _READERS[file_format](text, options)
-            events = run.events(_tracked(rows, progress, task, position))
-            for chunk in _chunks(events):
-                try:
-                    run.deliver(chunk)
-                except (APIError, TransportError) as exc:
-                    raise _CommandError(
-                        f"stopped at line {chunk[-1][0]}, rows after it were not"
-                        f" read: {_describe_error(exc)}"
-                    ) from exc
+        _run_file(run, file, _READERS[file_format], options)
     except UnicodeDecodeError:
         stopped = _CommandError(f"{str(file)!r} is not UTF-8 text")
     except _CommandError as exc:
         stopped = exc
     finally:
         report.close()
-    if stopped is None or report.counts["rows"]:
+    if stopped is None and not report.counts["rows"]:
+        stopped = _CommandError(_no_rows(file, sending=transport is not None))
+    if report.counts["rows"]:
         _print_summary(report, transport, test=test, dry_run=dry_run)
     if stopped is not None:
         raise stopped
 
     return report
+
+
+def _run_file(
+    run: _Run,
+    file: Path,
+    reader: Callable[[TextIO, _RowOptions], Iterator[_Row]],
+    options: _RowOptions,
+) -> None:
+    """Stream the rows of `file` through `run`, with a progress bar."""
+    console = run.report.console
+    with (
+        _open_input(file) as (text, position, size),
+        _progress(console, size) as progress,
+    ):
+        task = progress.add_task(
+            "sending" if run.transport is not None else "checking", total=size
+        )
+        rows = reader(text, options)
+        events = run.events(_tracked(rows, progress, task, position))
+        for chunk in _chunks(events):
+            try:
+                run.deliver(chunk)
+            except (APIError, TransportError) as exc:
+                raise _CommandError(
+                    f"stopped at line {chunk[-1][0]}, rows after it were not"
+                    f" read: {_describe_error(exc)}"
+                ) from exc
+
+
+def _no_rows(file: Path, *, sending: bool) -> str:
+    name = "standard input" if str(file) == "-" else repr(str(file))
+    return f"{name} has no rows: nothing to {'send' if sending else 'check'}"
 
 
 def _progress(console: Console, size: int | None) -> Progress:
@@ -994,13 +1117,14 @@ def _print_summary(
         report.console.print(tail, markup=False)
     counts = report.counts
     parts = [
-        f"{counts['rows']} rows: {counts['valid']} valid, {counts['invalid']} invalid"
+        f"{_plural(counts['rows'], 'row')}: {counts['valid']} valid,"
+        f" {counts['invalid']} invalid"
     ]
     if transport is not None:
         parts.append(
             f"{counts['processed']} processed, {counts['rejected']} rejected by"
             f" Pinterest, {counts['not_sent']} not sent"
-            f" ({counts['requests']} requests)"
+            f" ({_plural(counts['requests'], 'request')})"
         )
         if test:
             parts.append("test mode: Pinterest validated them and recorded nothing")
@@ -1055,13 +1179,14 @@ def send(
     event_name: EventNameOption = None,
     action_source: ActionSourceOption = ActionSource.OFFLINE,
     test: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--test",
-            envvar=_ENV_TEST_MODE,
-            help="Send to the test endpoint: Pinterest validates and records nothing.",
+            "--test/--no-test",
+            help="Send in Pinterest's test mode: validated, not recorded"
+            f" [env: {_ENV_TEST_MODE}].",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -1081,6 +1206,7 @@ def send(
     """
     options = _row_options(file, mapping, event_name, action_source, delimiter)
     region = _check_region(default_region)
+    test_mode = _env_flag(_ENV_TEST_MODE) if test is None else test
     token, account = _credentials(ad_account_id)
     with Transport(token, account, api_url=api_url) as transport:
         result = _process_file(
@@ -1088,7 +1214,7 @@ def send(
             file_format=file_format,
             options=options,
             transport=None if dry_run else transport,
-            test=test,
+            test=test_mode,
             default_region=region,
             report_path=report,
             dry_run=dry_run,
@@ -1286,19 +1412,24 @@ def outbox_summary(
         outbox.close()
     if as_json:
         document = _stats_document(outbox.path, stats)
-        document["latest_rejected"] = [
-            {
-                "event_id": item.event_id,
-                "event_name": item.event_name,
-                "reason": item.reason,
-                "rejected_at": _when(item.rejected_at),
-                "attempts": item.attempts,
-            }
-            for item in listed
-        ]
+        document["latest_rejected"] = [_rejected_document(item) for item in listed]
         print(json.dumps(document, indent=2))
         return
-    print(f"outbox: {outbox.path}")
+    _print_stats(outbox.path, stats, listed)
+
+
+def _rejected_document(item: RejectedEvent) -> dict[str, Any]:
+    return {
+        "event_id": item.event_id,
+        "event_name": item.event_name,
+        "reason": item.reason,
+        "rejected_at": _when(item.rejected_at),
+        "attempts": item.attempts,
+    }
+
+
+def _print_stats(path: Path, stats: OutboxStats, listed: list[RejectedEvent]) -> None:
+    print(f"outbox: {path}")
     print(f"pending:   {stats.pending} (of which deferred: {stats.deferred})")
     print(f"in flight: {stats.in_flight}")
     print(f"rejected:  {stats.rejected}")
@@ -1344,7 +1475,7 @@ def outbox_retry(
     finally:
         outbox.close()
     which = "" if reason is None else " with that reason"
-    print(f"re-queued {count} rejected events{which}")
+    print(f"re-queued {_plural(count, 'rejected event')}{which}")
 
 
 # --- serve --------------------------------------------------------------------
@@ -1352,12 +1483,16 @@ def outbox_retry(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _ServeOptions:
-    """What `serve` passes to each worker. Never holds the token."""
+    """What `serve` passes to each worker. Never holds the token.
+
+    None leaves an option to the environment, as `Client.from_env` reads it.
+    """
 
     outbox: str
     allow_origins: tuple[str, ...]
     trusted_proxies: tuple[str, ...]
     test_mode: bool | None
+    test_endpoint: bool
     ad_account_id: str | None
     api_url: str | None
     default_region: str | None
@@ -1373,6 +1508,11 @@ class _ServeOptions:
         data["trusted_proxies"] = tuple(data["trusted_proxies"])
         return cls(**data)
 
+    @property
+    def endpoints(self) -> str:
+        test = " POST /track-event-test," if self.test_endpoint else ""
+        return f"POST /track-event,{test} GET /health"
+
 
 class _HideNotSending(logging.Filter):
     """Drops the client's own not-sending warning: `serve` says it its way."""
@@ -1381,24 +1521,28 @@ class _HideNotSending(logging.Filter):
         return record.msg is not NOT_SENDING_MESSAGE
 
 
+_ENV_OPTIONS: Final = ("test_mode", "ad_account_id", "api_url", "default_region")
+
+
 def _serve_client(options: _ServeOptions) -> Client:
-    # Client.from_env reads the token, and what no option set here.
+    """The client of `serve`: options win, the environment fills in the rest."""
     overrides: dict[str, Any] = {
         "outbox": options.outbox,
-        "default_region": options.default_region,
         "flush_interval": options.flush_interval,
     }
-    if options.test_mode is not None:
-        overrides["test_mode"] = options.test_mode
-    if options.ad_account_id:
-        overrides["ad_account_id"] = options.ad_account_id
-    if options.api_url:
-        overrides["api_url"] = options.api_url
+    for name in _ENV_OPTIONS:
+        if getattr(options, name) is not None:
+            overrides[name] = getattr(options, name)
     client_logger = logging.getLogger("pinterest_mw.client")
     hide = _HideNotSending()
     client_logger.addFilter(hide)
     try:
         return Client.from_env(**overrides)
+    except (OSError, sqlite3.Error) as exc:
+        raise _CommandError(
+            f"cannot use the outbox {options.outbox!r}: {_describe_error(exc)}"
+            f" (set --outbox or {_ENV_OUTBOX})"
+        ) from None
     finally:
         client_logger.removeFilter(hide)
 
@@ -1413,6 +1557,7 @@ def _serve_app(options: _ServeOptions) -> tuple[Any, Client]:
         client,
         allow_origins=options.allow_origins or None,
         trusted_proxies=options.trusted_proxies or None,
+        test_endpoint=options.test_endpoint,
     )
     return _Served(app, client), client
 
@@ -1482,113 +1627,30 @@ def _log_config(level: LogLevel) -> dict[str, Any]:
     }
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket; an address that cannot be used is a one-line error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        reason = _describe_error(exc)
+        raise _CommandError(
+            f"cannot listen on {host} port {port}: {reason[:1].lower()}{reason[1:]}"
+        ) from None
     return sock
 
 
-def serve(
-    ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(help="The port to listen on (0: any free port).", min=0)
-    ] = 8000,
-    workers: Annotated[
-        int,
-        typer.Option(help="Worker processes; they share the outbox file.", min=1),
-    ] = 1,
-    allow_origins: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-origin",
-            metavar="ORIGIN",
-            help="A browser origin allowed to post events, such as"
-            f" https://shop.example; repeatable or comma-separated"
-            f" [env: {_ENV_ALLOW_ORIGINS}].",
-            show_default=False,
-        ),
-    ] = None,
-    trusted_proxies: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--trusted-proxy",
-            metavar="PROXY",
-            help="A proxy IP or CIDR whose forwarding headers are believed;"
-            f" repeatable or comma-separated [env: {_ENV_TRUSTED_PROXIES}].",
-            show_default=False,
-        ),
-    ] = None,
-    test: Annotated[
-        bool | None,
-        typer.Option(
-            "--test/--no-test",
-            help="Send with Pinterest's test flag: validated, not recorded"
-            f" [env: {_ENV_TEST_MODE}].",
-            show_default=False,
-        ),
-    ] = None,
-    outbox: Annotated[
-        Path | None,
-        typer.Option(
-            help=f"The outbox file [env: {_ENV_OUTBOX};"
-            f" default: {DEFAULT_OUTBOX_PATH}].",
-            show_default=False,
-        ),
-    ] = None,
-    ad_account_id: AdAccountOption = None,
-    api_url: ApiUrlOption = None,
-    default_region: RegionOption = None,
-    flush_interval: Annotated[
-        float, typer.Option(help="Seconds between deliveries of partial batches.")
-    ] = 1.0,
-    log_level: Annotated[
-        LogLevel, typer.Option(help="Log level.", case_sensitive=False)
-    ] = LogLevel.INFO,
-    access_log: Annotated[
-        bool,
-        typer.Option(
-            "--access-log",
-            help="Log every request with uvicorn (client IPs and URLs included).",
-        ),
-    ] = False,
-) -> None:
-    """Serve the track endpoints: POST /track-event(-test) and GET /health.
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    netloc = f"[{host}]" if sock.family == socket.AF_INET6 else host
+    return f"http://{netloc}:{port}"
 
-    Events are validated, hashed and written to a durable SQLite outbox
-    before the endpoint answers, then delivered in batches. Without
-    PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID nothing is sent: events
-    are kept in the outbox until a run with credentials. SIGTERM and SIGINT
-    flush waiting events before the server exits.
-    """
-    try:
-        import uvicorn
-    except ImportError as exc:  # pragma: no cover - uvicorn is in the cli extra
-        raise _CommandError(MISSING_EXTRA_MESSAGE) from exc
 
-    options = _ServeOptions(
-        outbox=str(outbox or os.environ.get(_ENV_OUTBOX) or DEFAULT_OUTBOX_PATH),
-        allow_origins=_split(allow_origins),
-        trusted_proxies=_split(trusted_proxies),
-        test_mode=test,
-        ad_account_id=ad_account_id,
-        api_url=api_url,
-        default_region=_check_region(default_region),
-        flush_interval=flush_interval,
-    )
-    owns_logging = _owns_logging(ctx)
-    log_config = _log_config(log_level) if owns_logging else None
-    if log_config is not None:
-        logging.config.dictConfig(log_config)
-
-    app, client = _serve_app(options)
+def _log_start(client: Client, options: _ServeOptions) -> None:
     if client.is_sending:
         logger.info(
             "Sending events to ad account %s%s; outbox %s",
@@ -1599,49 +1661,202 @@ def serve(
     else:
         logger.warning(NOT_SENDING_LINE, options.outbox)
 
-    if workers > 1:
-        # Each worker builds its own client and app from the options.
-        client.close()
-        os.environ[_ENV_SERVE_OPTIONS] = options.to_json()
-        logger.info(SERVING_LINE, f"http://{host}:{port}")
-        uvicorn.run(
-            # By name: under `python -m`, this module's __name__ is __main__.
-            "pinterest_mw.cli:_worker_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=log_config,
-            access_log=access_log,
-            server_header=False,
-            timeout_graceful_shutdown=5,
-        )
-        return
 
-    sock = _bind(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    netloc = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
-    config = uvicorn.Config(
-        app,
-        log_config=log_config,
-        access_log=access_log,
-        lifespan="on",
-        server_header=False,
-        timeout_graceful_shutdown=5,
+if _missing_extra is None:
+    HostOption = Annotated[str, typer.Option(help="The address to listen on.")]
+    PortOption = Annotated[
+        int,
+        typer.Option(
+            help="The port to listen on (0: any free port).", min=0, max=65535
+        ),
+    ]
+    WorkersOption = Annotated[
+        int,
+        typer.Option(help="Worker processes; they share the outbox file.", min=1),
+    ]
+    AllowOriginOption = Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-origin",
+            metavar="ORIGIN",
+            help="A browser origin allowed to post events, such as"
+            " https://shop.example; repeatable or comma-separated"
+            f" [env: {_ENV_ALLOW_ORIGINS}].",
+            show_default=False,
+        ),
+    ]
+    TrustedProxyOption = Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            metavar="PROXY",
+            help="A proxy IP or CIDR whose X-Forwarded-For is believed (uvicorn's"
+            " own proxy handling is off); repeatable or comma-separated"
+            f" [env: {_ENV_TRUSTED_PROXIES}].",
+            show_default=False,
+        ),
+    ]
+    ServeTestOption = Annotated[
+        bool | None,
+        typer.Option(
+            "--test/--no-test",
+            help="Send with Pinterest's test flag: validated, not recorded"
+            f" [env: {_ENV_TEST_MODE}].",
+            show_default=False,
+        ),
+    ]
+    TestEndpointOption = Annotated[
+        bool | None,
+        typer.Option(
+            "--test-endpoint/--no-test-endpoint",
+            help="Also serve POST /track-event-test, which sends at once in"
+            " test mode and answers with Pinterest's verdict; anyone who can"
+            f" reach the server can use it [env: {_ENV_TEST_ENDPOINT}; default:"
+            " off].",
+            show_default=False,
+        ),
+    ]
+    ServeOutboxOption = Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_ENV_OUTBOX,
+            help=f"The outbox file [default: {DEFAULT_OUTBOX_PATH}].",
+            show_default=False,
+        ),
+    ]
+    FlushIntervalOption = Annotated[
+        float,
+        typer.Option(help="Seconds between deliveries of partial batches.", min=0),
+    ]
+    LogLevelOption = Annotated[
+        LogLevel, typer.Option(help="Log level.", case_sensitive=False)
+    ]
+    AccessLogOption = Annotated[
+        bool,
+        typer.Option(
+            "--access-log",
+            help="Log every request with uvicorn (client IPs and URLs included).",
+        ),
+    ]
+
+
+def serve(
+    ctx: typer.Context,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    workers: WorkersOption = 1,
+    allow_origins: AllowOriginOption = None,
+    trusted_proxies: TrustedProxyOption = None,
+    test: ServeTestOption = None,
+    test_endpoint: TestEndpointOption = None,
+    outbox: ServeOutboxOption = None,
+    ad_account_id: AdAccountOption = None,
+    api_url: ApiUrlOption = None,
+    default_region: RegionOption = None,
+    flush_interval: FlushIntervalOption = 1.0,
+    log_level: LogLevelOption = LogLevel.INFO,
+    access_log: AccessLogOption = False,
+) -> None:
+    """Serve the track endpoints: POST /track-event and GET /health.
+
+    Events are validated, hashed and written to a durable SQLite outbox
+    before the endpoint answers, then delivered in batches. Without
+    PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID nothing is sent: events
+    are kept in the outbox until a run with credentials. SIGTERM and SIGINT
+    flush waiting events before the server exits (status 130 after SIGINT).
+    Client IPs come from the connection, or from X-Forwarded-For sent by a
+    --trusted-proxy.
+    """
+    options = _ServeOptions(
+        outbox=str(outbox or DEFAULT_OUTBOX_PATH),
+        allow_origins=_split(allow_origins),
+        trusted_proxies=_split(trusted_proxies),
+        test_mode=test,
+        test_endpoint=_env_flag(_ENV_TEST_ENDPOINT)
+        if test_endpoint is None
+        else test_endpoint,
+        ad_account_id=(ad_account_id or "").strip() or None,
+        api_url=api_url,
+        default_region=_check_region(default_region),
+        flush_interval=flush_interval,
     )
-    server = uvicorn.Server(config)
-    logger.info(SERVING_LINE, f"http://{netloc}:{bound_port}")
+    log_config = _log_config(log_level) if _owns_logging(ctx) else None
+    if log_config is not None:
+        logging.config.dictConfig(log_config)
+    server_options: dict[str, Any] = {
+        "log_config": log_config,
+        "access_log": access_log,
+        # Our own TrustedProxies reads X-Forwarded-For, from --trusted-proxy
+        # only: uvicorn's would believe any local peer by default.
+        "proxy_headers": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 5,
+    }
+    if workers > 1:
+        _serve_workers(options, host, port, workers, server_options)
+    else:
+        _serve_one(options, host, port, server_options)
+
+
+def _serve_one(
+    options: _ServeOptions, host: str, port: int, server_options: dict[str, Any]
+) -> None:
+    import uvicorn
+
+    app, client = _serve_app(options)
+    try:
+        sock = _listen(host, port)
+    except _CommandError:
+        client.close()
+        raise
+    _log_start(client, options)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **server_options))
+    logger.info(SERVING_LINE, _url(sock), options.endpoints)
+    started = False
     try:
         server.run(sockets=[sock])
+        started = server.started
     except KeyboardInterrupt:
         # uvicorn re-raises the SIGINT it handled, after the shutdown flush.
-        logger.info("pinterest-mw stopped")
-    except SystemExit as exc:
-        raise _CommandError(
-            "the server stopped at start-up (see the log above)"
-        ) from exc
+        logger.info(STOPPED_LINE)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except SystemExit:
+        logger.debug("uvicorn exited during start-up")
     finally:
         sock.close()
+    if not started:
+        _fail("the server stopped at start-up (see the log above)")
+
+
+def _serve_workers(
+    options: _ServeOptions,
+    host: str,
+    port: int,
+    workers: int,
+    server_options: dict[str, Any],
+) -> None:
+    """Run `workers` processes, each building its own client and app."""
+    import uvicorn
+
+    _, client = _serve_app(options)
+    client.close()
+    # uvicorn binds the address itself: try it first for a one-line error
+    # (and a free port for --port 0).
+    with _listen(host, port) as probe:
+        url = _url(probe)
+        port = probe.getsockname()[1]
+    os.environ[_ENV_SERVE_OPTIONS] = options.to_json()
+    _log_start(client, options)
+    logger.info(SERVING_LINE, url, options.endpoints)
+    uvicorn.run(
+        # By name: under `python -m`, this module's __name__ is __main__.
+        "pinterest_mw.cli:_worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        **server_options,
+    )
 
 
 if __name__ == "__main__":

@@ -39,20 +39,21 @@ import anyio
 import anyio.to_thread
 import phonenumbers
 
+from ._fork import abandon, fresh_after_fork, register_fork_aware
 from .context import RequestContext, current_context, enrich_event_data
 from .dispatch import (
     AsyncDispatcher,
     Counters,
     DeliveryBackoff,
     DeliveryFailure,
+    DispatcherOptions,
     OverflowPolicy,
     ThreadDispatcher,
-    _check_options,
     _running_asyncio_loop,
 )
-from .events import Event, WireEvent, parse_event
+from .events import ActionSource, Event, WireEvent, parse_event
 from .exceptions import ConfigurationError, EventValidationError, FieldError
-from .outbox import MemoryOutbox, Outbox, SQLiteOutbox, _abandon, _register_fork_aware
+from .outbox import MemoryOutbox, Outbox, SQLiteOutbox
 from .transport import (
     MAX_BATCH_SIZE,
     AsyncTransport,
@@ -86,6 +87,9 @@ NOT_SENDING_MESSAGE = (
     "kept in %s until a client with credentials runs"
 )
 
+DEFAULT_ACTION_SOURCE = ActionSource.WEB.value
+"""The `action_source` of a tracked mapping that names none, as in `build_event`."""
+
 DispatcherKind = Literal["auto", "thread", "async"]
 EventInput = Event | Mapping[str, Any]
 _Dispatcher = ThreadDispatcher | AsyncDispatcher
@@ -97,17 +101,6 @@ _ENV_TEST_MODE = "PINTEREST_TEST_MODE"
 _ENV_OUTBOX = "PINTEREST_OUTBOX"
 _ENV_ADVERTISER_IDS = "PINTEREST_ADVERTISER_IDS"
 _ENV_DEFAULT_REGION = "PINTEREST_DEFAULT_REGION"
-_CHECKED = frozenset(
-    {
-        "batch_size",
-        "flush_interval",
-        "overflow",
-        "block_timeout",
-        "max_attempts",
-        "lease",
-        "shutdown_timeout",
-    }
-)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -209,6 +202,36 @@ class Client:
             retry=self.retry,
         )
         self._setup()
+        self._resolve_account(ad_account_id, advertiser_ids)
+
+        self.outbox, self._owns_outbox = _build_outbox(
+            outbox, self._sending, max_queue_size
+        )
+        self._dispatcher_kind: DispatcherKind = dispatcher
+        # The dispatcher itself is built at first use, when it is known
+        # whether that happens in an event loop; its options are checked now.
+        self._dispatcher_options = DispatcherOptions(
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            overflow=overflow,
+            block_timeout=block_timeout,
+            backoff=backoff,
+            max_attempts=_max_attempts(max_attempts, self.outbox),
+            lease=self.retry.total_budget + 2 * timeout + 30.0,
+            shutdown_timeout=shutdown_timeout,
+            on_error=on_error,
+        )
+        if not self._sending:
+            reason = "sending=False" if sending is False else f"no {missing}"
+            logger.warning(NOT_SENDING_MESSAGE, reason, self.outbox)
+        register_fork_aware(self)
+
+    def _resolve_account(
+        self,
+        ad_account_id: str | int | None,
+        advertiser_ids: Iterable[str | int] | None,
+    ) -> None:
+        """Set the ad account, API URL and allowed advertisers; check them."""
         self.ad_account_id: str | None = None
         self.api_url: str | None = None
         if self._sending:
@@ -220,31 +243,6 @@ class Client:
             self.ad_account_id = str(ad_account_id)
         self.advertiser_ids = _check_advertiser_ids(advertiser_ids, self.ad_account_id)
 
-        self.outbox, self._owns_outbox = _build_outbox(
-            outbox, self._sending, max_queue_size
-        )
-        self._dispatcher_kind: DispatcherKind = dispatcher
-        self._dispatcher_options: dict[str, Any] = {
-            "batch_size": batch_size,
-            "flush_interval": flush_interval,
-            "overflow": overflow,
-            "block_timeout": block_timeout,
-            "backoff": backoff,
-            "max_attempts": _max_attempts(max_attempts, self.outbox),
-            "lease": self.retry.total_budget + 2 * timeout + 30.0,
-            "shutdown_timeout": shutdown_timeout,
-            "on_error": on_error,
-        }
-        # The dispatcher itself is built at first use, when it is known
-        # whether that happens in an event loop; its options are checked now.
-        _check_options(
-            **{k: v for k, v in self._dispatcher_options.items() if k in _CHECKED}
-        )
-        if not self._sending:
-            reason = "sending=False" if sending is False else f"no {missing}"
-            logger.warning(NOT_SENDING_MESSAGE, reason, self.outbox)
-        _register_fork_aware(self)
-
     def _setup(self) -> None:
         self._lock = threading.RLock()
         self._transport: Transport | None = None
@@ -252,7 +250,7 @@ class Client:
 
     def _after_fork_in_child(self) -> None:
         # The dispatcher rebuilds itself; the parent's connections are left alone.
-        _abandon(self._transport)
+        abandon(self._transport)
         dispatcher = self._dispatcher
         self._setup()
         self._dispatcher = dispatcher
@@ -338,8 +336,9 @@ class Client:
         A mapping is enriched from `context`, or from the current request
         when there is one (`pinterest_mw.context.current_context()`): the
         request's IP, user agent and click id replace the body's, and its
-        page URL and language fill in when absent. An `Event` is queued as
-        it is, unless `context` is given explicitly.
+        page URL and language fill in when absent. A mapping without
+        `action_source` is a `"web"` event, as with `build_event`. An
+        `Event` is queued as it is, unless `context` is given explicitly.
 
         Never waits for Pinterest; with a durable outbox it returns once the
         event is on disk. When the outbox is full the overflow policy
@@ -442,7 +441,12 @@ class Client:
             self._get_dispatcher(in_loop=None).start()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Deliver what is waiting; True if the outbox emptied within `timeout`."""
+        """Deliver what is waiting; True if the outbox emptied within `timeout`.
+
+        Returns False at once when nothing left can go out in time: events
+        deferred past the timeout (a `Retry-After`, a long backoff) or
+        delivery paused after Pinterest refused the token or ad account.
+        """
         return self._get_dispatcher(in_loop=None).flush(timeout)
 
     async def aflush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - twin of flush(timeout)
@@ -498,7 +502,7 @@ class Client:
         app may start and stop several times (as tests do).
         """
         dispatcher = self._get_dispatcher(in_loop=True)
-        timeout = self._dispatcher_options["shutdown_timeout"]
+        timeout = self._dispatcher_options.shutdown_timeout
         if isinstance(dispatcher, AsyncDispatcher):
             async with dispatcher.running():
                 yield self
@@ -520,7 +524,8 @@ class Client:
                 return event
             data: Mapping[str, Any] = event.to_wire()
         else:
-            data = event
+            # As `build_event` does: tracked from a web app, unless it says not.
+            data = {"action_source": DEFAULT_ACTION_SOURCE, **event}
             context = context if context is not None else current_context()
         if context is not None:
             data = enrich_event_data(data, context)
@@ -557,17 +562,14 @@ class Client:
             if in_loop is None:
                 in_loop = _running_asyncio_loop() is not None
             kind = "async" if in_loop else "thread"
+        options = self._dispatcher_options.as_kwargs()
         if not self._sending:
-            return ThreadDispatcher(self.outbox, None, **self._dispatcher_options)
+            return ThreadDispatcher(self.outbox, None, **options)
         if kind == "async":
-            return AsyncDispatcher(
-                self.outbox, self._build_async_transport, **self._dispatcher_options
-            )
+            return AsyncDispatcher(self.outbox, self._build_async_transport, **options)
 
         return ThreadDispatcher(
-            self.outbox,
-            lambda: _BorrowedTransport(self.transport),
-            **self._dispatcher_options,
+            self.outbox, lambda: _BorrowedTransport(self.transport), **options
         )
 
     def _build_transport(self) -> Transport:
@@ -629,6 +631,14 @@ def lifespan(
 
 _default_client: Client | None = None
 _default_lock = threading.Lock()
+
+
+def _new_default_lock() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+fresh_after_fork(_new_default_lock)
 
 
 def get_default_client() -> Client:

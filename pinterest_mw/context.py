@@ -15,20 +15,26 @@ not an IP address (`unknown`, an obfuscated identifier, garbage) ends the
 walk with no client IP rather than a guess. Without trusted proxies these
 headers are ignored: any browser can send them.
 
+Reading a context never raises: a header or URL that cannot be parsed
+(a malformed `Host`, `Referer` or address) is dropped, as if it were absent.
+
 Privacy: a context holds raw personal data (IP address, user agent, click
 id). It lives for one request in a `contextvars.ContextVar`, is never logged,
-and its `repr` names only which parts are present.
+and its `repr` names only which parts are present. The page URL read from a
+request keeps only the marketing parameters of its query string (`epik` and
+`utm_*`): query strings often carry emails, tokens or reset links.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError, UnusableValueError
 from .hashing import USER_DATA_KEYS, normalize_ip_address
@@ -47,6 +53,11 @@ PageSource = Literal["url", "referer"]
 
 EPIK_COOKIE = "_epik"
 EPIK_QUERY_PARAMETER = "epik"
+
+ENV_TRUSTED_PROXIES = "PINTEREST_TRUSTED_PROXIES"
+"""Comma-separated trusted proxies, read when an option leaves them unset."""
+
+_MARKETING_PREFIX = "utm_"
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,11 +81,38 @@ class TrustedProxies:
         for entry in proxies:
             try:
                 networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
+            except (AttributeError, TypeError, ValueError):
                 raise ConfigurationError(
                     "trusted_proxies: an entry is not an IP address or network"
                 ) from None
         self._networks = tuple(networks)
+
+    @classmethod
+    def from_option(
+        cls, value: TrustedProxies | Iterable[str] | None
+    ) -> TrustedProxies:
+        """Read a `trusted_proxies=` option as the sub-apps and middleware take it.
+
+        A ready-made `TrustedProxies` is used as it is; None reads
+        `PINTEREST_TRUSTED_PROXIES` (comma-separated, none when unset); any
+        other value is a collection of addresses or networks.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            ConfigurationError: a single string instead of a collection, or
+                an entry that is neither an address nor a network.
+        """
+        if isinstance(value, TrustedProxies):
+            return value
+        if value is None:
+            entries = os.environ.get(ENV_TRUSTED_PROXIES, "").split(",")
+            return cls(entry for entry in entries if entry.strip())
+        if isinstance(value, str):
+            raise ConfigurationError(
+                "trusted_proxies must be a list of IPs or networks"
+            )
+        return cls(value)
 
     def __bool__(self) -> bool:
         return bool(self._networks)
@@ -86,7 +124,10 @@ class TrustedProxies:
         """Whether `address` (a bare IP) is one of the trusted proxies."""
         if not self._networks:
             return False
-        ip = ipaddress.ip_address(address)
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
         return any(ip in network for network in self._networks)
 
     def client_ip(
@@ -131,7 +172,8 @@ class RequestContext:
 
     `page_url` is where the conversion happened: the request's own URL for a
     page view rendered by the app, or the `Referer` for an event posted by
-    the browser from that page.
+    the browser from that page. Read from a request, it has no user info,
+    no fragment, and of its query string only `epik` and `utm_*`.
     """
 
     client_ip: str | None = None
@@ -152,13 +194,13 @@ class RequestContext:
         trusted_proxies: TrustedProxies | None = None,
         page: PageSource = "url",
     ) -> RequestContext:
-        """Read the context of an ASGI HTTP request.
+        """Read the context of an ASGI HTTP request; never raises.
 
         The epik query parameter of the page URL wins over the `_epik` cookie:
         it comes from the click that brought the visitor here.
         """
         headers = {
-            name.decode("latin-1"): value.decode("latin-1")
+            name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", ())
         }
         client = scope.get("client")
@@ -182,15 +224,16 @@ class RequestContext:
         headers = {
             key[5:].replace("_", "-").lower(): value
             for key, value in environ.items()
-            if key.startswith("HTTP_")
+            if key.startswith("HTTP_") and isinstance(value, str)
         }
         if page == "url":
             page_url = _environ_url(environ)
         else:
             page_url = headers.get("referer")
+        peer = environ.get("REMOTE_ADDR")
 
         return cls._build(
-            headers, environ.get("REMOTE_ADDR"), page_url, trusted_proxies
+            headers, peer if isinstance(peer, str) else None, page_url, trusted_proxies
         )
 
     @classmethod
@@ -215,7 +258,7 @@ class RequestContext:
             client_ip=client_ip,
             user_agent=headers.get("user-agent") or None,
             click_id=click_id,
-            page_url=page_url or None,
+            page_url=_page_url(page_url),
             language=_language(headers.get("accept-language")),
         )
 
@@ -253,10 +296,14 @@ _OVERRIDDEN_FIELDS = {
     wire_code: _spellings(wire_code)
     for wire_code in ("client_ip_address", "client_user_agent", "click_id")
 }
+_REQUEST_ONLY_FIELDS = frozenset({"client_ip_address", "client_user_agent"})
 
 
 def enrich_event_data(
-    data: Mapping[str, Any], context: RequestContext | None
+    data: Mapping[str, Any],
+    context: RequestContext | None,
+    *,
+    from_browser: bool = False,
 ) -> dict[str, Any]:
     """Return a copy of raw event data with the request's context written in.
 
@@ -264,10 +311,21 @@ def enrich_event_data(
     whatever the event body claimed, since a browser can put anything in a
     body; the page URL and language fill in only when the event has none.
     `data` is not modified.
+
+    With `from_browser=True` (the track endpoints) the body is not trusted
+    at all for the client IP and user agent: they come from the request
+    only, and are dropped when the request has none. A click id in the body
+    is kept when the request carries none: a page on another site than the
+    endpoint cannot send its first-party `_epik` cookie, and a cookie is no
+    harder to forge than a body.
+
+    .. versionchanged:: 0.2
+       `from_browser` added.
     """
     enriched = dict(data)
-    if context is None:
+    if context is None and not from_browser:
         return enriched
+    context = context or RequestContext()
 
     user_data = enriched.get("user_data")
     user_data = dict(user_data) if isinstance(user_data, Mapping) else {}
@@ -277,9 +335,11 @@ def enrich_event_data(
         "click_id": context.click_id,
     }
     for wire_code, value in request_values.items():
+        if not value and not (from_browser and wire_code in _REQUEST_ONLY_FIELDS):
+            continue
+        for spelling in _OVERRIDDEN_FIELDS[wire_code]:
+            user_data.pop(spelling, None)
         if value:
-            for spelling in _OVERRIDDEN_FIELDS[wire_code]:
-                user_data.pop(spelling, None)
             user_data[wire_code] = value
     enriched["user_data"] = user_data
 
@@ -324,10 +384,41 @@ def _cookie(header: str | None, name: str) -> str | None:
 def _epik_from_url(url: str | None) -> str | None:
     if not url or EPIK_QUERY_PARAMETER not in url:
         return None
-    for key, value in parse_qsl(urlsplit(url).query):
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    for key, value in parse_qsl(query):
         if key == EPIK_QUERY_PARAMETER and value:
             return value
     return None
+
+
+def _page_url(url: str | None) -> str | None:
+    """`url` without user info, fragment or non-marketing query parameters.
+
+    None when it is not an absolute URL or cannot be parsed.
+    """
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return None
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.scheme or not host:
+        return None
+    query = "&".join(
+        pair for pair in parts.query.split("&") if _is_marketing_parameter(pair)
+    )
+
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+def _is_marketing_parameter(pair: str) -> bool:
+    name = unquote(pair.partition("=")[0].replace("+", " ")).lower()
+    return name == EPIK_QUERY_PARAMETER or name.startswith(_MARKETING_PREFIX)
 
 
 def _language(header: str | None) -> str | None:
@@ -346,6 +437,25 @@ def _language(header: str | None) -> str | None:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def scope_path(scope: Scope) -> str:
+    """The full path of an ASGI request, mount points included."""
+    # Current servers and Starlette's Mount keep the full path in "path";
+    # older servers left the mount point out of it, in "root_path" only.
+    path: str = scope.get("path", "")
+    root_path: str = scope.get("root_path", "")
+    return path if path.startswith(root_path) else root_path + path
+
+
+def environ_path(environ: Environ) -> str:
+    """The full path of a WSGI request (`SCRIPT_NAME` + `PATH_INFO`) as text."""
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    try:
+        # PEP 3333 hands the path's bytes over as Latin-1 text.
+        return path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return path
+
+
 def _scope_url(scope: Scope, host: str | None) -> str | None:
     if host is None:
         server = scope.get("server")
@@ -354,14 +464,8 @@ def _scope_url(scope: Scope, host: str | None) -> str | None:
         host_name, port = server
         default_port = _DEFAULT_PORTS.get(scope.get("scheme", "http"))
         host = host_name if port in (None, default_port) else f"{host_name}:{port}"
-    # Current servers and Starlette's Mount keep the full path in "path";
-    # older servers left the mount point out of it, in "root_path" only.
-    path = scope.get("path", "")
-    root_path = scope.get("root_path", "")
-    if not path.startswith(root_path):
-        path = root_path + path
+    url = f"{scope.get('scheme', 'http')}://{host}{quote(scope_path(scope))}"
     query = scope.get("query_string", b"").decode("latin-1")
-    url = f"{scope.get('scheme', 'http')}://{host}{quote(path)}"
 
     return f"{url}?{query}" if query else url
 
@@ -370,9 +474,8 @@ def _environ_url(environ: Environ) -> str | None:
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
     if not host:
         return None
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    path = path.encode("latin-1").decode("utf-8", "replace")
     query = environ.get("QUERY_STRING", "")
-    url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{quote(path)}"
+    scheme = environ.get("wsgi.url_scheme", "http")
+    url = f"{scheme}://{host}{quote(environ_path(environ))}"
 
     return f"{url}?{query}" if query else url

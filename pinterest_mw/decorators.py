@@ -55,25 +55,36 @@ import functools
 import inspect
 import logging
 import sys
-import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, fields
 from itertools import chain
 from typing import Any, ParamSpec, TypeVar, cast
 
 import anyio.to_thread
-from pydantic_core import PydanticCustomError
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
-from starlette.types import Scope
 
-from .client import Client, EventInput, get_default_client
+from ._hooks import (
+    NOT_QUEUED_MESSAGE as NOT_QUEUED_MESSAGE,
+)
+from ._hooks import (
+    Emitter,
+    ErrorHook,
+    HookCounters,
+    Prepare,
+    SourceError,
+    check_action_source,
+    check_event_name,
+    count,
+    hook_counters,
+    is_async_callable,
+    serving_var,
+)
+from .client import Client, EventInput
 from .context import RequestContext, current_context
-from .events import ActionSource, _validate_event_name
-from .exceptions import ConfigurationError, EventValidationError
+from .events import ActionSource
+from .exceptions import ConfigurationError
 
 __all__ = [
     "HookCounters",
@@ -89,12 +100,9 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-ErrorHook = Callable[[Exception], None]
-
 EVENT_ID_NAMESPACE = uuid.UUID("39b1c621-eaf1-404b-b662-5ece2638c74c")
 """The uuid5 namespace of `deterministic_event_id`: fixed, so ids never change."""
 
-NOT_QUEUED_MESSAGE = "%s: %s event not queued (%s)"
 NO_REQUEST_MESSAGE = (
     "track_conversion(%r) on %s found no request: the event has no IP, user "
     "agent or click id (add PinterestMiddleware, or take a Request argument)"
@@ -107,72 +115,6 @@ NO_CURRENT_EVENT_MESSAGE = (
 )
 
 
-# --- counters -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HookCounters:
-    """What the request hooks of this process did, since it started.
-
-    Request hooks are `@track_conversion` and the middleware's route rules.
-
-    - `tracked`: events queued on a client;
-    - `skipped`: successful views whose event was skipped
-      (`current_event().skip()` or a `when` predicate saying no);
-    - `failed`: events that could not be queued: a callable raised, the
-      event was invalid, or the queue refused it.
-
-    What happens once queued is in the client's `counters`.
-    """
-
-    tracked: int = 0
-    skipped: int = 0
-    failed: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict, for a health endpoint."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-_counts = {"tracked": 0, "skipped": 0, "failed": 0}
-_counts_lock = threading.Lock()
-
-
-def hook_counters() -> HookCounters:
-    """A snapshot of the request hooks' counters (see `HookCounters`)."""
-    with _counts_lock:
-        return HookCounters(**_counts)
-
-
-def _count(name: str) -> None:
-    with _counts_lock:
-        _counts[name] += 1
-
-
-# --- the request being served ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Serving:
-    """What the middleware tells the hooks about the request it serves."""
-
-    scope: Scope | None
-    client: Client | None
-
-
-_serving: ContextVar[_Serving | None] = ContextVar("pinterest_mw_serving", default=None)
-
-
-@contextmanager
-def _served_by_middleware(scope: Scope | None, client: Client | None) -> Iterator[None]:
-    """Let hooks find the ASGI scope and the middleware's client (for middleware)."""
-    token = _serving.set(_Serving(scope, client))
-    try:
-        yield
-    finally:
-        _serving.reset(token)
-
-
 def _flask_request() -> Any:
     """Flask's current request object, or None; Flask is never imported here."""
     flask = sys.modules.get("flask")
@@ -183,7 +125,7 @@ def _flask_request() -> Any:
 
 def _find_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, bool]:
     """The request a view is serving, and whether it is Flask's."""
-    serving = _serving.get()
+    serving = serving_var.get()
     if serving is not None and serving.scope is not None:
         return StarletteRequest(serving.scope), False
     for value in chain(args, kwargs.values()):
@@ -205,13 +147,6 @@ def _context_of(request: Any, is_flask: bool) -> RequestContext | None:
         return RequestContext.from_environ(request.environ)
 
     return RequestContext.from_scope(request.scope)
-
-
-def _client() -> Client:
-    serving = _serving.get()
-    if serving is not None and serving.client is not None:
-        return serving.client
-    return get_default_client()
 
 
 # --- the current event ------------------------------------------------------------
@@ -326,100 +261,6 @@ def _event_id_text(value: object) -> str:
     return value
 
 
-# --- reporting failures -----------------------------------------------------------
-
-
-class _SourceError(Exception):
-    """A user callable raised: which one, with the original as `__cause__`."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__(source)
-        self.source = source
-
-
-def _reason(error: Exception) -> str:
-    """Why an event was not queued, in words that hold no value."""
-    if isinstance(error, _SourceError):
-        cause = error.__cause__
-        return f"the {error.source} callable raised {type(cause).__name__}"
-    if isinstance(error, EventValidationError):
-        paths = ", ".join(sorted({e.path for e in error.errors}))
-        return f"invalid event: {paths}"
-
-    return type(error).__name__
-
-
-def _report_failure(
-    log: logging.Logger,
-    origin: str,
-    event_name: str,
-    error: Exception,
-    on_error: ErrorHook | None,
-) -> None:
-    """Log, count and pass on a failure; the request carries on whatever happens."""
-    _count("failed")
-    log.warning(NOT_QUEUED_MESSAGE, origin, event_name, _reason(error))
-    if on_error is None:
-        return
-    original = error.__cause__ if isinstance(error, _SourceError) else error
-    try:
-        on_error(cast(Exception, original))
-    except Exception as hook_error:  # noqa: BLE001 - the user's hook must not break the view
-        log.warning(
-            "%s: the on_error hook raised %s", origin, type(hook_error).__name__
-        )
-
-
-# Builds an event's data and finds its request context; may raise.
-_Prepare = Callable[[], tuple[EventInput, RequestContext | None]]
-
-
-class _Emitter:
-    """Queues events on a client for a request hook, and never raises."""
-
-    __slots__ = ("_client", "_log", "_on_error", "origin")
-
-    def __init__(
-        self,
-        origin: str,
-        client: Client | None,
-        on_error: ErrorHook | None,
-        log: logging.Logger = logger,
-    ) -> None:
-        self.origin = origin
-        self._client = client
-        self._on_error = on_error
-        self._log = log
-
-    def client(self) -> Client:
-        return self._client if self._client is not None else _client()
-
-    def track(self, event_name: str, prepare: _Prepare) -> None:
-        try:
-            data, context = prepare()
-            event = self.client().track(data, context=context)
-        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
-            self.fail(event_name, error)
-            return
-        self._tracked(event_name, event.event_id)
-
-    async def atrack(self, event_name: str, prepare: _Prepare) -> None:
-        try:
-            data, context = prepare()
-            event = await self.client().atrack(data, context=context)
-        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
-            self.fail(event_name, error)
-            return
-        self._tracked(event_name, event.event_id)
-
-    def fail(self, event_name: str, error: Exception) -> None:
-        _report_failure(self._log, self.origin, event_name, error, self._on_error)
-
-    def _tracked(self, event_name: str, event_id: str) -> None:
-        _count("tracked")
-        self._log.debug("%s: queued %s event %s", self.origin, event_name, event_id)
-
-
 # --- the decorator ----------------------------------------------------------------
 
 # A user callable brought to one shape at decoration time: (request, result).
@@ -462,7 +303,7 @@ def _source(value: Any, name: str, *, with_result: bool = True) -> _Source | Non
         return lambda request, result: frozen
     if not callable(value):
         raise ConfigurationError(f"{name} must be a mapping or a callable")
-    if inspect.iscoroutinefunction(value):
+    if is_async_callable(value):
         raise ConfigurationError(f"{name} must be a plain (not async) callable")
     arity = _arity(value, name)
     if arity == 2 and not with_result:
@@ -476,7 +317,7 @@ def _source(value: Any, name: str, *, with_result: bool = True) -> _Source | Non
                 return value(request)
             return value(request, result)
         except Exception as error:
-            raise _SourceError(name) from error
+            raise SourceError(name) from error
 
     return call
 
@@ -487,26 +328,6 @@ def _mapping(value: Any, name: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must return a mapping or None")
     return value
-
-
-def _check_event_name(event_name: object, owner: str) -> str:
-    try:
-        return str(_validate_event_name(event_name))
-    except PydanticCustomError:
-        raise ConfigurationError(
-            f"{owner}: event_name must be a standard Pinterest event name or "
-            "an advertiser-defined name of letters and underscores"
-        ) from None
-
-
-def _check_action_source(action_source: str, owner: str) -> str:
-    try:
-        return str(ActionSource(action_source))
-    except ValueError:
-        choices = ", ".join(source.value for source in ActionSource)
-        raise ConfigurationError(
-            f"{owner}: action_source must be one of {choices}"
-        ) from None
 
 
 def _status_number(value: object) -> int | None:
@@ -580,8 +401,8 @@ class _Tracker:
         on_error: ErrorHook | None,
     ) -> None:
         owner = f"track_conversion({event_name!r})"
-        self.event_name = _check_event_name(event_name, "track_conversion")
-        self.action_source = _check_action_source(action_source, owner)
+        self.event_name = check_event_name(event_name, "track_conversion")
+        self.action_source = check_action_source(action_source, owner)
         if event_id is not None and not callable(event_id):
             raise ConfigurationError(
                 f"{owner}: event_id must be a callable taking the request; "
@@ -591,8 +412,8 @@ class _Tracker:
         self.custom_data = _source(custom_data, "custom_data")
         self.event_id = _source(event_id, "event_id", with_result=False)
         self.when = _source(when, "when")
-        self.view_name = getattr(view, "__qualname__", repr(view))
-        self.emitter = _Emitter(owner, client, on_error)
+        self.view_name = getattr(view, "__qualname__", type(view).__qualname__)
+        self.emitter = Emitter(owner, client, on_error)
         self._warned_no_request = False
 
     def start(
@@ -619,14 +440,14 @@ class _Tracker:
             logger.debug("%s: no event, the view did not succeed", self.emitter.origin)
             return False
         if pending.is_skipped or not self._wanted(request, result):
-            _count("skipped")
+            count("skipped")
             return False
 
         return True
 
     def preparer(
         self, pending: PendingEvent, request: Any, is_flask: bool, result: object
-    ) -> _Prepare:
+    ) -> Prepare:
         def prepare() -> tuple[EventInput, RequestContext | None]:
             user_data = dict(self._data(self.user_data, "user_data", request, result))
             user_data.update(pending.user_data)
@@ -668,7 +489,7 @@ class _Tracker:
             value = self.event_id(request, None)
             return str(uuid.uuid4()) if value is None else _event_id_text(value)
         except Exception as error:  # noqa: BLE001 - a random id keeps the view going
-            cause = error.__cause__ if isinstance(error, _SourceError) else error
+            cause = error.__cause__ if isinstance(error, SourceError) else error
             logger.warning(
                 EVENT_ID_FAILED_MESSAGE, self.event_name, type(cause).__name__
             )
@@ -695,9 +516,10 @@ def track_conversion(
     """Emit `event_name` each time the decorated view returns a 2xx response.
 
     Works on sync and async views of Starlette, FastAPI and Flask; the
-    wrapper of a coroutine function is a coroutine function, and the view's
-    signature is kept, so FastAPI's dependency injection and OpenAPI schema
-    do not change. Put it below the route decorator:
+    wrapper of an async view (a coroutine function, a `functools.partial`
+    of one, or an object whose `__call__` is one) is a coroutine function,
+    and the view's signature is kept, so FastAPI's dependency injection and
+    OpenAPI schema do not change. Put it below the route decorator:
 
     ```python
     @app.post("/orders/{order_id}/pay")
@@ -758,7 +580,7 @@ def track_conversion(
             when=when,
             on_error=on_error,
         )
-        if inspect.iscoroutinefunction(view):
+        if is_async_callable(view):
             wrapper = _async_wrapper(cast(Callable[..., Awaitable[Any]], view), tracker)
         else:
             wrapper = _sync_wrapper(view, tracker)

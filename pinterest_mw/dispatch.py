@@ -21,8 +21,12 @@ What happens to a batch depends on Pinterest's answer:
 - processed (with or without a warning): the event is deleted;
 - the event failed (in a 200 or a 422): kept as rejected, with Pinterest's
   message;
-- the request was refused (400, 401, 403, ...): all its events are kept as
+- the request was refused (400, 404, ...): all its events are kept as
   rejected with the status, and an ERROR is logged;
+- 401 or 403: Pinterest refused the token or the ad account, which says
+  nothing about the events. They are deferred, and the whole queue pauses
+  (no request at all) for a backoff that grows while the refusals go on;
+  one ERROR per pause and the `account_refusals` counter say so;
 - 429, 5xx or a network failure, after the transport's own retries: the
   events are deferred, and retried after an exponential backoff (stored
   with them, so it survives a restart with a durable outbox).
@@ -38,7 +42,18 @@ up: kept as rejected in a durable outbox, dropped with an ERROR otherwise.
 When the outbox is full the overflow policy applies: `"drop_newest"` (the
 default: the events that do not fit are dropped, with a WARNING and the
 `dropped` counter), `"block"` (wait up to `block_timeout` for room, then
-drop), or `"raise"` (`QueueFullError`, nothing of the call stored).
+drop), or `"raise"` (`QueueFullError`, nothing of the call stored). The
+policy applies whether or not the dispatcher sends.
+
+Every accepted event ends up `processed`, `failed` (rejected) or `dropped`
+in the counters, each with a log line, or stays in the outbox: at `close()`
+a memory outbox's leftovers, a batch still in flight included, are counted
+dropped (a late answer for that batch is not counted again); a durable
+outbox keeps them for the next run.
+
+`flush(timeout)` waits for what can go out before the timeout: it returns
+False at once when all that is left is deferred past it (a long backoff or
+`Retry-After`) or delivery is paused past it.
 
 Fork safety: in a forked child (gunicorn with `--preload`) the dispatcher
 starts over with new threads, locks and HTTP clients; a `MemoryOutbox`
@@ -51,7 +66,10 @@ never payloads, user data or tokens. `DeliveryFailure` passes event ids and
 Pinterest's reasons to the `on_error` callback, never payloads.
 
 Loggers: `pinterest_mw.dispatch` logs each batch at DEBUG, deferrals and
-drops at WARNING, rejected requests and lost events at ERROR.
+drops at WARNING, rejected requests, account refusals, unstorable and lost
+events at ERROR. Drop and storage-failure lines are rate-limited (one per
+`DROP_LOG_INTERVAL`, with the count held back, and the rest at close). The
+messages are the module's `*_LOG` constants.
 """
 
 from __future__ import annotations
@@ -75,9 +93,10 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from ._fork import fresh_after_fork, register_fork_aware
 from .events import WireEvent
 from .exceptions import APIError, ConfigurationError, QueueFullError, TransportError
-from .outbox import Claim, Outbox, OutboxItem, _register_fork_aware
+from .outbox import Claim, Outbox, OutboxItem
 from .transport import MAX_BATCH_SIZE, EventResult, EventStatus
 
 __all__ = [
@@ -100,12 +119,66 @@ OverflowPolicy = Literal["drop_newest", "block", "raise"]
 _POLICIES: tuple[OverflowPolicy, ...] = ("drop_newest", "block", "raise")
 
 DROP_LOG_INTERVAL = 10.0
-"""Seconds between two WARNING lines about dropped events (counts add up)."""
+"""Seconds between two log lines about dropped (or unstorable) events.
+
+The counts of the lines suppressed meanwhile go into the next line, and what
+is still unreported at `close()` into a last one, so the logged counts add
+up to the `dropped` counter.
+"""
 
 _POLL_INTERVAL = 0.01
 
 GAVE_UP = "gave up after"
 """How the reason of an event given up after its last attempt begins."""
+
+ACCOUNT_REFUSED_STATUSES = frozenset({401, 403})
+"""Statuses that refuse the token or ad account, not the events themselves."""
+
+# Log messages, as constants so that tests can assert them. None of them
+# takes a payload, user data or the token: counts, statuses and reasons only.
+DROPPED_LOG = "dropped %d events: %s (overflow policy %r)"
+DROPPED_UNREPORTED_LOG = (
+    "dropped %d more events since the last report (overflow policy %r)"
+)
+STORE_FAILED_LOG = (
+    "could not store %d events in the outbox (%d failed writes since the "
+    "last report); they are dropped"
+)
+ACCOUNT_REFUSED_LOG = (
+    "Pinterest refused the access token or ad account (%s): delivery is "
+    "paused for %.3g s and %d events are kept for a later attempt"
+)
+DEFERRED_LOG = "delivery of %d events failed (%s); they will be retried"
+LOST_LOG = "%d events are lost: %s"
+GAVE_UP_LOG = "%d events were given up and kept in the outbox as rejected: %s"
+REFUSED_LOG = (
+    "Pinterest refused a request of %d events (%s); they are kept in the "
+    "outbox as rejected"
+)
+REJECTED_LOG = (
+    "Pinterest rejected %d events; they are kept in the outbox with its reasons"
+)
+CLOSED_KEPT_LOG = (
+    "closing with %d events not yet delivered; they stay in the outbox for the next run"
+)
+CLOSED_LOST_LOG = (
+    "closing with %d events not delivered (%d of them in flight, their "
+    "answer unknown); they are counted as dropped"
+)
+CLAIM_FAILED_LOG = "could not read the outbox; retrying later"
+RELEASE_FAILED_LOG = "could not hand back %d events"
+DEPTH_FAILED_LOG = "could not read the outbox depth at close"
+NO_TRANSPORT_LOG = "could not build the transport; nothing is sent"
+TRANSPORT_CLOSE_FAILED_LOG = "closing the transport failed"
+ON_ERROR_FAILED_LOG = "the on_error callback raised"
+EXIT_FLUSH_FAILED_LOG = "flushing events at exit failed"
+BATCH_LOG = "batch of %d events: %d processed, %d rejected, %d deferred, %d dropped"
+SEND_FAILED_LOG = "sending %d events failed unexpectedly"
+RECORD_FAILED_LOG = "could not record the outcome of %d events"
+LATE_BATCH_LOG = (
+    "a batch of %d events was answered after close; they were already "
+    "counted as dropped"
+)
 
 
 class Sender(Protocol):
@@ -146,10 +219,16 @@ class Counters:
     - `warned`: events Pinterest accepted with a warning;
     - `failed`: events Pinterest refused, kept as rejected with the reason;
     - `retried`: deliveries deferred for another attempt after a failure;
-    - `dropped`: events not accepted because the outbox was full or the
-      dispatcher closed, or given up (lost) after their last attempt;
+    - `dropped`: events not accepted because the outbox was full, could
+      not store them or the dispatcher closed; events given up (lost) after
+      their last attempt; events left in a memory outbox at `close()`;
+    - `account_refusals`: requests Pinterest refused for the token or the
+      ad account (401, 403), each of which paused delivery;
     - `queue_depth`: events in the outbox waiting for delivery (in every
       process sharing a durable outbox).
+
+    Every accepted event ends up counted once as `processed`, `failed` or
+    `dropped`, or is still in the outbox (`queue_depth`).
     """
 
     accepted: int = 0
@@ -159,6 +238,7 @@ class Counters:
     failed: int = 0
     retried: int = 0
     dropped: int = 0
+    account_refusals: int = 0
     queue_depth: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -207,9 +287,10 @@ class DeliveryFailure:
     """What the `on_error` callback is told when a delivery did not succeed.
 
     `outcome` is `"rejected"` (kept in the outbox with `reason`),
-    `"deferred"` (to be retried) or `"dropped"` (given up, lost).
-    `error` is the request-level error, when there was one. No payload and
-    no user data is passed.
+    `"deferred"` (to be retried; also after a 401 or 403, which pauses
+    delivery) or `"dropped"` (given up, lost). `error` is the request-level
+    error, when there was one. The callback runs once the outcome is
+    recorded in the outbox. No payload and no user data is passed.
     """
 
     outcome: Literal["rejected", "deferred", "dropped"]
@@ -291,6 +372,47 @@ class _Settlement:
     defer_reason: str = ""
     warned: int = 0
     failures: list[DeliveryFailure] = field(default_factory=list)
+    # Seconds delivery pauses for, when Pinterest refused the token or
+    # ad account (0: it did not).
+    paused_for: float = 0.0
+
+
+class _LogLimiter:
+    """Lets one log line through per interval and keeps count of the rest.
+
+    `add` returns what to report now, as (events, calls): this call's and
+    those held back since the last line, or (0, 0) while the interval runs.
+    `take` returns what is still unreported, for a last line at close.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._unreported = 0
+        self._calls = 0
+        self._reported_at = -math.inf
+
+    def add(self, count: int) -> tuple[int, int]:
+        """Count `count` more; return (count, calls) to report now, or (0, 0)."""
+        now = time.monotonic()
+        with self._lock:
+            self._unreported += count
+            self._calls += 1
+            if now - self._reported_at < self._interval:
+                return 0, 0
+            self._reported_at = now
+            return self._take()
+
+    def take(self) -> tuple[int, int]:
+        """What is unreported: (count, calls); both reset to 0."""
+        with self._lock:
+            return self._take()
+
+    def _take(self) -> tuple[int, int]:
+        reported = (self._unreported, self._calls)
+        self._unreported = self._calls = 0
+
+        return reported
 
 
 def _describe(error: BaseException) -> str:
@@ -314,9 +436,27 @@ def _is_refusal(error: BaseException) -> bool:
     return isinstance(error, APIError) and not error.is_retryable
 
 
+def _is_account_refusal(error: BaseException | None) -> bool:
+    """Whether Pinterest refused the token or ad account, not the events.
+
+    Such a refusal (401, 403) holds for every event until someone fixes the
+    credentials or permissions, so the events wait rather than being
+    rejected one batch after another.
+    """
+    return isinstance(error, APIError) and error.status_code in ACCOUNT_REFUSED_STATUSES
+
+
 _live_dispatchers: weakref.WeakSet[_BaseDispatcher] = weakref.WeakSet()
 _atexit_lock = threading.Lock()
 _atexit_installed = False
+
+
+def _new_atexit_lock() -> None:
+    global _atexit_lock
+    _atexit_lock = threading.Lock()
+
+
+fresh_after_fork(_new_atexit_lock)
 
 
 def _close_all_at_exit() -> None:
@@ -324,7 +464,7 @@ def _close_all_at_exit() -> None:
         try:
             dispatcher._close_at_exit()
         except Exception:
-            logger.exception("flushing events at exit failed")
+            logger.exception(EXIT_FLUSH_FAILED_LOG)
 
 
 def _register_for_exit(dispatcher: _BaseDispatcher) -> None:
@@ -368,53 +508,84 @@ def _check_options(
     _check_positive("shutdown_timeout", shutdown_timeout, allow_zero=True)
 
 
+@dataclass(frozen=True, slots=True)
+class DispatcherOptions:
+    """A dispatcher's options, checked when built (see `ThreadDispatcher`).
+
+    What the client keeps until it builds its dispatcher at first use; the
+    dispatchers take the same names as keyword arguments.
+
+    Raises:
+        ConfigurationError: for an unusable value.
+    """
+
+    batch_size: int = MAX_BATCH_SIZE
+    flush_interval: float = 1.0
+    overflow: OverflowPolicy = "drop_newest"
+    block_timeout: float = 1.0
+    backoff: DeliveryBackoff | None = None
+    max_attempts: int | None = None
+    lease: float = 300.0
+    shutdown_timeout: float = 5.0
+    on_error: Callable[[DeliveryFailure], None] | None = None
+
+    def __post_init__(self) -> None:
+        _check_options(
+            batch_size=self.batch_size,
+            flush_interval=self.flush_interval,
+            overflow=self.overflow,
+            block_timeout=self.block_timeout,
+            max_attempts=self.max_attempts,
+            lease=self.lease,
+            shutdown_timeout=self.shutdown_timeout,
+        )
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments for a dispatcher."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class _BaseDispatcher:
     """Storage, overflow policy, outcome handling and counters, for both dispatchers."""
 
     def __init__(
         self,
         outbox: Outbox,
-        *,
-        batch_size: int,
-        flush_interval: float,
-        overflow: OverflowPolicy,
-        block_timeout: float,
-        backoff: DeliveryBackoff | None,
-        max_attempts: int | None,
-        lease: float,
-        shutdown_timeout: float,
-        on_error: Callable[[DeliveryFailure], None] | None,
+        transport: Callable[[], object] | None,
+        options: DispatcherOptions,
     ) -> None:
-        _check_options(
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-            overflow=overflow,
-            block_timeout=block_timeout,
-            max_attempts=max_attempts,
-            lease=lease,
-            shutdown_timeout=shutdown_timeout,
-        )
         self.outbox = outbox
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.overflow = overflow
-        self.block_timeout = block_timeout
-        self.backoff = backoff if backoff is not None else DeliveryBackoff()
-        self.max_attempts = max_attempts
-        self.lease = lease
-        self.shutdown_timeout = shutdown_timeout
-        self.on_error = on_error
+        self._make_sender = transport
+        self.batch_size = options.batch_size
+        self.flush_interval = options.flush_interval
+        self.overflow = options.overflow
+        self.block_timeout = options.block_timeout
+        self.backoff = (
+            options.backoff if options.backoff is not None else DeliveryBackoff()
+        )
+        self.max_attempts = options.max_attempts
+        self.lease = options.lease
+        self.shutdown_timeout = options.shutdown_timeout
+        self.on_error = options.on_error
         self._closed = False
         self._setup_shared()
-        _register_fork_aware(self)
+        register_fork_aware(self)
         _register_for_exit(self)
 
     def _setup_shared(self) -> None:
         self._counters = _CounterSet()
-        self._drop_lock = threading.Lock()
-        self._drops_unlogged = 0
-        self._drop_logged_at = -math.inf
+        self._drop_log = _LogLimiter(DROP_LOG_INTERVAL)
+        self._store_failure_log = _LogLimiter(DROP_LOG_INTERVAL)
         self._fresh = 0
+        # Held while a batch's outcome is counted and written, and while
+        # close() counts what is left, so that no event is counted twice.
+        self._settle_lock = threading.Lock()
+        self._leftovers_counted = False
+        self._in_flight = 0
+        # After Pinterest refused the token or ad account: no claim before
+        # this (monotonic) time; the streak makes the pauses grow.
+        self._paused_until = -math.inf
+        self._refusal_streak = 0
 
     def _after_fork_in_child(self) -> None:
         self._setup_shared()
@@ -422,12 +593,37 @@ class _BaseDispatcher:
     @property
     def is_sending(self) -> bool:
         """Whether events are sent (False: they are only kept in the outbox)."""
-        raise NotImplementedError
+        return self._make_sender is not None
 
     @property
     def counters(self) -> Counters:
         """A snapshot of the counters; `queue_depth` is read from the outbox."""
         return self._counters.snapshot(self.outbox.depth())
+
+    def submit(self, events: Sequence[WireEvent]) -> int:
+        """Store events for delivery; return how many were accepted.
+
+        Raises `QueueFullError` under the `"raise"` policy when they do not
+        all fit; otherwise events that do not fit are dropped and counted.
+        Blocks for a durable outbox's write: in async code use `asubmit`.
+        """
+        return self._accept(events)
+
+    def start(self) -> None:
+        """Start the worker now rather than at the first event.
+
+        Useful to deliver what a durable outbox kept from an earlier run.
+        """
+        if self.is_sending and not self._closed:
+            self._ensure_worker()
+            self._wake_worker()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush for up to `timeout` seconds, then stop (see the subclasses)."""
+        raise NotImplementedError
+
+    def _close_at_exit(self) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -450,9 +646,8 @@ class _BaseDispatcher:
         except QueueFullError:
             self._drop(len(events), "the outbox is full")
             raise
-        except Exception:
-            logger.exception("could not store %d events in the outbox", len(events))
-            self._drop(len(events), "the outbox could not store them")
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
+            self._store_failed(len(events), exc)
             return 0
         if stored:
             self._counters.add(accepted=stored)
@@ -491,16 +686,51 @@ class _BaseDispatcher:
 
     def _drop(self, count: int, why: str) -> None:
         self._counters.add(dropped=count)
+        count, _ = self._drop_log.add(count)
+        if count:
+            logger.warning(DROPPED_LOG, count, why, self.overflow)
+
+    def _store_failed(self, count: int, error: Exception) -> None:
+        """Count events the outbox failed to store; log one line per interval."""
+        self._counters.add(dropped=count)
+        count, calls = self._store_failure_log.add(count)
+        if count:
+            # With the traceback of this failure; earlier ones are counted.
+            logger.error(STORE_FAILED_LOG, count, calls, exc_info=error)
+
+    def _report_unlogged_drops(self) -> None:
+        """At close: log the drops the rate limit held back."""
+        count, _ = self._drop_log.take()
+        if count:
+            logger.warning(DROPPED_UNREPORTED_LOG, count, self.overflow)
+        count, calls = self._store_failure_log.take()
+        if count:
+            logger.error(STORE_FAILED_LOG, count, calls)
+
+    def _flush_wait(self, deadline: float) -> tuple[float, bool] | None:
+        """How long a flush waits before looking again, and whether to wake
+        the worker then; None when waiting is hopeless.
+
+        Hopeless means nothing left can go out before `deadline` (monotonic):
+        delivery is paused past it after an account refusal, or every event
+        left is deferred past it (a long backoff or `Retry-After`).
+        """
         now = time.monotonic()
-        with self._drop_lock:
-            self._drops_unlogged += count
-            if now - self._drop_logged_at < DROP_LOG_INTERVAL:
-                return
-            count, self._drops_unlogged = self._drops_unlogged, 0
-            self._drop_logged_at = now
-        logger.warning(
-            "dropped %d events: %s (overflow policy %r)", count, why, self.overflow
-        )
+        remaining = deadline - now
+        if remaining <= 0 or self._paused_until >= deadline:
+            return None
+        if self._paused_until > now:
+            return self._paused_until - now, True
+        stats = self.outbox.stats()
+        if stats.deferred < stats.depth or stats.next_attempt_at is None:
+            # Due now or in flight: the worker is on it.
+            return remaining, False
+        # The outbox's clock is Unix time; the deadline is monotonic.
+        due_in = stats.next_attempt_at - time.time()
+        if due_in >= remaining:
+            return None
+
+        return max(due_in, _POLL_INTERVAL), True
 
     def _ensure_worker(self) -> None:
         raise NotImplementedError
@@ -519,15 +749,10 @@ class _BaseDispatcher:
         """Decide each event's fate from Pinterest's answer (or the error)."""
         plan = _Settlement()
         if error is not None:
-            reason = _describe(error)
-            if _is_refusal(error):
-                for item in claim.items:
-                    plan.rejected[item.key] = reason
-                self._note(plan, "rejected", claim.items, reason, error)
-            else:
-                retry_after = getattr(error, "retry_after", None)
-                self._defer(plan, claim.items, reason, retry_after, error)
+            self._plan_error(plan, claim, error)
             return plan
+        # Pinterest answered for the events: the token and account work.
+        self._refusal_streak = 0
 
         by_index = {result.index: result for result in results or ()}
         refused: dict[str, list[OutboxItem]] = {}
@@ -549,6 +774,45 @@ class _BaseDispatcher:
             self._defer(plan, unsent, "no result for the event", None, None)
 
         return plan
+
+    def _plan_error(self, plan: _Settlement, claim: Claim, error: Exception) -> None:
+        reason = _describe(error)
+        if _is_account_refusal(error):
+            plan.paused_for = self._pause()
+            self._defer(plan, claim.items, reason, plan.paused_for, error)
+        elif _is_refusal(error):
+            for item in claim.items:
+                plan.rejected[item.key] = reason
+            self._note(plan, "rejected", claim.items, reason, error)
+        else:
+            retry_after = getattr(error, "retry_after", None)
+            self._defer(plan, claim.items, reason, retry_after, error)
+
+    def _plan_failure(self, claim: Claim, error: Exception) -> _Settlement:
+        """`_plan` for a request that raised; an unexpected error is logged."""
+        if not isinstance(error, APIError | TransportError):
+            logger.error(SEND_FAILED_LOG, len(claim), exc_info=error)
+        return self._plan(claim, None, error)
+
+    def _pause(self) -> float:
+        """Stop claiming for a backoff that grows with each refusal in a row."""
+        self._refusal_streak += 1
+        delay = self.backoff.delay(self._refusal_streak)
+        self._paused_until = time.monotonic() + delay
+
+        return delay
+
+    def _may_claim(self) -> bool:
+        """Whether the worker may take a batch now.
+
+        Not while paused after an account refusal, nor once `close()` has
+        counted a memory outbox's leftovers as dropped.
+        """
+        return time.monotonic() >= self._paused_until and not self._leftovers_counted
+
+    def _start_batch(self, claim: Claim) -> None:
+        self._in_flight = len(claim)
+        self._counters.add(sent=len(claim))
 
     def _defer(
         self,
@@ -601,56 +865,60 @@ class _BaseDispatcher:
         if plan.deferred:
             self.outbox.defer(claim, plan.deferred, plan.defer_reason)
 
-    def _report(self, claim: Claim, plan: _Settlement) -> None:
-        """Count, log and tell `on_error` what became of a batch."""
-        self._counters.add(
-            processed=len(plan.completed),
-            warned=plan.warned,
-            failed=len(plan.rejected),
-            retried=len(plan.deferred),
-            dropped=len(plan.dropped),
-        )
+    def _settle(self, claim: Claim, plan: _Settlement) -> None:
+        """Count a batch's outcome and write it to the outbox, as one step.
+
+        Counted before the outbox changes, so that whoever sees the outbox
+        empty (a flush) also sees the counters of its last batch. A batch
+        answered after `close()` counted a memory outbox's leftovers is not
+        counted again. Raises what the outbox raises.
+        """
+        with self._settle_lock:
+            if self._leftovers_counted:
+                logger.warning(LATE_BATCH_LOG, len(claim))
+            else:
+                self._count(plan)
+            self._apply(claim, plan)
         logger.debug(
-            "batch of %d events: %d processed, %d rejected, %d deferred, %d dropped",
+            BATCH_LOG,
             len(claim),
             len(plan.completed),
             len(plan.rejected),
             len(plan.deferred),
             len(plan.dropped),
         )
+
+    def _count(self, plan: _Settlement) -> None:
+        self._counters.add(
+            processed=len(plan.completed),
+            warned=plan.warned,
+            failed=len(plan.rejected),
+            retried=len(plan.deferred),
+            dropped=len(plan.dropped),
+            account_refusals=1 if plan.paused_for else 0,
+        )
+
+    def _tell(self, plan: _Settlement) -> None:
+        """Log each failure of a batch and pass it to `on_error`."""
         for failure in plan.failures:
-            self._log_failure(failure)
+            self._log_failure(failure, plan.paused_for)
             self._call_on_error(failure)
 
-    def _log_failure(self, failure: DeliveryFailure) -> None:
+    def _log_failure(self, failure: DeliveryFailure, paused_for: float) -> None:
         count = len(failure.event_ids)
         if failure.outcome == "dropped":
-            logger.error("%d events are lost: %s", count, failure.reason)
+            logger.error(LOST_LOG, count, failure.reason)
+        elif failure.outcome == "deferred" and paused_for:
+            # One line per pause: no request is made until it ends.
+            logger.error(ACCOUNT_REFUSED_LOG, failure.reason, paused_for, count)
         elif failure.outcome == "deferred":
-            logger.warning(
-                "delivery of %d events failed (%s); they will be retried",
-                count,
-                failure.reason,
-            )
+            logger.warning(DEFERRED_LOG, count, failure.reason)
         elif failure.reason.startswith(GAVE_UP):
-            logger.error(
-                "%d events were given up and kept in the outbox as rejected: %s",
-                count,
-                failure.reason,
-            )
+            logger.error(GAVE_UP_LOG, count, failure.reason)
         elif failure.error is not None:
-            logger.error(
-                "Pinterest refused a request of %d events (%s); they are kept "
-                "in the outbox as rejected",
-                count,
-                failure.reason,
-            )
+            logger.error(REFUSED_LOG, count, failure.reason)
         else:
-            logger.warning(
-                "Pinterest rejected %d events; they are kept in the outbox "
-                "with its reasons",
-                count,
-            )
+            logger.warning(REJECTED_LOG, count)
 
     def _call_on_error(self, failure: DeliveryFailure) -> None:
         if self.on_error is None:
@@ -658,31 +926,34 @@ class _BaseDispatcher:
         try:
             self.on_error(failure)
         except Exception:
-            logger.exception("the on_error callback raised")
+            logger.exception(ON_ERROR_FAILED_LOG)
 
     def _account_leftovers(self) -> None:
-        """At close: say what stays undelivered; count it lost if not durable."""
-        try:
-            left = self.outbox.depth()
-        except Exception:
-            logger.exception("could not read the outbox depth at close")
-            return
+        """At close: say what stays undelivered; count it dropped if not durable.
+
+        A memory outbox's leftovers include the batch a worker may still be
+        sending, whose answer is unknown; they are counted dropped, and a
+        late answer is not counted again (see `_settle`).
+        """
+        self._report_unlogged_drops()
+        with self._settle_lock:
+            try:
+                left = self.outbox.depth()
+            except Exception:
+                logger.exception(DEPTH_FAILED_LOG)
+                return
+            if not self.outbox.durable:
+                self._leftovers_counted = True
+                if left:
+                    self._counters.add(dropped=left)
         if not left:
             return
-        if self.outbox.durable:
-            # Keeping events is the whole job of a client that does not send.
-            logger.log(
-                logging.WARNING if self.is_sending else logging.INFO,
-                "closing with %d events not yet delivered; they stay in the "
-                "outbox for the next run",
-                left,
-            )
-        else:
-            self._counters.add(dropped=left)
-            logger.error("closing with %d events not delivered; they are lost", left)
-
-    def _close_at_exit(self) -> None:
-        raise NotImplementedError
+        if not self.outbox.durable:
+            logger.error(CLOSED_LOST_LOG, left, min(self._in_flight, left))
+            return
+        # Keeping events is the whole job of a client that does not send.
+        level = logging.WARNING if self.is_sending else logging.INFO
+        logger.log(level, CLOSED_KEPT_LOG, left)
 
 
 # --- thread dispatcher ---------------------------------------------------------
@@ -726,10 +997,9 @@ class ThreadDispatcher(_BaseDispatcher):
         shutdown_timeout: float = 5.0,
         on_error: Callable[[DeliveryFailure], None] | None = None,
     ) -> None:
-        self._make_sender = transport
+        self._make_sender: Callable[[], Sender] | None = transport
         self._setup_thread()
-        super().__init__(
-            outbox,
+        options = DispatcherOptions(
             batch_size=batch_size,
             flush_interval=flush_interval,
             overflow=overflow,
@@ -740,11 +1010,13 @@ class ThreadDispatcher(_BaseDispatcher):
             shutdown_timeout=shutdown_timeout,
             on_error=on_error,
         )
+        super().__init__(outbox, transport, options)
 
     def _setup_thread(self) -> None:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._progress = threading.Condition()
+        self._rounds = 0
         self._wake_requested = False
         self._stop_requested = False
         self._thread: threading.Thread | None = None
@@ -755,54 +1027,44 @@ class ThreadDispatcher(_BaseDispatcher):
         super()._after_fork_in_child()
         self._setup_thread()
 
-    @property
-    def is_sending(self) -> bool:
-        """Whether events are sent (False: they are only kept in the outbox)."""
-        return self._make_sender is not None
-
-    def submit(self, events: Sequence[WireEvent]) -> int:
-        """Store events for delivery; return how many were accepted.
-
-        Raises `QueueFullError` under the `"raise"` policy when they do not
-        all fit; otherwise events that do not fit are dropped and counted.
-        """
-        return self._accept(events)
-
     async def asubmit(self, events: Sequence[WireEvent]) -> int:
         """`submit` for async code: disk writes and waits run in a thread."""
         if self.outbox.blocking or self.overflow == "block":
             return await anyio.to_thread.run_sync(self._accept, events)
         return self._accept(events)
 
-    def start(self) -> None:
-        """Start the worker now rather than at the first event.
-
-        Useful to deliver what a durable outbox kept from an earlier run.
-        """
-        if self.is_sending and not self._closed:
-            self._ensure_worker()
-            self._wake_worker()
-
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything waiting now; wait until the outbox is empty.
 
-        Deferred events are retried when their backoff ends, within the
-        timeout. Returns True if the outbox emptied in time (in every
-        process sharing it), False otherwise or when sending is off.
+        Deferred events due within the timeout are retried when their
+        backoff ends. Returns True if the outbox emptied in time (in every
+        process sharing it); False when the timeout passes, when sending is
+        off, and at once when nothing left can go out before the timeout
+        (every event deferred past it, or delivery paused past it after
+        Pinterest refused the token or ad account).
         """
         if not self.is_sending or self._closed:
             return self.outbox.depth() == 0
         self._ensure_worker()
-        self._wake_worker()
         deadline = time.monotonic() + timeout
+        wake = True
         while self.outbox.depth():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            plan = self._flush_wait(deadline)
+            if plan is None:
                 return False
             with self._progress:
-                self._progress.wait(min(remaining, self.flush_interval))
+                seen = self._rounds
+            if wake:
+                self._wake_worker()
+            wait, wake = plan
+            self._wait_for_round_after(seen, wait)
 
         return True
+
+    def _wait_for_round_after(self, seen: int, timeout: float) -> None:
+        """Wait until the worker finishes a round after round `seen`."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._rounds != seen, timeout)
 
     async def aflush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - twin of flush(timeout)
         """`flush` for async code, waiting in a thread."""
@@ -834,9 +1096,6 @@ class ThreadDispatcher(_BaseDispatcher):
         """`close` for async code, waiting in a thread."""
         await anyio.to_thread.run_sync(self.close, timeout)
 
-    def _close_at_exit(self) -> None:
-        self.close()
-
     # --- the worker ---
 
     def _ensure_worker(self) -> None:
@@ -860,13 +1119,14 @@ class ThreadDispatcher(_BaseDispatcher):
         try:
             sender = self._make_sender()
         except Exception:
-            logger.exception("could not build the transport; nothing is sent")
+            logger.exception(NO_TRANSPORT_LOG)
             return
         try:
             while True:
                 stopping = self._wait_for_work()
                 self._deliver_due(sender)
                 with self._progress:
+                    self._rounds += 1
                     self._progress.notify_all()
                 if stopping:
                     break
@@ -874,7 +1134,7 @@ class ThreadDispatcher(_BaseDispatcher):
             try:
                 sender.close()
             except Exception:
-                logger.exception("closing the transport failed")
+                logger.exception(TRANSPORT_CLOSE_FAILED_LOG)
 
     def _wait_for_work(self) -> bool:
         """Sleep until woken or `flush_interval` passes; True when stopping."""
@@ -886,11 +1146,11 @@ class ThreadDispatcher(_BaseDispatcher):
             return self._stop_requested
 
     def _deliver_due(self, sender: Sender) -> None:
-        while True:
+        while self._may_claim():
             try:
                 claim = self.outbox.claim(self.batch_size, lease=self.lease)
             except Exception:
-                logger.exception("could not read the outbox; retrying later")
+                logger.exception(CLAIM_FAILED_LOG)
                 return
             if claim is None:
                 return
@@ -899,28 +1159,60 @@ class ThreadDispatcher(_BaseDispatcher):
                 return
 
     def _deliver(self, sender: Sender, claim: Claim) -> None:
-        self._counters.add(sent=len(claim))
-        batch = [item.event for item in claim.items]
+        self._start_batch(claim)
         try:
-            results = sender.send_batch(batch)
-        except (APIError, TransportError) as exc:
-            plan = self._plan(claim, None, exc)
-        except Exception as exc:
-            logger.exception("sending %d events failed unexpectedly", len(claim))
-            plan = self._plan(claim, None, exc)
+            results = sender.send_batch([item.event for item in claim.items])
+        except Exception as exc:  # noqa: BLE001 - deferred, and logged if unexpected
+            plan = self._plan_failure(claim, exc)
         else:
             plan = self._plan(claim, results, None)
-        # Counted before the outbox changes, so that whoever sees the outbox
-        # empty (a flush) also sees the counters of its last batch.
-        self._report(claim, plan)
         try:
-            self._apply(claim, plan)
+            self._settle(claim, plan)
         except Exception:
             # The lease expires and the batch is claimed again.
-            logger.exception("could not record the outcome of %d events", len(claim))
+            logger.exception(RECORD_FAILED_LOG, len(claim))
+        finally:
+            self._in_flight = 0
+        self._tell(plan)
 
 
 # --- async dispatcher ----------------------------------------------------------
+
+
+class _ClaimHandover:
+    """Passes a claim from a worker thread to a coroutine that may be gone.
+
+    The thread stores the claim unless the coroutine was cancelled, in which
+    case it releases it; a coroutine cancelled after the thread stored it
+    releases it itself. Whichever comes second does the release.
+    """
+
+    def __init__(self, release: Callable[[Claim], None]) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._claim: Claim | None = None
+
+    def run(self, claim_now: Callable[[], Claim | None]) -> Claim | None:
+        claim = claim_now()
+        with self._lock:
+            if not self._abandoned:
+                self._claim = claim
+                return claim
+        if claim is not None:
+            self._release(claim)
+        return None
+
+    def receive(self) -> None:
+        with self._lock:
+            self._claim = None
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            claim, self._claim = self._claim, None
+        if claim is not None:
+            self._release(claim)
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -1023,10 +1315,9 @@ class AsyncDispatcher(_BaseDispatcher):
         shutdown_timeout: float = 5.0,
         on_error: Callable[[DeliveryFailure], None] | None = None,
     ) -> None:
-        self._make_sender = transport
+        self._make_sender: Callable[[], AsyncSender] | None = transport
         self._setup_worker()
-        super().__init__(
-            outbox,
+        options = DispatcherOptions(
             batch_size=batch_size,
             flush_interval=flush_interval,
             overflow=overflow,
@@ -1037,6 +1328,7 @@ class AsyncDispatcher(_BaseDispatcher):
             shutdown_timeout=shutdown_timeout,
             on_error=on_error,
         )
+        super().__init__(outbox, transport, options)
 
     def _setup_worker(self) -> None:
         self._inline_io = False
@@ -1054,31 +1346,13 @@ class AsyncDispatcher(_BaseDispatcher):
         super()._after_fork_in_child()
         self._setup_worker()
 
-    @property
-    def is_sending(self) -> bool:
-        """Whether events are sent (False: they are only kept in the outbox)."""
-        return self._make_sender is not None
-
     # --- public interface ---
-
-    def submit(self, events: Sequence[WireEvent]) -> int:
-        """Store events for delivery; return how many were accepted.
-
-        Blocks for a durable outbox's write: in async code use `asubmit`.
-        """
-        return self._accept(events)
 
     async def asubmit(self, events: Sequence[WireEvent]) -> int:
         """Store events for delivery without blocking the loop."""
         if self.is_sending and not self._closed:
             self._ensure_worker()
         return await self._offload(self._accept, events, blocking=self._put_blocks)
-
-    def start(self) -> None:
-        """Start the worker now (in the caller's loop, or a private thread)."""
-        if self.is_sending and not self._closed:
-            self._ensure_worker()
-            self._wake_worker()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything waiting now; wait until the outbox is empty.
@@ -1101,27 +1375,42 @@ class AsyncDispatcher(_BaseDispatcher):
                 "flush() would block the event loop the dispatcher runs in; "
                 "await aflush() instead"
             )
-        self._wake_worker()
+        wake = True
         while self.outbox.depth():
-            if time.monotonic() >= deadline:
+            plan = self._flush_wait(deadline)
+            if plan is None:
                 return False
-            time.sleep(_POLL_INTERVAL)
+            if wake:
+                self._wake_worker()
+            wait, wake = plan
+            # Polled while the worker (in another thread's loop) is busy;
+            # a wait for a backoff to end sleeps it out in one go.
+            time.sleep(wait if wake else min(wait, _POLL_INTERVAL))
 
         return True
 
     async def aflush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - twin of flush(timeout)
-        """Send everything waiting now; wait (without blocking) until it is out."""
+        """Send everything waiting now; wait (without blocking) until it is out.
+
+        Gives up at once, like `flush`, when nothing left can go out before
+        the timeout.
+        """
         if not self.is_sending or self._closed:
             return await self._offload(self.outbox.depth) == 0
         self._ensure_worker()
-        self._wake_worker()
-        with anyio.move_on_after(timeout):
-            # Polled: other processes sharing the outbox change it too.
-            while await self._offload(self.outbox.depth):  # noqa: ASYNC110
-                await anyio.sleep(_POLL_INTERVAL)
-            return True
+        deadline = time.monotonic() + timeout
+        wake = True
+        # Polled: other processes sharing the outbox change it too.
+        while await self._offload(self.outbox.depth):
+            plan = await self._offload(self._flush_wait, deadline)
+            if plan is None:
+                return False
+            if wake:
+                self._wake_worker()
+            wait, wake = plan
+            await anyio.sleep(wait if wake else min(wait, _POLL_INTERVAL))
 
-        return False
+        return True
 
     def close(self, timeout: float | None = None) -> None:
         """Flush for up to `timeout` seconds, then stop the worker.
@@ -1177,9 +1466,6 @@ class AsyncDispatcher(_BaseDispatcher):
                     await self._await_stopped(self._stop_worker())
                 # A worker still waiting for Pinterest hands its batch back.
                 group.cancel_scope.cancel()
-
-    def _close_at_exit(self) -> None:
-        self.close()
 
     # --- starting and stopping ---
 
@@ -1270,7 +1556,7 @@ class AsyncDispatcher(_BaseDispatcher):
             sender = self._make_sender()
         except Exception:
             worker.done = True
-            logger.exception("could not build the transport; nothing is sent")
+            logger.exception(NO_TRANSPORT_LOG)
             return
         try:
             while not worker.stopping:
@@ -1284,15 +1570,11 @@ class AsyncDispatcher(_BaseDispatcher):
                     await sender.aclose()
 
     async def _deliver_due(self, sender: AsyncSender, worker: _Worker) -> None:
-        while not worker.forked:
+        while not worker.forked and self._may_claim():
             try:
-                claim = await self._offload(
-                    functools.partial(
-                        self.outbox.claim, self.batch_size, lease=self.lease
-                    )
-                )
+                claim = await self._claim()
             except Exception:
-                logger.exception("could not read the outbox; retrying later")
+                logger.exception(CLAIM_FAILED_LOG)
                 return
             if claim is None:
                 return
@@ -1301,34 +1583,57 @@ class AsyncDispatcher(_BaseDispatcher):
             except anyio.get_cancelled_exc_class():
                 # The loop is going away: hand the batch back for the next
                 # worker instead of letting it wait for the lease to expire.
+                self._in_flight = 0
                 self._release_quietly(claim)
                 raise
             if len(claim) < self.batch_size:
                 return
 
-    async def _deliver(self, sender: AsyncSender, claim: Claim) -> None:
-        self._counters.add(sent=len(claim))
-        batch = [item.event for item in claim.items]
+    async def _claim(self) -> Claim | None:
+        """Claim a batch; a claim whose caller is cancelled is handed back.
+
+        A durable outbox claims in a worker thread, which a cancellation
+        does not stop (a native asyncio cancel abandons it, shield or not):
+        whichever of the thread and the cancelled caller comes second
+        releases the claim, so its events are due again at once rather than
+        invisible until the lease expires.
+        """
+        claim_now = functools.partial(
+            self.outbox.claim, self.batch_size, lease=self.lease
+        )
+        if not self.outbox.blocking or self._inline_io:
+            return claim_now()
+        handover = _ClaimHandover(self._release_quietly)
         try:
-            results = await sender.send_batch(batch)
-        except (APIError, TransportError) as exc:
-            plan = self._plan(claim, None, exc)
-        except Exception as exc:
-            logger.exception("sending %d events failed unexpectedly", len(claim))
-            plan = self._plan(claim, None, exc)
+            claim = await anyio.to_thread.run_sync(handover.run, claim_now)
+        except anyio.get_cancelled_exc_class():
+            handover.abandon()
+            raise
+        handover.receive()
+
+        return claim
+
+    async def _deliver(self, sender: AsyncSender, claim: Claim) -> None:
+        self._start_batch(claim)
+        try:
+            results = await sender.send_batch([item.event for item in claim.items])
+        except Exception as exc:  # noqa: BLE001 - deferred, and logged if unexpected
+            plan = self._plan_failure(claim, exc)
         else:
             plan = self._plan(claim, results, None)
-        self._report(claim, plan)
         try:
-            await self._offload(self._apply, claim, plan)
+            await self._offload(self._settle, claim, plan)
         except Exception:
-            logger.exception("could not record the outcome of %d events", len(claim))
+            logger.exception(RECORD_FAILED_LOG, len(claim))
+        finally:
+            self._in_flight = 0
+        self._tell(plan)
 
     def _release_quietly(self, claim: Claim) -> None:
         try:
             self.outbox.release(claim, [item.key for item in claim.items])
         except Exception:
-            logger.exception("could not hand back %d events", len(claim))
+            logger.exception(RELEASE_FAILED_LOG, len(claim))
 
     async def _offload(
         self, func: Callable[..., _T], *args: Any, blocking: bool | None = None

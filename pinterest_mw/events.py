@@ -222,13 +222,21 @@ class WireEvent(NamedTuple):
     """One serialized event, as the transport, dispatcher and outbox move it.
 
     `payload` is the compact JSON object of the event (one item of the
-    request's `data` array). Privacy: it holds only hashed user data and the
-    unhashed fields Pinterest requires (IP, user agent, click and partner ids).
+    request's `data` array). Privacy: it holds hashed user data, the
+    unhashed fields Pinterest requires (IP, user agent, click and partner
+    ids) and custom data, so `repr` shows the event id, the event name and
+    the payload's size only: a hash of an email is personal data too.
     """
 
     event_id: str
     event_name: str
     payload: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"WireEvent(event_id={self.event_id!r}, "
+            f"event_name={self.event_name!r}, payload=<{len(self.payload)} bytes>)"
+        )
 
 
 # --- field validators ---------------------------------------------------------
@@ -563,6 +571,8 @@ class _WireModel(BaseModel):
     _error_root: ClassVar[str] = ""
     # Fields whose values `repr` hides, showing only that they are set.
     _hidden_fields: ClassVar[frozenset[str]] = frozenset()
+    # Fields that hold a nested model (and a list of them, for contents).
+    _model_fields: ClassVar[frozenset[str]] = frozenset()
 
     if not TYPE_CHECKING:
         # Hidden from type checkers so that the pydantic plugin keeps deriving
@@ -597,10 +607,23 @@ class _WireModel(BaseModel):
         for name, value in super().__repr_args__():
             if value is None:
                 continue
-            if name in self._hidden_fields:
+            # A nested model hides its own fields. Anything else where a
+            # model belongs came past validation (`model_construct`, or
+            # `model_copy(update=...)`) and may hold raw personal data.
+            if name in self._hidden_fields or (
+                name in self._model_fields and not _is_model(value)
+            ):
                 yield name, _count_label(value)
             else:
                 yield name, value
+
+
+def _is_model(value: object) -> bool:
+    """Tell whether `value` is a validated model, or a list of them only."""
+    if isinstance(value, list):
+        return all(isinstance(item, _WireModel) for item in value)
+
+    return isinstance(value, _WireModel)
 
 
 def _satisfies_matching_rule(fields: Mapping[str, object]) -> bool:
@@ -694,6 +717,8 @@ class UserData(_WireModel):
                 default_region=context.get("default_region"),
                 date_format=context.get("date_format"),
             )
+        except ConfigurationError:
+            raise
         except (ValueError, TypeError) as exc:
             # The hasher raises only for its options, never for a value.
             raise ConfigurationError(str(exc)) from exc
@@ -716,7 +741,11 @@ class UserData(_WireModel):
 
     @property
     def warnings(self) -> tuple[FieldWarning, ...]:
-        """Personal-data values dropped as unusable: path and reason each."""
+        """Personal-data values dropped as unusable: path and reason each.
+
+        A phone number hashed without a known country code is listed too,
+        with `dropped` false (see `FieldWarning`).
+        """
         warnings: tuple[FieldWarning, ...] = getattr(self, "_dropped", ())
         return warnings
 
@@ -779,6 +808,7 @@ class CustomData(_WireModel):
 
     _error_root: ClassVar[str] = "custom_data"
     _hidden_fields: ClassVar[frozenset[str]] = frozenset({"search_string"})
+    _model_fields: ClassVar[frozenset[str]] = frozenset({"contents"})
 
     currency: Currency | None = None
     value: Money | None = None
@@ -878,6 +908,9 @@ class Event(_WireModel):
     """
 
     _hidden_fields: ClassVar[frozenset[str]] = frozenset({"event_source_url"})
+    _model_fields: ClassVar[frozenset[str]] = frozenset(
+        {"user_data", "custom_data", "app_info", "device_info"}
+    )
 
     event_name: EventNameValue
     action_source: ActionSource
@@ -933,7 +966,9 @@ class Event(_WireModel):
         """Values dropped while the event was built: path and reason each.
 
         Paths start at the event (`user_data.ph`, `user_data.em.1`). A
-        dropped value never fails the event; it only weakens matching.
+        dropped value never fails the event; it only weakens matching. A
+        phone number hashed without a known country code is listed too, with
+        `dropped` false: set `default_region` to read it correctly.
         """
         return self.user_data.warnings
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 import phonenumbers
 import pycountry
 
-from .exceptions import UnusableValueError
+from .exceptions import ConfigurationError, UnusableValueError
 
 __all__ = [
     "HASHED_FIELDS",
@@ -42,6 +42,7 @@ __all__ = [
     "FieldWarning",
     "HashedUserData",
     "UnusableValueError",
+    "check_default_region",
     "hash_user_data",
     "is_sha256_hex",
     "normalize_city",
@@ -123,13 +124,24 @@ _PHONE_NEEDS_REGION: Final = (
 )
 _PHONE_TOO_SHORT: Final = "phone number has fewer than 7 digits"
 _PHONE_TOO_LONG: Final = "phone number has more than 15 digits"
+_PHONE_INCOMPLETE: Final = (
+    "phone number is too short for its country (a local number needs its area code)"
+)
+_PHONE_NO_COUNTRY: Final = (
+    "phone number has no + or 00 country code and no default_region is set;"
+    " it was hashed as written and matches only if it starts with its"
+    " country code"
+)
 _EXTRA_PLAIN_VALUE: Final = "field takes one value; this extra value was ignored"
 _INTERNAL_ERROR: Final = "value could not be normalized (internal error, logged)"
+# A configuration error, not a warning: it names the option only.
+_BAD_REGION: Final = (
+    "default_region must be a two-letter region code phonenumbers knows, such as 'US'"
+)
 
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
 _ASCII_NON_ALNUM: Final = re.compile(r"[^a-z0-9]+")
 _ASCII_NON_LETTER: Final = re.compile(r"[^a-z]+")
-_US_ZIP: Final = re.compile(r"([0-9]{5})(?:[ -]?[0-9]{4})?")
 _BRACKETED_HOST: Final = re.compile(r"\[([^\]]+)\](?::[0-9]{1,5})?")
 _IPV4_WITH_PORT: Final = re.compile(r"([0-9.]+):[0-9]{1,5}")
 _IPV4_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -172,8 +184,47 @@ _GENDERS: Final = {
     "other": "n",
 }
 _GENDER_SEPARATORS: Final = str.maketrans("", "", " -_")
-# "UK" is not an ISO 3166 code, but it is how most people write GB.
-_COUNTRY_ALIASES: Final = {"uk": "gb"}
+# Everyday English names that pycountry's ISO names miss: CLDR's short
+# names ("Russia", "Turkey", "Cape Verde") and common informal ones. Each
+# names one country beyond doubt; ambiguous ones ("Korea") stay unmapped.
+# (phonenumbers ships the CLDR names too, but loading them costs ~100 MB.)
+_COUNTRY_ALIASES: Final = {
+    "america": "us",
+    "bosnia": "ba",
+    "britain": "gb",
+    "brunei": "bn",
+    "burma": "mm",
+    "cape verde": "cv",
+    "cocos islands": "cc",
+    "democratic republic of the congo": "cd",
+    "dr congo": "cd",
+    "drc": "cd",
+    "east timor": "tl",
+    "england": "gb",
+    "falkland islands": "fk",
+    "great britain": "gb",
+    "holland": "nl",
+    "ivory coast": "ci",
+    "macau": "mo",
+    "macedonia": "mk",
+    "micronesia": "fm",
+    "northern ireland": "gb",
+    "palestine": "ps",
+    "republic of the congo": "cg",
+    "russia": "ru",
+    "saint helena": "sh",
+    "saint martin": "mf",
+    "scotland": "gb",
+    "swaziland": "sz",
+    "turkey": "tr",
+    "uae": "ae",
+    "uk": "gb",
+    "u.s.": "us",
+    "u.s. virgin islands": "vi",
+    "vatican": "va",
+    "vatican city": "va",
+    "wales": "gb",
+}
 
 _sha256: Final = hashlib.sha256
 # Tuples, not `X | Y` unions: isinstance() builds a union object on each call.
@@ -183,14 +234,18 @@ _IP_ADDRESS_TYPES: Final = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 @dataclass(frozen=True, slots=True)
 class FieldWarning:
-    """One dropped or ignored value, named by its path.
+    """One value dropped, ignored, or hashed on an assumption, named by its path.
 
     `path` is dotted from the user data (`user_data.em.1`, `user_data.phone`)
-    and `reason` says which rule failed; neither ever holds the value.
+    and `reason` says which rule failed or what was assumed; neither ever
+    holds the value. `dropped` is false for a value that was still sent:
+    a phone number without a country code, hashed as written when no
+    default region is set.
     """
 
     path: str
     reason: str
+    dropped: bool = True
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -402,14 +457,18 @@ def _zip_rule(text: str) -> str:
     if text.isascii():
         if len(text) == 5 and text.isdigit():
             return text
-        # ZIP+4 written the usual way, checked without the regex below.
+        # ZIP+4 written the usual way, checked before the general rule.
         if len(text) == 10 and text[5] == "-" and (text[:5] + text[6:]).isdigit():
             return text[:5]
-    us_zip = _US_ZIP.fullmatch(text)
-    if us_zip is not None:
-        return us_zip.group(1)
 
-    return _alphanumerics(text)
+    code = _alphanumerics(text)
+    # Nine digits alone are a ZIP+4, whatever separated them ("12345 6789",
+    # "12345 - 6789", "12345\u20136789"): postcodes elsewhere are shorter or
+    # longer, or hold letters.
+    if len(code) == 9 and code.isascii() and code.isdigit():
+        return code[:5]
+
+    return code
 
 
 @functools.cache
@@ -421,17 +480,22 @@ def _alpha_2_codes() -> frozenset[str]:
 def _country_codes() -> dict[str, str]:
     """Map alpha-3 codes and English country names to alpha-2 codes.
 
-    Each name is keyed both lowercased (the usual spelling, found at once)
-    and folded to ASCII letters (for any other spelling).
+    The names are pycountry's (official and common ones too), then our
+    aliases, which never override them. Each name is keyed both lowercased
+    (the usual spelling, found at once) and folded to ASCII letters (for
+    any other spelling).
     """
-    codes: dict[str, str] = dict(_COUNTRY_ALIASES)
+    codes: dict[str, str] = {}
     for country in pycountry.countries:
         alpha_2 = country.alpha_2.lower()
         for attribute in ("alpha_3", "name", "official_name", "common_name"):
             name = getattr(country, attribute, None)
             if name:
-                codes[name.lower()] = alpha_2
-                codes[_fold(name)] = alpha_2
+                codes.setdefault(name.lower(), alpha_2)
+                codes.setdefault(_fold(name), alpha_2)
+    for name, alpha_2 in _COUNTRY_ALIASES.items():
+        codes.setdefault(name, alpha_2)
+        codes.setdefault(_fold(name), alpha_2)
 
     return codes
 
@@ -439,27 +503,35 @@ def _country_codes() -> dict[str, str]:
 def _country_rule(text: str) -> str:
     if len(text) == 2 and text in _alpha_2_codes():
         return text
-    code = _country_codes().get(text) or _country_codes().get(_fold(text))
+    codes = _country_codes()
+    code = codes.get(text) or codes.get(_fold(text))
+    if code is None and text.startswith("the "):
+        # "The Netherlands", "the Gambia": the article is not part of a name.
+        code = codes.get(text[4:]) or codes.get(_fold(text[4:]))
     if code is None:
         raise UnusableValueError(_UNKNOWN_COUNTRY if text else _EMPTY)
 
     return code
 
 
-def _phone_region(default_region: object) -> str | None:
-    """Validate a default phone region: a configuration error raises."""
+def check_default_region(default_region: object) -> str | None:
+    """Validate a default phone region and return it uppercased.
+
+    `None` (no default region) is returned as it is. The client, the CLI
+    and the hasher all check the option here, so they accept the same codes:
+    the regions phonenumbers knows, in any case (`"us"` becomes `"US"`).
+
+    Raises `ConfigurationError` for anything else; the message names the
+    option, never the value.
+    """
     if default_region is None:
         return None
     if isinstance(default_region, str):
-        region = default_region.upper()
+        region = default_region.strip().upper()
         if region in phonenumbers.SUPPORTED_REGIONS:
             return region
 
-    msg = (
-        "default_region must be a two-letter region code phonenumbers knows, "
-        f"such as 'US', not {default_region!r}"
-    )
-    raise ValueError(msg)
+    raise ConfigurationError(_BAD_REGION)
 
 
 def _nanp_fast_path(text: str, region: str | None) -> str | None:
@@ -496,15 +568,41 @@ def _parse_phone(text: str, region: str | None) -> tuple[str, str]:
         return "", _PHONE_UNPARSABLE
 
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return _checked_phone_digits(e164[1:])
+    digits, reason = _checked_phone_digits(e164[1:])
+    if not reason and _is_incomplete(number):
+        return "", _PHONE_INCOMPLETE
+
+    return digits, reason
+
+
+_INCOMPLETE_NUMBERS: Final = frozenset(
+    {
+        phonenumbers.ValidationResult.TOO_SHORT,
+        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    }
+)
+
+
+def _is_incomplete(number: phonenumbers.PhoneNumber) -> bool:
+    """Tell whether a number lacks digits that its country always dials.
+
+    A local number written without its area code ("7946 0958" in London)
+    gets a country code all the same, but the result is nobody's number.
+    Only these two verdicts refuse a number: a length phonenumbers merely
+    does not expect is kept, as its metadata may lag behind a new range.
+    """
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    return possible in _INCOMPLETE_NUMBERS
 
 
 @functools.lru_cache(maxsize=4096)
 def _phone_slow_path(text: str, region: str | None) -> tuple[str, str]:
-    """Return `(digits, "")` or `("", reason)` for any phone text.
+    """Return `(digits, "")`, `("", reason)` or `(digits, reason)`.
 
-    Results are cached because phonenumbers takes tens of microseconds per
-    number and the same customer often converts more than once.
+    The last form is a number hashed on an assumption, with the warning to
+    give. Results are cached because phonenumbers takes tens of
+    microseconds per number and the same customer often converts more than
+    once.
     """
     international = _INTERNATIONAL_PREFIX.match(text)
     if international is not None:
@@ -514,9 +612,24 @@ def _phone_slow_path(text: str, region: str | None) -> tuple[str, str]:
 
     if _LETTER.search(text) is not None:
         return "", _PHONE_NEEDS_REGION
-    digits = phonenumbers.normalize_digits_only(text).lstrip("0")
+    digits, reason = _checked_phone_digits(
+        phonenumbers.normalize_digits_only(text).lstrip("0")
+    )
 
-    return _checked_phone_digits(digits)
+    return digits, reason or _PHONE_NO_COUNTRY
+
+
+class _KeptWithWarning(Exception):
+    """A rule's result that is hashed, but only on an assumption to report.
+
+    Rules return text or raise `UnusableValueError`; this third outcome
+    travels as an exception so that the common path pays nothing for it.
+    """
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(reason)
+        self.text = text
+        self.reason = reason
 
 
 def _phone_rule(region: str | None, text: str) -> str:
@@ -528,8 +641,10 @@ def _phone_rule(region: str | None, text: str) -> str:
     if len(text) > _PHONE_MAX_INPUT:
         raise UnusableValueError(_PHONE_TOO_LONG)
     digits, reason = _phone_slow_path(text, region)
-    if reason:
+    if not digits:
         raise UnusableValueError(reason)
+    if reason:
+        raise _KeptWithWarning(digits, reason)
 
     return digits
 
@@ -681,20 +796,27 @@ def normalize_phone(value: object, default_region: str | None = None) -> str:
     it, so a national trunk `0`, also written `(0)`, disappears
     (`+44 (0)20 7946 0958` becomes `442079460958`). Parsing is phonenumbers';
     everyday North American shapes take a faster path that gives the same
-    result. Without a country code or region, the digits are kept with
-    leading zeros stripped, and text with letters (an extension, a vanity
-    number) is refused. Results outside 7 to 15 digits are refused. An
-    integer is read as its digits.
+    result. A number phonenumbers knows to be too short for its country, such
+    as a local number without its area code (`7946 0958` in `GB`), is
+    refused. Without a country code or region, the digits are kept with
+    leading zeros stripped (which matches only if they begin with the
+    country code: `hash_user_data` warns about it), and text with letters
+    (an extension, a vanity number) is refused. Results outside 7 to 15
+    digits are refused. An integer is read as its digits.
 
-    Raises `ValueError` for an unknown `default_region` (a configuration
-    error), and `UnusableValueError` for an unusable number.
+    Raises `ConfigurationError` for an unknown `default_region` (see
+    `check_default_region`), and `UnusableValueError` for an unusable
+    number.
 
     Privacy: returns the number in clear; hash it before it leaves the
     process. Up to 4096 recently parsed numbers stay in an in-memory cache;
     nothing is written elsewhere. Error messages never hold the number.
     """
-    region = _phone_region(default_region)
-    return _phone_rule(region, _prepare(value, integers=True))
+    region = check_default_region(default_region)
+    try:
+        return _phone_rule(region, _prepare(value, integers=True))
+    except _KeptWithWarning as kept:
+        return kept.text
 
 
 def normalize_ip_address(value: object) -> str:
@@ -789,7 +911,7 @@ def _rules(default_region: object, date_format: object) -> dict[str, _TextRule]:
         msg = "date_format must be a strptime format string"
         raise TypeError(msg)
 
-    return _bound_rules(_phone_region(default_region), date_format)
+    return _bound_rules(check_default_region(default_region), date_format)
 
 
 @functools.lru_cache(maxsize=64)
@@ -833,12 +955,14 @@ def _digest(wire: str, rule: _TextRule, value: object) -> str:
     return _sha256(rule(text).encode()).hexdigest()
 
 
-def _warning(path: str, key: str, index: int | None, reason: str) -> FieldWarning:
+def _warning(
+    path: str, key: str, index: int | None, reason: str, *, dropped: bool = True
+) -> FieldWarning:
     where = f"{path}.{key}" if path else key
     if index is not None:
         where = f"{where}.{index}"
 
-    return FieldWarning(where, reason)
+    return FieldWarning(where, reason, dropped)
 
 
 def _add_hashed(
@@ -856,20 +980,27 @@ def _add_hashed(
     for index, value in enumerate(values):
         if value is None:
             continue
-        try:
-            digest = _digest(wire, rule, value)
-        except UnusableValueError as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one value must never raise
-            reason = _internal_error(exc)
-        else:
-            if digest not in digests:
-                digests.append(digest)
-            continue
-        warnings.append(_warning(path, key, index if values is raw else None, reason))
+        digest, reason = _hash_one(wire, rule, value)
+        if reason:
+            where = index if values is raw else None
+            warnings.append(_warning(path, key, where, reason, dropped=not digest))
+        if digest and digest not in digests:
+            digests.append(digest)
 
     if digests and wire not in fields:
         fields[wire] = digests
+
+
+def _hash_one(wire: str, rule: _TextRule, value: object) -> tuple[str, str]:
+    """Return `(digest, "")`, `("", reason)` to drop, or both to warn and keep."""
+    try:
+        return _digest(wire, rule, value), ""
+    except _KeptWithWarning as kept:
+        return _sha256(kept.text.encode()).hexdigest(), kept.reason
+    except UnusableValueError as exc:
+        return "", str(exc)
+    except Exception as exc:  # noqa: BLE001 - one value must never raise
+        return "", _internal_error(exc)
 
 
 def _add_plain(
@@ -937,10 +1068,14 @@ def hash_user_data(
     dropped and reported in `warnings`, with a path such as `user_data.em.1`
     (`path` is the prefix; pass `""` for bare keys). A plain field takes one
     value: the first usable one is kept, and a different extra value is
-    dropped with a warning. A non-mapping `data` gives no fields and one
-    warning. The only errors raised are for configuration: `ValueError` for
-    an unknown `default_region` (see `normalize_phone`) and `TypeError` for a
-    `date_format` that is not a string (see `normalize_date_of_birth`).
+    dropped with a warning. A phone number with neither a `+`/`00` country
+    code nor a `default_region` is hashed as written but also warned about,
+    with `FieldWarning.dropped` false: it matches only if its digits begin
+    with the country code. A non-mapping `data` gives no fields and one
+    warning. The only errors raised are for configuration:
+    `ConfigurationError` for an unknown `default_region` (see
+    `check_default_region`) and `TypeError` for a `date_format` that is not
+    a string (see `normalize_date_of_birth`).
 
     Privacy: hashed fields come out as SHA-256 hex digests only; IP address,
     user agent, click id and partner id come out unhashed, because Pinterest
@@ -988,6 +1123,9 @@ def hash_user_data(
                     fields[wire] = [_code_digest(wire, text)]
                 else:
                     fields[wire] = [_sha256(rule(text).encode()).hexdigest()]
+        except _KeptWithWarning as kept:
+            fields[wire] = [_sha256(kept.text.encode()).hexdigest()]
+            warnings.append(_warning(path, key, None, kept.reason, dropped=False))
         except UnusableValueError as exc:
             warnings.append(_warning(path, key, None, str(exc)))
         except Exception as exc:  # noqa: BLE001 - one value must never raise

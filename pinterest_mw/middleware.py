@@ -48,15 +48,20 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._ingest import _trusted_proxies
-from .client import Client, EventInput
-from .context import RequestContext, TrustedProxies, use_context
-from .decorators import (
+from ._hooks import (
+    Emitter,
     ErrorHook,
-    _check_action_source,
-    _check_event_name,
-    _Emitter,
-    _served_by_middleware,
+    check_action_source,
+    check_event_name,
+    served_by_middleware,
+)
+from .client import Client, EventInput
+from .context import (
+    RequestContext,
+    TrustedProxies,
+    environ_path,
+    scope_path,
+    use_context,
 )
 from .events import ActionSource
 from .exceptions import ConfigurationError
@@ -125,8 +130,8 @@ class RouteRule:
         content_types: Iterable[str] | None = ("text/html",),
         action_source: ActionSource | str = ActionSource.WEB,
     ) -> None:
-        self.event_name = _check_event_name(event_name, "RouteRule")
-        self.action_source = _check_action_source(str(action_source), "RouteRule")
+        self.event_name = check_event_name(event_name, "RouteRule")
+        self.action_source = check_action_source(str(action_source), "RouteRule")
         self.methods = _upper_set(methods, "methods")
         self.content_types = _lower_set(content_types, "content_types")
         self.include = _pattern_list(include, "include")
@@ -229,13 +234,13 @@ class _Hooks:
         on_error: ErrorHook | None,
     ) -> None:
         self.client = client
-        self.proxies = _trusted_proxies(trusted_proxies)
+        self.proxies = TrustedProxies.from_option(trusted_proxies)
         self.rules = tuple(route_rules)
         if not all(isinstance(rule, RouteRule) for rule in self.rules):
             raise ConfigurationError("route_rules must be RouteRule objects")
         self.epik_cookie = epik_cookie
         self.cookie_attributes = _cookie_attributes(cookie_domain)
-        self.emitter = _Emitter(origin, client, on_error, logger)
+        self.emitter = Emitter(origin, client, on_error, logger)
 
     def rules_for(self, method: str, path: str) -> tuple[RouteRule, ...]:
         if not self.rules:
@@ -356,27 +361,19 @@ class PinterestMiddleware:
 
         hooks = self._hooks
         context = RequestContext.from_scope(scope, trusted_proxies=hooks.proxies)
-        rules = hooks.rules_for(scope["method"], _scope_path(scope))
+        rules = hooks.rules_for(scope["method"], scope_path(scope))
         cookie = hooks.epik_cookie_for(scope.get("query_string", b"").decode("latin-1"))
         if not rules and cookie is None:
-            with use_context(context), _served_by_middleware(scope, hooks.client):
+            with use_context(context), served_by_middleware(scope, hooks.client):
                 await self.app(scope, receive, send)
             return
 
         answer = _Answer()
         watched = _watch(send, answer, cookie.encode("latin-1") if cookie else None)
-        with use_context(context), _served_by_middleware(scope, hooks.client):
+        with use_context(context), served_by_middleware(scope, hooks.client):
             await self.app(scope, receive, watched)
 
         await hooks.aemit(rules, answer, context)
-
-
-def _scope_path(scope: Scope) -> str:
-    # Servers that predate the ASGI root_path clarification leave the mount
-    # point out of "path" (as context.py explains for the page URL).
-    path: str = scope.get("path", "")
-    root_path: str = scope.get("root_path", "")
-    return path if path.startswith(root_path) else root_path + path
 
 
 def _watch(
@@ -419,8 +416,11 @@ class PinterestWSGIMiddleware:
 
     The same options as `PinterestMiddleware`. The context is current while
     the app is called; a body the app produces lazily (a streamed response)
-    runs without it. Route rules emit once the app has answered, or when
-    the server closes the body if the app answers from within it.
+    runs without it. Route rules emit once the whole body has been sent:
+    when the server closes a body it iterated to the end. A body that
+    raises, or that the server stops reading (the client went away), emits
+    nothing. With route rules, the body is wrapped, so a server cannot
+    apply its `wsgi.file_wrapper` shortcut to it.
     """
 
     def __init__(
@@ -452,30 +452,21 @@ class PinterestWSGIMiddleware:
         hooks = self._hooks
         context = RequestContext.from_environ(environ, trusted_proxies=hooks.proxies)
         rules = hooks.rules_for(
-            environ.get("REQUEST_METHOD", ""), _environ_path(environ)
+            environ.get("REQUEST_METHOD", ""), environ_path(environ)
         )
         cookie = hooks.epik_cookie_for(environ.get("QUERY_STRING", ""))
         if not rules and cookie is None:
-            with use_context(context), _served_by_middleware(None, hooks.client):
+            with use_context(context), served_by_middleware(None, hooks.client):
                 return self.app(environ, start_response)
 
         answer = _Answer()
         watched = _watch_start_response(start_response, answer, cookie)
-        with use_context(context), _served_by_middleware(None, hooks.client):
+        with use_context(context), served_by_middleware(None, hooks.client):
             body = self.app(environ, watched)
         if not rules:
             return body
-        if answer.status is None:
-            return _EmitOnClose(body, lambda: hooks.emit(rules, answer, context))
 
-        hooks.emit(rules, answer, context)
-        return body
-
-
-def _environ_path(environ: WSGIEnvironment) -> str:
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # PEP 3333 passes the path's bytes as latin-1 text.
-    return str(path.encode("latin-1").decode("utf-8", "replace"))
+        return _EmitWhenSent(body, lambda: hooks.emit(rules, answer, context))
 
 
 def _watch_start_response(
@@ -507,23 +498,27 @@ def _note_wsgi_answer(
             answer.sets_epik = True
 
 
-class _EmitOnClose:
-    """The app's body, emitting the route rules' events when the server closes it.
+class _EmitWhenSent:
+    """The app's body; the route rules' events go out once all of it was sent.
 
-    For apps that call `start_response` only while the body is iterated.
+    The server calls `close()` after the last chunk is written (PEP 3333);
+    an app may also call `start_response` only while its body is iterated,
+    so the status is known only then.
     """
 
     def __init__(self, body: Iterable[bytes], emit: Callable[[], None]) -> None:
         self._body = body
         self._emit = emit
+        self._finished = False
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        yield from self._body
+        self._finished = True
 
     def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
+        finished, self._finished = self._finished, False
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+        if finished:
             self._emit()

@@ -45,7 +45,6 @@ import sqlite3
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
+from ._fork import abandon, register_fork_aware
 from .events import WireEvent
 from .exceptions import ConfigurationError
 
@@ -71,25 +71,40 @@ logger = logging.getLogger(__name__)
 DEFAULT_REJECTED_RETENTION = 7 * 24 * 3600.0
 """Seconds a rejected event is kept: Pinterest refuses events older than that."""
 
+PURGED_LOG = (
+    "deleted %d rejected events for good (past the retention or beyond the "
+    "max_rejected bound)"
+)
+
 _MAX_REASON_LENGTH = 500
 _MAX_LISTED_REASONS = 20
 
 
 class OutboxItem(NamedTuple):
-    """One claimed event: its store key, the event, and its earlier attempts."""
+    """One claimed event: its store key, the event, and its earlier attempts.
+
+    Its `repr` names the event by id and name only, never its payload.
+    """
 
     key: int
     event: WireEvent
     attempts: int
 
+    def __repr__(self) -> str:
+        return (
+            f"OutboxItem(key={self.key}, event_id={self.event.event_id!r}, "
+            f"event_name={self.event.event_name!r}, attempts={self.attempts})"
+        )
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Claim:
     """Events taken for one delivery, held under a lease until `expires_at`.
 
     `expires_at` is in Unix seconds (the outbox's clock). Settle every item
     with `complete`, `reject`, `defer` or `release` before then; after it,
-    another claim may take them again.
+    another claim may take them again. Its `repr` counts the events and
+    shows no payload.
     """
 
     claim_id: str
@@ -98,6 +113,12 @@ class Claim:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def __repr__(self) -> str:
+        return (
+            f"Claim(claim_id={self.claim_id!r}, expires_at={self.expires_at}, "
+            f"events={len(self.items)})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,47 +243,6 @@ class Outbox(Protocol):
         ...
 
 
-# --- fork safety ---------------------------------------------------------------
-#
-# Objects holding threads, locks, connections or HTTP clients register here;
-# in a forked child each one rebuilds them (the child has only the forking
-# thread, and a lock held by another thread at fork time stays held forever).
-
-_fork_aware: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
-_fork_lock = threading.Lock()
-_fork_hook_installed = False
-
-# Objects from the parent that the child must neither use nor close: closing
-# a connection inherited through fork can disturb the parent's use of it.
-# Keeping a reference stops the garbage collector from closing them.
-_abandoned_in_child: list[object] = []
-
-
-class _ForkAware(Protocol):
-    def _after_fork_in_child(self) -> None: ...
-
-
-def _reset_after_fork() -> None:
-    global _fork_lock
-    _fork_lock = threading.Lock()
-    for obj in list(_fork_aware):
-        obj._after_fork_in_child()
-
-
-def _register_fork_aware(obj: _ForkAware) -> None:
-    """Have `obj._after_fork_in_child()` run in every child forked from now."""
-    global _fork_hook_installed
-    with _fork_lock:
-        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_reset_after_fork)
-            _fork_hook_installed = True
-        _fork_aware.add(obj)
-
-
-def _abandon(*objects: object) -> None:
-    _abandoned_in_child.extend(obj for obj in objects if obj is not None)
-
-
 # --- shared helpers ------------------------------------------------------------
 
 
@@ -300,6 +280,13 @@ def _fitting(
     return count
 
 
+def _log_purged(count: int) -> None:
+    if count:
+        # They were counted (`failed`) and logged when rejected; now they
+        # are gone for good.
+        logger.warning(PURGED_LOG, count)
+
+
 def _most_common(counter: Counter[str]) -> dict[str, int]:
     return dict(counter.most_common(_MAX_LISTED_REASONS))
 
@@ -307,7 +294,7 @@ def _most_common(counter: Counter[str]) -> dict[str, int]:
 # --- in memory -----------------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, repr=False)
 class _MemoryEntry:
     key: int
     event: WireEvent
@@ -358,7 +345,7 @@ class MemoryOutbox:
         self.rejected_retention = rejected_retention
         self._clock = clock
         self._setup()
-        _register_fork_aware(self)
+        register_fork_aware(self)
 
     def _setup(self) -> None:
         self._lock = threading.Lock()
@@ -570,14 +557,74 @@ class MemoryOutbox:
 
     def _purge_rejected(self, now: float) -> None:
         cutoff = now - self.rejected_retention
+        purged = 0
         while self._rejected:
             oldest = next(iter(self._rejected.values()))
             if oldest.rejected_at > cutoff and len(self._rejected) <= self.max_rejected:
                 break
             self._rejected.popitem(last=False)
+            purged += 1
+        _log_purged(purged)
 
 
 # --- SQLite --------------------------------------------------------------------
+
+_FILE_MODE = 0o600
+
+MODE_NOT_RESTRICTED_LOG = (
+    "could not make the outbox file %s readable by its owner only (%s); it "
+    "holds hashed user data, IP addresses and user agents"
+)
+
+
+def _check_usable_path(path: Path) -> None:
+    """Raise `ConfigurationError` when the outbox file cannot be used.
+
+    Checked at construction, without creating anything: the file must be a
+    readable and writable file, or creatable; its directory (created when
+    missing) must be writable, since SQLite keeps its -wal and -shm files
+    beside it.
+    """
+    if path.is_dir():
+        raise ConfigurationError(f"the outbox path {path} is a directory, not a file")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigurationError(
+            f"the outbox file {path} is not readable and writable by this process"
+        )
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise ConfigurationError(
+            f"the outbox path {path} is not usable: {folder} is not a directory"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"the outbox path {path} is not usable: the directory {folder} "
+            "is not writable by this process"
+        )
+
+
+def _sqlite_files(path: Path) -> tuple[Path, ...]:
+    """The database file and the -wal and -shm files SQLite keeps beside it."""
+    return (
+        path,
+        path.with_name(path.name + "-wal"),
+        path.with_name(path.name + "-shm"),
+    )
+
+
+def _restrict_mode(path: Path) -> None:
+    """Make an existing file readable by its owner only (POSIX)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & ~_FILE_MODE:
+            path.chmod(mode & _FILE_MODE)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning(MODE_NOT_RESTRICTED_LOG, path, type(exc).__name__)
+
 
 _SCHEMA_VERSION = 1
 _PENDING = 0
@@ -675,7 +722,9 @@ class SQLiteOutbox:
     Pass `synchronous="FULL"` to sync every commit to disk.
 
     Args:
-        path: the database file; its directory is created if missing.
+        path: the database file; its directory is created at first use if
+            missing. A path that cannot be used (under a file, a directory,
+            not writable) raises `ConfigurationError` at construction.
         max_events: the most pending and in-flight events held.
         max_bytes: the most payload bytes held by those events.
         max_rejected: the most rejected events kept (oldest purged first).
@@ -685,8 +734,10 @@ class SQLiteOutbox:
         clock: the time in Unix seconds, shared across processes.
 
     Privacy: the file holds hashed user data and the unhashed IP address,
-    user agent and click id of each pending or rejected event; it is
-    created readable by its owner only (mode 0600) on POSIX.
+    user agent and click id of each pending or rejected event. On POSIX it
+    is made readable by its owner only (mode 0600), with its -wal and -shm
+    files, whether this class created it or found it; when that fails (a
+    file owned by another user) a WARNING says so.
     """
 
     durable = True
@@ -711,6 +762,7 @@ class SQLiteOutbox:
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError('synchronous must be "NORMAL" or "FULL"')
         _check_bounds(max_events, max_bytes, max_rejected)
+        _check_usable_path(Path(path))
         self.path = Path(path)
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -720,7 +772,7 @@ class SQLiteOutbox:
         self.synchronous = synchronous
         self._clock = clock
         self._setup()
-        _register_fork_aware(self)
+        register_fork_aware(self)
 
     def _setup(self) -> None:
         self._write_lock = threading.Lock()
@@ -733,7 +785,7 @@ class SQLiteOutbox:
 
     def _after_fork_in_child(self) -> None:
         # SQLite connections must not cross a fork: the child opens its own.
-        _abandon(self._writer, self._reader)
+        abandon(self._writer, self._reader)
         self._setup()
 
     def __repr__(self) -> str:
@@ -758,8 +810,12 @@ class SQLiteOutbox:
     def _create_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, _FILE_MODE)
             os.close(fd)
+        # SQLite gives new -wal and -shm files the database file's mode; a
+        # file created by an older version or another tool may be wider.
+        for name in _sqlite_files(self.path):
+            _restrict_mode(name)
 
     def _write_connection(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -950,19 +1006,20 @@ class SQLiteOutbox:
         return cursor.rowcount
 
     def _purge_rejected(self, conn: sqlite3.Connection, now: float) -> None:
-        conn.execute(
+        purged = conn.execute(
             "DELETE FROM events WHERE state = 1 AND rejected_at <= ?",
             (now - self.rejected_retention,),
-        )
+        ).rowcount
         (rejected,) = conn.execute(
             "SELECT rejected_count FROM totals WHERE id = 0"
         ).fetchone()
         if rejected > self.max_rejected:
-            conn.execute(
+            purged += conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events"
                 " WHERE state = 1 ORDER BY rejected_at, id LIMIT ?)",
                 (rejected - self.max_rejected,),
-            )
+            ).rowcount
+        _log_purged(purged)
 
     # --- reads ---
 

@@ -294,13 +294,16 @@ _ENUMS: dict[str, frozenset[str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RecordedRequest:
     """One request the fake received, as it arrived.
 
     `headers` has lower-case names and never holds `Authorization`;
     `status_code` is what the fake answered, or None when it played a
     timeout.
+
+    Privacy: the body holds hashed user data, IP addresses and user agents,
+    so `repr` shows its size only, and the header names without values.
     """
 
     method: str
@@ -309,6 +312,13 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     status_code: int | None
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordedRequest(method={self.method!r}, path={self.path!r}, "
+            f"query={self.query!r}, headers={sorted(self.headers)!r}, "
+            f"body=<{len(self.body)} bytes>, status_code={self.status_code!r})"
+        )
 
     @property
     def is_test(self) -> bool:

@@ -226,13 +226,16 @@ class RetryPolicy:
         return base - spread + spread * random.random()  # noqa: S311 - jitter, not a secret
 
 
+_REDACTED = "<redacted>"
+
+
 class _Secret(str):
     """A string whose repr hides it, for values that end up in locals."""
 
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return "'<redacted>'"
+        return f"'{_REDACTED}'"
 
 
 class _BaseTransport:
@@ -256,8 +259,9 @@ class _BaseTransport:
         self.retry = retry if retry is not None else RetryPolicy()
         self._clock = clock
         self._url = f"{self.api_url}/v5/ad_accounts/{self.ad_account_id}/events"
+        self._token = _Secret(_check_token(access_token))
         self._headers = {
-            "Authorization": _Secret(f"Bearer {_check_token(access_token)}"),
+            "Authorization": _Secret(f"Bearer {self._token}"),
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"pinterest-mw/{__version__}",
@@ -301,10 +305,10 @@ class _BaseTransport:
 
         def before_sleep(state: RetryCallState) -> None:
             logger.warning(
-                "request of %d events failed (%s) on attempt %d of %d; "
+                "request of %d event(s) failed (%s) on attempt %d of %d; "
                 "retrying in %.2f s",
                 len(batch),
-                _describe(_outcome_error(state)),
+                _failure_label(_outcome_error(state)),
                 state.attempt_number,
                 policy.attempts,
                 state.upcoming_sleep,
@@ -328,7 +332,7 @@ class _BaseTransport:
         """Turn one answer into per-event results, or raise its error."""
         status = response.status_code
         logger.debug(
-            "request of %d events answered %d in %.3f s",
+            "request of %d event(s) answered %d in %.3f s",
             len(batch),
             status,
             self._clock() - started,
@@ -338,6 +342,10 @@ class _BaseTransport:
             return _summary_results(document, batch, offset, answered=True)
 
         code, message = _error_fields(document)
+        if message and self._token in message:
+            # A proxy or a gateway may echo the request's Authorization
+            # header in its error text, which ends up in logs and reprs.
+            message = message.replace(self._token, _REDACTED)
         if status == 422:
             details = document.get("details") if isinstance(document, dict) else None
             if _is_summary(details):
@@ -373,10 +381,10 @@ class _BaseTransport:
         # WARNING, not ERROR: the error is raised to the caller, who decides
         # whether the events are lost (the dispatcher keeps them for later).
         logger.warning(
-            "gave up on a request of %d events after %d attempt(s): %s",
+            "gave up on a request of %d event(s) after %d attempt(s): %s",
             len(batch),
             attempts,
-            _describe(error),
+            _failure_label(error),
         )
 
 
@@ -831,7 +839,7 @@ def _outcome_error(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception()
 
 
-def _describe(error: BaseException | None) -> str:
+def _failure_label(error: BaseException | None) -> str:
     """Name a failure for a log line: a status, or an exception's class."""
     if isinstance(error, APIError):
         return f"status {error.status_code}"

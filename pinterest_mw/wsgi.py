@@ -61,7 +61,7 @@ def pinterest_wsgi_app(
     shared_secret_header: str = DEFAULT_SECRET_HEADER,
     rate_limit: float | None = None,
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST,
-    test_endpoint: bool = True,
+    test_endpoint: bool | None = None,
 ) -> WSGIApplication:
     """Build the track endpoints as a WSGI application.
 
@@ -71,6 +71,11 @@ def pinterest_wsgi_app(
     outside an event loop, as under a WSGI server. CORS follows the same
     rules as Starlette's `CORSMiddleware` with the same options, on every
     answer.
+
+    `/track-event-test` is off unless `test_endpoint=True` or
+    `PINTEREST_TEST_ENDPOINT` is set; a POST whose `Origin` is neither
+    listed nor this host's own is refused with `403`; the body's client IP
+    and user agent are never used.
 
     A body without `Content-Length` is read only when the server marks its
     input as terminated (`wsgi.input_terminated`, as for chunked uploads);
@@ -195,6 +200,8 @@ class _WSGIApp:
             environ.get(self._secret_key),
             environ.get("CONTENT_TYPE"),
             content_length,
+            origin=environ.get("HTTP_ORIGIN"),
+            host=environ.get("HTTP_HOST"),
         )
         if refusal is not None:
             return refusal

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
+from _helpers import EMAIL, FAST, FOREIGN, SHOP, event
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,69 +22,15 @@ from pinterest_mw._ingest import QUEUE_FULL_RETRY_AFTER
 from pinterest_mw.asgi import pinterest_app
 from pinterest_mw.client import Client
 from pinterest_mw.context import TrustedProxies
-from pinterest_mw.dispatch import DeliveryBackoff
 from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import sha256_hex
 from pinterest_mw.outbox import MemoryOutbox
 from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
-from pinterest_mw.transport import RetryPolicy
 
-EMAIL = "Buyer@Example.com"
 HASHED_EMAIL = sha256_hex("buyer@example.com")
 BROWSER_IP = "203.0.113.7"
 PROXY_IP = "10.0.0.2"
 USER_AGENT = "Mozilla/5.0 (test)"
-SHOP = "https://shop.example"
-FOREIGN = "https://evil.example"
-MOCK_URL = "https://pinterest.example"
-FAST: dict[str, Any] = {
-    "flush_interval": 0.05,
-    "retry": RetryPolicy(attempts=1),
-    "backoff": DeliveryBackoff(initial=0.02, maximum=0.1, jitter=0),
-    "shutdown_timeout": 5.0,
-}
-
-
-def event(email: str = EMAIL, **changes: Any) -> dict[str, Any]:
-    return {
-        "event_name": "checkout",
-        "action_source": "web",
-        "user_data": {"email": email},
-        **changes,
-    }
-
-
-@pytest.fixture
-def make_client(fake_pinterest: FakePinterestAPI) -> Iterator[Callable[..., Client]]:
-    """Sending clients in front of the in-process fake, closed after the test."""
-    made: list[Client] = []
-
-    def make(**options: Any) -> Client:
-        client = Client(
-            FAKE_ACCESS_TOKEN,
-            FAKE_AD_ACCOUNT_ID,
-            api_url=MOCK_URL,
-            **{**FAST, **options},
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close(timeout=1)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., Client]) -> Client:
-    return make_client()
-
-
-@pytest.fixture
-def local_client() -> Iterator[Client]:
-    """A client without credentials, keeping events in memory (not sending)."""
-    client = Client(sending=False, outbox=MemoryOutbox(100), **FAST)
-    yield client
-    client.close(timeout=1)
 
 
 def http(app: Any, client_ip: str = BROWSER_IP) -> httpx.AsyncClient:
@@ -782,7 +729,9 @@ async def test_test_endpoint_answers_with_pinterest_verdict_per_event(
 ) -> None:
     body = {"data": [event(event_id="a"), event(event_id="b", event_name="my_own")]}
 
-    response = await post(pinterest_app(client), body, "/track-event-test")
+    response = await post(
+        pinterest_app(client, test_endpoint=True), body, "/track-event-test"
+    )
 
     assert response.status_code == 200
     results = response.json()["results"]
@@ -797,7 +746,7 @@ async def test_test_endpoint_answers_with_pinterest_verdict_per_event(
 async def test_test_endpoint_sends_in_test_mode_only(
     client: Client, fake_pinterest: FakePinterestAPI
 ) -> None:
-    await post(pinterest_app(client), event(), "/track-event-test/")
+    await post(pinterest_app(client, test_endpoint=True), event(), "/track-event-test/")
 
     assert len(fake_pinterest.test_events) == 1
     assert fake_pinterest.events == []
@@ -808,7 +757,9 @@ async def test_test_endpoint_without_credentials_says_nothing_was_sent(
     local_client: Client,
 ) -> None:
     response = await post(
-        pinterest_app(local_client), event(event_id="x"), "/track-event-test"
+        pinterest_app(local_client, test_endpoint=True),
+        event(event_id="x"),
+        "/track-event-test",
     )
 
     assert response.status_code == 200
@@ -822,7 +773,9 @@ async def test_test_endpoint_reports_an_unreachable_pinterest_as_502(
 ) -> None:
     fake_pinterest.fail_next(1, status=503)
 
-    response = await post(pinterest_app(client), event(), "/track-event-test")
+    response = await post(
+        pinterest_app(client, test_endpoint=True), event(), "/track-event-test"
+    )
 
     assert response.status_code == 502
     assert response.json()["results"][0]["status"] == "not_sent"
@@ -834,7 +787,9 @@ async def test_test_endpoint_reports_a_timeout_as_502(
 ) -> None:
     fake_pinterest.timeout_next(1)
 
-    response = await post(pinterest_app(client), event(), "/track-event-test")
+    response = await post(
+        pinterest_app(client, test_endpoint=True), event(), "/track-event-test"
+    )
 
     assert response.status_code == 502
     assert response.json()["errors"][0]["message"] == "Pinterest could not be reached"
@@ -843,7 +798,9 @@ async def test_test_endpoint_reports_a_timeout_as_502(
 @pytest.mark.anyio
 async def test_test_endpoint_refuses_invalid_events(client: Client) -> None:
     response = await post(
-        pinterest_app(client), event(event_time="later"), "/track-event-test"
+        pinterest_app(client, test_endpoint=True),
+        event(event_time="later"),
+        "/track-event-test",
     )
 
     assert response.status_code == 422
@@ -1113,3 +1070,212 @@ def test_mounted_app_builds_its_page_url_from_the_referer_not_the_mount(
         assert client.flush(timeout=10)
 
     assert fake_pinterest.events[0]["event_source_url"] == f"{SHOP}/p/1"
+
+
+# --- origins of posts -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "origin"),
+    [
+        ({"allow_origins": [SHOP]}, FOREIGN),
+        ({"allow_origins": [SHOP]}, "null"),
+        ({}, FOREIGN),
+        ({}, "null"),
+        ({}, "http://testserver.evil.example"),
+    ],
+    ids=["unlisted", "null", "none-listed", "none-listed-null", "lookalike-host"],
+)
+async def test_post_from_an_unlisted_origin_is_403(
+    local_client: Client, options: dict[str, Any], origin: str
+) -> None:
+    """CORS alone would let the post through: a page can post text/plain."""
+    app = pinterest_app(local_client, **options)
+
+    response = await post(app, event(), origin=origin, **{"content-type": "text/plain"})
+
+    assert response.status_code == 403
+    assert response.json()["error"] == "origin_not_allowed"
+    assert origin not in response.text
+    assert (await local_client.acounters()).accepted == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "headers"),
+    [
+        ({"allow_origins": [SHOP]}, {"origin": SHOP}),
+        ({"allow_origins": ["*"]}, {"origin": FOREIGN}),
+        ({"allow_origins": ["*"]}, {"origin": "null"}),
+        ({}, {"origin": "http://testserver"}),
+        ({}, {"origin": "https://testserver"}),
+        ({}, {"origin": "http://shop.example", "host": "shop.example:80"}),
+        ({}, {}),
+    ],
+    ids=[
+        "listed",
+        "any",
+        "any-null",
+        "same-host",
+        "same-host-behind-tls-proxy",
+        "default-port",
+        "no-origin",
+    ],
+)
+async def test_post_from_an_allowed_origin_or_without_one_is_accepted(
+    local_client: Client, options: dict[str, Any], headers: dict[str, str]
+) -> None:
+    response = await post(pinterest_app(local_client, **options), event(), **headers)
+
+    assert response.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_origin_refusal_still_carries_cors_headers(local_client: Client) -> None:
+    app = pinterest_app(local_client, allow_origins=[SHOP])
+
+    response = await post(app, event(), origin=FOREIGN)
+
+    assert response.headers["vary"] == "Origin"
+    assert "access-control-allow-origin" not in response.headers
+
+
+# --- values a body may not choose -----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_body_ip_and_user_agent_are_dropped_when_the_request_has_none(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event()
+    body["user_data"].update(client_ip_address="198.51.100.1", user_agent="forged")
+
+    await post(pinterest_app(client), body, client_ip="unknown", **{"user-agent": ""})
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert "client_ip_address" not in sent["user_data"]
+    assert "client_user_agent" not in sent["user_data"]
+
+
+@pytest.mark.anyio
+async def test_body_click_id_is_kept_when_the_request_has_none(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event()
+    body["user_data"]["click_id"] = "from-the-page"
+
+    await post(pinterest_app(client), body)
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["user_data"]["click_id"] == "from-the-page"
+
+
+@pytest.mark.anyio
+async def test_referer_query_string_is_not_sent_except_marketing_parameters(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    referer = f"{SHOP}/reset?email=buyer%40example.com&utm_source=pin&epik=e1"
+
+    await post(pinterest_app(client), event(), referer=referer)
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["event_source_url"] == f"{SHOP}/reset?utm_source=pin&epik=e1"
+
+
+@pytest.mark.anyio
+async def test_event_source_url_of_the_body_is_sent_as_given(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    url = f"{SHOP}/thanks?order=17#top"
+
+    await post(pinterest_app(client), event(event_source_url=url))
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert sent["event_source_url"] == url
+
+
+@pytest.mark.anyio
+async def test_malformed_referer_and_host_are_dropped_not_a_failure(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    response = await post(
+        pinterest_app(client), event(), referer="http://[::1/?epik=x", host="[::1"
+    )
+
+    [sent] = await delivered(client, fake_pinterest)
+    assert response.status_code == 202
+    assert "event_source_url" not in sent
+
+
+@pytest.mark.anyio
+async def test_advertiser_refusal_says_how_to_allow_it(client: Client) -> None:
+    body = {"advertiser_id": "1", "event_data": event()}
+
+    response = await post(pinterest_app(client), body)
+
+    assert "PINTEREST_ADVERTISER_IDS" in response.json()["message"]
+    assert "advertiser_ids=" in response.json()["message"]
+
+
+# --- the test endpoint is opt-in -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_is_off_by_default(
+    client: Client,
+    fake_pinterest: FakePinterestAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PINTEREST_TEST_ENDPOINT", raising=False)
+
+    response = await post(pinterest_app(client), event(), "/track-event-test")
+
+    assert response.status_code == 404
+    assert fake_pinterest.test_events == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("value", "status"), [("1", 200), ("off", 404)])
+async def test_test_endpoint_follows_the_environment(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch, value: str, status: int
+) -> None:
+    monkeypatch.setenv("PINTEREST_TEST_ENDPOINT", value)
+
+    response = await post(pinterest_app(local_client), event(), "/track-event-test")
+
+    assert response.status_code == status
+
+
+def test_unusable_test_endpoint_setting_is_refused_at_construction(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINTEREST_TEST_ENDPOINT", "maybe")
+
+    with pytest.raises(ConfigurationError, match="PINTEREST_TEST_ENDPOINT"):
+        pinterest_app(local_client)
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_reuses_the_clients_transport(
+    client: Client,
+    fake_pinterest: FakePinterestAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No HTTP client is built per call: the client's one transport sends."""
+
+    def no_new_transport(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a new transport was built for a test call")
+
+    transport = client.transport
+    monkeypatch.setattr("pinterest_mw.client.AsyncTransport", no_new_transport)
+    monkeypatch.setattr("pinterest_mw.client.Transport", no_new_transport)
+    app = pinterest_app(client, test_endpoint=True)
+
+    statuses = [
+        (await post(app, event(), "/track-event-test")).status_code for _ in range(2)
+    ]
+
+    assert statuses == [200, 200]
+    assert client.transport is transport
+    assert len(fake_pinterest.test_events) == 2

@@ -12,7 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import pty
 import queue
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -31,6 +34,7 @@ from typer.testing import CliRunner
 
 from pinterest_mw.cli import (
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROWS_FAILED,
     NOT_SENDING_LINE,
@@ -168,6 +172,25 @@ def test_hash_refuses_an_unknown_default_region(cli):
 
     assert result.exit_code == EXIT_ERROR
     assert "--default-region" in result.stderr
+
+
+def test_hash_reads_the_default_region_from_the_environment(cli):
+    result = cli(
+        "hash", "phone", "(650) 555-1212", env={"PINTEREST_DEFAULT_REGION": "us"}
+    )
+
+    assert result.exit_code == EXIT_OK
+    assert "normalized: 16505551212" in result.stdout
+
+
+def test_an_unknown_default_region_in_the_environment_is_one_line(cli):
+    result = cli(
+        "hash", "phone", "6505551212", env={"PINTEREST_DEFAULT_REGION": "Mars"}
+    )
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
+    assert "PINTEREST_DEFAULT_REGION" in result.stderr
 
 
 # --- validate -----------------------------------------------------------------
@@ -424,13 +447,59 @@ def test_a_format_the_name_does_not_tell_must_be_given(cli, tmp_path):
     assert "--format" in result.stderr
 
 
-def test_an_empty_file_has_nothing_to_do(cli, tmp_path):
-    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
+@pytest.mark.parametrize("content", ["", "event_name,event_time,email\n", "\n\n"])
+def test_a_file_without_rows_is_an_error(cli, tmp_path, content):
+    """An empty export is more likely a mistake than a day without orders."""
+    (tmp_path / "empty.csv").write_text(content, encoding="utf-8")
 
     result = cli("validate", "empty.csv")
 
-    assert result.exit_code == EXIT_OK
-    assert "0 rows" in result.stdout
+    assert result.exit_code == EXIT_ERROR
+    assert result.stdout == ""
+    assert result.stderr == (
+        "pinterest-mw: error: 'empty.csv' has no rows: nothing to check\n"
+    )
+
+
+def test_a_jsonl_file_without_rows_is_an_error_for_send_too(
+    cli, tmp_path, fake_pinterest
+):
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+
+    result = cli("send", "empty.jsonl", env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert "'empty.jsonl' has no rows: nothing to send" in result.stderr
+    assert fake_pinterest.requests == []
+
+
+def test_counts_of_one_are_singular(cli, tmp_path, fake_pinterest):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "one.csv", "event_name,event_time,email", f"lead,{now},a@b.co"
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.stdout.startswith("1 row: 1 valid, 0 invalid; ")
+    assert "(1 request)" in result.stdout
+
+
+def test_the_region_for_phones_comes_from_the_environment_in_validate(cli, tmp_path):
+    """Without a region, a phone number without a country code is dropped."""
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "phones.csv",
+        "event_name,event_time,email,phone",
+        f"lead,{now},a@b.co,6505551212",
+    )
+
+    without = cli("validate", str(path))
+    with_region = cli("validate", str(path), env={"PINTEREST_DEFAULT_REGION": "US"})
+
+    assert "line 2: warning: user_data.phone" in without.stderr
+    assert with_region.stderr == ""
+    assert with_region.stdout == "1 row: 1 valid, 0 invalid\n"
 
 
 # --- send ---------------------------------------------------------------------
@@ -442,6 +511,69 @@ def test_send_without_credentials_names_what_to_set(cli, good_csv):
     assert result.exit_code == EXIT_ERROR
     assert "PINTEREST_ACCESS_TOKEN" in result.stderr
     assert "PINTEREST_AD_ACCOUNT_ID" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("missing", "named", "not_named"),
+    [
+        ("PINTEREST_ACCESS_TOKEN", "PINTEREST_ACCESS_TOKEN", "PINTEREST_AD_ACCOUNT"),
+        ("PINTEREST_AD_ACCOUNT_ID", "PINTEREST_AD_ACCOUNT_ID", "PINTEREST_ACCESS"),
+    ],
+)
+def test_send_names_only_the_credential_that_is_missing(
+    cli, good_csv, missing, named, not_named
+):
+    env = {**CREDENTIALS, missing: "  "}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
+    assert named in result.stderr
+    assert not_named not in result.stderr
+    assert FAKE_ACCESS_TOKEN not in result.output
+
+
+def test_send_trims_spaces_around_the_ad_account_id(cli, good_csv, fake_pinterest):
+    env = {**CREDENTIALS, "PINTEREST_AD_ACCOUNT_ID": f" {FAKE_AD_ACCOUNT_ID} \n"}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert result.exit_code == EXIT_OK
+    assert len(fake_pinterest.events) == 2
+
+
+def test_send_reads_test_mode_from_the_environment(cli, good_csv, fake_pinterest):
+    result = cli(
+        "send", str(good_csv), env={**CREDENTIALS, "PINTEREST_TEST_MODE": "yes"}
+    )
+
+    assert result.exit_code == EXIT_OK
+    assert len(fake_pinterest.test_events) == 2
+
+
+def test_no_test_overrides_test_mode_from_the_environment(
+    cli, good_csv, fake_pinterest
+):
+    env = {**CREDENTIALS, "PINTEREST_TEST_MODE": "1"}
+
+    result = cli("send", str(good_csv), "--no-test", env=env)
+
+    assert result.exit_code == EXIT_OK
+    assert len(fake_pinterest.events) == 2
+
+
+def test_a_bad_test_mode_in_the_environment_is_one_line(cli, good_csv, fake_pinterest):
+    env = {**CREDENTIALS, "PINTEREST_TEST_MODE": "maybe"}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: PINTEREST_TEST_MODE must be one of"
+        " 1, true, yes, on, 0, false, no, off\n"
+    )
+    assert fake_pinterest.requests == []
 
 
 def test_a_bad_ad_account_names_the_option_not_the_token(cli, good_csv):
@@ -666,10 +798,11 @@ def test_outbox_retry_requeues_every_rejected_event(cli, outbox_file):
 
 
 def test_outbox_retry_can_pick_one_reason(cli, outbox_file):
-    cli("outbox", "--path", str(outbox_file), "retry", "--reason", "HTTP 400")
+    result = cli("outbox", "--path", str(outbox_file), "retry", "--reason", "HTTP 400")
 
     stats = outbox_stats(outbox_file)
     assert (stats.pending, stats.rejected) == (3, 2)
+    assert result.stdout == "re-queued 1 rejected event with that reason\n"
 
 
 @pytest.mark.parametrize("args", [["outbox"], ["outbox", "retry"]])
@@ -710,10 +843,88 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(cli, good_csv, broken_
     assert result.stderr.endswith("pinterest-mw: error: unexpected RuntimeError\n")
 
 
-def test_a_usage_error_exits_2(cli):
-    result = cli("send")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["send"], "Missing argument 'FILE'. (see 'pinterest-mw send --help')"),
+        (["--bogus"], "No such option: --bogus (see 'pinterest-mw --help')"),
+        (["outbox", "retry", "--bogus"], "(see 'pinterest-mw outbox retry --help')"),
+        (
+            ["serve", "--port", "70000"],
+            "--port': Input should be less than or equal to 65535",
+        ),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exits_2(cli, args, message):
+    result = cli(*args)
 
     assert result.exit_code == EXIT_ERROR
+    assert result.stderr.startswith("pinterest-mw: error: ")
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_an_interrupted_command_exits_130_in_one_line(cli, good_csv, monkeypatch):
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pinterest_mw.cli.parse_event", interrupt)
+
+    result = cli("validate", str(good_csv))
+
+    assert result.exit_code == EXIT_INTERRUPTED
+    assert result.stderr == "pinterest-mw: error: interrupted\n"
+
+
+# --- serve, without a server --------------------------------------------------
+
+
+def test_serve_on_a_port_in_use_is_one_line(cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = cli("serve", "--port", str(port))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        f"pinterest-mw: error: cannot listen on 127.0.0.1 port {port}:"
+        " address already in use\n"
+    )
+
+
+def test_serve_with_workers_on_a_port_in_use_is_one_line(cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = cli("serve", "--port", str(port), "--workers", "2")
+
+    assert result.exit_code == EXIT_ERROR
+    assert "address already in use" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["a-directory", "a-file/outbox.sqlite3"])
+def test_serve_with_an_unusable_outbox_is_one_line(cli, tmp_path, where):
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+
+    result = cli("serve", "--port", "0", "--outbox", where)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.startswith("pinterest-mw: error: ")
+    assert result.stderr.count("\n") == 1
+    assert where in result.stderr
+
+
+def test_serve_refuses_a_bad_test_endpoint_variable(cli):
+    result = cli("serve", "--port", "0", env={"PINTEREST_TEST_ENDPOINT": "sometimes"})
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.startswith("pinterest-mw: error: PINTEREST_TEST_ENDPOINT")
 
 
 def test_version_is_printed(cli):
@@ -823,10 +1034,19 @@ def wait_for_health(server: Server) -> None:
         time.sleep(0.05)
 
 
-def post_event(server: Server, email: str) -> dict[str, Any]:
+def post_event(
+    server: Server,
+    email: str,
+    headers: dict[str, str] | None = None,
+    user_data: dict[str, str] | None = None,
+) -> dict[str, Any]:
     response = httpx.post(
         f"{server.url}/track-event",
-        json={"event_name": "checkout", "user_data": {"email": email}},
+        json={
+            "event_name": "checkout",
+            "user_data": {"email": email, **(user_data or {})},
+        },
+        headers=headers,
         timeout=10,
     )
     assert response.status_code == 202, response.text
@@ -942,6 +1162,130 @@ def test_serve_with_two_workers_shares_one_outbox(tmp_path):
 
     assert outbox_stats(outbox).pending == 4
     assert len([line for line in s.log if "not sent" in line]) == 1
+
+
+@pytest.mark.e2e
+def test_sigint_stops_serve_with_status_130(tmp_path):
+    with serving(tmp_path) as server:
+        status = server.stop(signal.SIGINT)
+
+    assert status == EXIT_INTERRUPTED
+    assert not any("Traceback" in line for line in server.log)
+
+
+@pytest.mark.e2e
+def test_serve_reads_the_phone_region_from_the_environment(tmp_path, fake_api):
+    fake, url = fake_api
+    env = {**sending_env(url), "PINTEREST_DEFAULT_REGION": "US"}
+
+    with serving(tmp_path, "--flush-interval", "0.05", env=env) as server:
+        post_event(server, "ann@example.com", user_data={"phone": "(650) 555-1212"})
+        wait_until(lambda: fake.events, "the event at the fake API")
+
+    assert fake.events[0]["user_data"]["ph"] == [sha256("16505551212")]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("args", "client_ip"),
+    [((), "127.0.0.1"), (("--trusted-proxy", "127.0.0.1"), "203.0.113.9")],
+)
+def test_serve_believes_forwarded_for_only_from_a_trusted_proxy(
+    tmp_path, fake_api, args, client_ip
+):
+    """uvicorn's own proxy handling would believe any peer on 127.0.0.1."""
+    fake, url = fake_api
+    headers = {"X-Forwarded-For": "203.0.113.9"}
+
+    with serving(
+        tmp_path, "--flush-interval", "0.05", *args, env=sending_env(url)
+    ) as s:
+        post_event(s, "ann@example.com", headers=headers)
+        wait_until(lambda: fake.events, "the event at the fake API")
+
+    assert fake.events[0]["user_data"]["client_ip_address"] == client_ip
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("args", "env", "status"),
+    [
+        ((), {}, 404),
+        (("--test-endpoint",), {}, 200),
+        ((), {"PINTEREST_TEST_ENDPOINT": "1"}, 200),
+        (("--no-test-endpoint",), {"PINTEREST_TEST_ENDPOINT": "1"}, 404),
+    ],
+)
+def test_the_test_endpoint_is_served_only_when_asked(tmp_path, args, env, status):
+    body = {"event_name": "checkout", "user_data": {"email": "ann@example.com"}}
+
+    with serving(tmp_path, *args, env=env) as server:
+        response = httpx.post(f"{server.url}/track-event-test", json=body, timeout=10)
+
+    assert response.status_code == status
+    serving_line = next(line for line in server.log if "serving on" in line)
+    assert ("/track-event-test" in serving_line) is (status == 200)
+
+
+@pytest.mark.e2e
+def test_send_as_a_process_logs_each_warning_once_on_one_line(
+    tmp_path, good_csv, fake_api
+):
+    """A retried request: the transport's warning, without a doubled prefix."""
+    fake, url = fake_api
+    fake.fail_next(1, status=503, retry_after=0)
+
+    result = run_cli("send", str(good_csv), env=sending_env(url), cwd=tmp_path)
+
+    assert result.returncode == EXIT_OK
+    assert re.fullmatch(
+        r"pinterest-mw: warning: request of \d+ event(?:s|\(s\))? failed \(status 503\)"
+        r" on attempt 1 of \d+; retrying in [\d.]+ s\n",
+        result.stderr,
+    )
+
+
+def read_terminal(master: int, process: subprocess.Popen[str]) -> str:
+    """What a process wrote to the pseudo-terminal `master`, until it exits."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        try:
+            data = os.read(master, 4096) if ready else b""
+        except OSError:  # EIO: the process closed its side
+            break
+        chunks.append(data)
+        if not data and process.poll() is not None:
+            break
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.e2e
+def test_on_a_terminal_a_warning_shows_its_level_once(tmp_path, good_csv, fake_api):
+    """rich's level column, and the message alone: no `WARNING:logger:` prefix."""
+    fake, url = fake_api
+    fake.fail_next(1, status=503, retry_after=0)
+    master, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pinterest_mw.cli", "send", str(good_csv)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env=process_env({**sending_env(url), "TERM": "dumb", "COLUMNS": "200"}),
+            cwd=tmp_path,
+        )
+        os.close(terminal)
+        output = read_terminal(master, process)
+    finally:
+        os.close(master)
+
+    words = " ".join(output.split())  # rich wraps at the terminal's width
+    assert process.wait(timeout=STARTUP_TIMEOUT) == EXIT_OK
+    assert words.count("WARNING") == 1
+    assert "retrying in" in words
+    assert "pinterest_mw.transport" not in words
 
 
 @pytest.mark.e2e

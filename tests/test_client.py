@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
@@ -24,13 +24,19 @@ from starlette.routing import Route
 
 from pinterest_mw.client import (
     DEFAULT_OUTBOX_PATH,
+    NOT_SENDING_MESSAGE,
     Client,
     get_default_client,
     lifespan,
     set_default_client,
 )
 from pinterest_mw.context import RequestContext, use_context
-from pinterest_mw.dispatch import AsyncDispatcher, DeliveryBackoff, ThreadDispatcher
+from pinterest_mw.dispatch import (
+    AsyncDispatcher,
+    DeliveryBackoff,
+    DeliveryFailure,
+    ThreadDispatcher,
+)
 from pinterest_mw.events import Event, build_event
 from pinterest_mw.exceptions import (
     ConfigurationError,
@@ -38,7 +44,7 @@ from pinterest_mw.exceptions import (
     QueueFullError,
 )
 from pinterest_mw.hashing import sha256_hex
-from pinterest_mw.outbox import MemoryOutbox, SQLiteOutbox
+from pinterest_mw.outbox import MemoryOutbox, OutboxStats, SQLiteOutbox
 from pinterest_mw.testing import (
     FAKE_ACCESS_TOKEN,
     FAKE_AD_ACCOUNT_ID,
@@ -156,6 +162,14 @@ def test_unusable_options_are_refused_at_construction(
         Client(**{**base, **options})
 
 
+def test_an_unusable_outbox_path_is_refused_at_construction(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "a-file" / "outbox.sqlite3"
+
+    with pytest.raises(ConfigurationError, match=str(path)):
+        Client(outbox=path)
+
+
 def test_sending_without_credentials_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         Client(sending=True, outbox=tmp_path / "o.sqlite3")
@@ -257,6 +271,38 @@ def test_the_default_client_can_be_replaced(no_default_client: None) -> None:
     assert get_default_client() is client
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("pinterest_mw.client", "_default_lock"),
+        ("pinterest_mw.dispatch", "_atexit_lock"),
+        ("pinterest_mw._fork", "_lock"),
+    ],
+)
+def test_a_forked_child_never_inherits_a_held_module_lock(
+    module: str, name: str
+) -> None:
+    """A lock held at fork time (by another thread, say) is fresh in the child."""
+    lock = getattr(sys.modules[module], name)
+    read_end, write_end = os.pipe()
+    with lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                fresh = getattr(sys.modules[module], name).acquire(timeout=5)
+                os.write(write_end, b"1" if fresh else b"0")
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+
+    assert answer == b"1"
+
+
 # --- the embedded default ---
 
 
@@ -282,11 +328,14 @@ def test_without_credentials_events_are_kept_locally_not_sent(
 def test_the_embedded_default_says_so_once(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    Client(access_token=FAKE_ACCESS_TOKEN, outbox=tmp_path / "o.sqlite3")
+    client = Client(access_token=FAKE_ACCESS_TOKEN, outbox=tmp_path / "o.sqlite3")
 
     [record] = [r for r in caplog.records if r.name == "pinterest_mw.client"]
     assert record.levelno == logging.WARNING
-    assert "no ad account id" in record.getMessage()
+    assert record.getMessage() == NOT_SENDING_MESSAGE % (
+        "no ad account id",
+        client.outbox,
+    )
     assert FAKE_ACCESS_TOKEN not in record.getMessage()
 
 
@@ -364,6 +413,26 @@ def test_track_refuses_an_invalid_event(make_client: Callable[..., Client]) -> N
     with pytest.raises(EventValidationError):
         client.track({"event_name": "checkout"})
     assert client.counters.accepted == 0
+
+
+def test_a_tracked_mapping_without_action_source_is_a_web_event(
+    make_client: Callable[..., Client],
+) -> None:
+    data = event_data()
+    del data["action_source"]
+
+    event = make_client().track(data)
+
+    assert event.to_wire()["action_source"] == "web"
+    assert "action_source" not in data
+
+
+def test_a_tracked_mapping_keeps_its_own_action_source(
+    make_client: Callable[..., Client],
+) -> None:
+    event = make_client().track(event_data(action_source="offline"))
+
+    assert event.to_wire()["action_source"] == "offline"
 
 
 def test_track_enriches_from_the_given_context(
@@ -454,6 +523,16 @@ def test_the_raise_policy_reaches_the_caller(
 
     with pytest.raises(QueueFullError):
         client.track(event_data())
+
+
+def test_the_overflow_policy_applies_when_not_sending(clients: list[Client]) -> None:
+    client = Client(outbox=MemoryOutbox(max_events=1), overflow="raise")
+    clients.append(client)
+    client.track(event_data())
+
+    with pytest.raises(QueueFullError):
+        client.track(event_data())
+    assert client.counters.dropped == 1
 
 
 def test_send_waits_for_pinterest_and_returns_results(
@@ -781,31 +860,36 @@ def test_delivery_waits_out_an_unreachable_api_then_sends_everything_once(
     tmp_path: Path, clients: list[Client]
 ) -> None:
     port = _closed_port()
+    backing_off: list[OutboxStats] = []
+    retried_twice = threading.Event()
+
+    def on_error(failure: DeliveryFailure) -> None:
+        # Told after the outcome is recorded: the outbox shows the deferral.
+        backing_off.append(client.outbox.stats())
+        if len(backing_off) >= 2:
+            retried_twice.set()
+
     client = Client(
         FAKE_ACCESS_TOKEN,
         FAKE_AD_ACCOUNT_ID,
         api_url=f"http://127.0.0.1:{port}",
         outbox=tmp_path / "outbox.sqlite3",
+        on_error=on_error,
         **{**FAST, "backoff": DeliveryBackoff(initial=0.1, maximum=0.3, jitter=0)},
     )
     clients.append(client)
     events = [client.track(event_data(f"b{i}@example.com")) for i in range(5)]
-    waiting = [client.outbox.stats()]
-    deadline = time.monotonic() + 10
-    while client.counters.retried < 10 and time.monotonic() < deadline:
-        waiting.append(client.outbox.stats())
-        time.sleep(0.005)
-    backing_off = [s for s in waiting if s.deferred]
+    assert retried_twice.wait(10)
 
     fake = FakePinterestAPI()
     with serve_fake_api(fake, port=port):
         assert client.flush(timeout=10)
 
     assert client.counters.retried >= 10
-    assert backing_off
-    assert list(backing_off[-1].deferred_reasons) == [
-        "Pinterest request connection failed (ConnectError)"
-    ]
+    assert (backing_off[1].deferred, list(backing_off[1].deferred_reasons)) == (
+        5,
+        ["Pinterest request connection failed (ConnectError)"],
+    )
     assert delivered_ids(fake) == sorted(e.event_id for e in events)
 
 

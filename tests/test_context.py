@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from pinterest_mw.context import (
+    ENV_TRUSTED_PROXIES,
     RequestContext,
     TrustedProxies,
     current_context,
@@ -123,14 +124,14 @@ class TestFromScope:
         context = RequestContext.from_scope(
             scope(
                 {"User-Agent": "Mozilla/5.0", "Accept-Language": "fr-CA,fr;q=0.8"},
-                query="a=1",
+                query="utm_source=pin",
             ),
         )
 
         assert context == RequestContext(
             client_ip="203.0.113.9",
             user_agent="Mozilla/5.0",
-            page_url="https://shop.example/thank-you?a=1",
+            page_url="https://shop.example/thank-you?utm_source=pin",
             language="fr",
         )
 
@@ -187,14 +188,14 @@ class TestFromEnviron:
                 "Accept-Language": "de",
                 "Cookie": "_epik=abc",
             },
-            QUERY_STRING="x=1",
+            QUERY_STRING="utm_medium=social",
         )
 
         assert RequestContext.from_environ(env) == RequestContext(
             client_ip="203.0.113.9",
             user_agent="Mozilla/5.0",
             click_id="abc",
-            page_url="https://shop.example/thank-you?x=1",
+            page_url="https://shop.example/thank-you?utm_medium=social",
             language="de",
         )
 
@@ -259,6 +260,163 @@ class TestEnrichment:
         enrich_event_data(data, self.CONTEXT)
 
         assert data == {"user_data": {"em": "a@example.com"}}
+
+    def test_browser_body_ip_and_user_agent_are_dropped_without_request_ones(
+        self,
+    ) -> None:
+        """A track endpoint never forwards an IP or user agent a body claims."""
+        data = {
+            "user_data": {
+                "ip_address": "1.1.1.1",
+                "client_user_agent": "spoofed",
+                "em": "a@example.com",
+            }
+        }
+
+        enriched = enrich_event_data(data, RequestContext(), from_browser=True)
+
+        assert enriched["user_data"] == {"em": "a@example.com"}
+
+    def test_browser_body_values_are_dropped_even_without_a_context(self) -> None:
+        data = {"user_data": {"client_ip_address": "1.1.1.1"}}
+
+        enriched = enrich_event_data(data, None, from_browser=True)
+
+        assert enriched["user_data"] == {}
+
+    def test_browser_body_click_id_is_kept_when_the_request_has_none(self) -> None:
+        data = {"user_data": {"click_id": "from-body"}}
+
+        enriched = enrich_event_data(data, RequestContext(), from_browser=True)
+
+        assert enriched["user_data"] == {"click_id": "from-body"}
+
+
+class TestPageURL:
+    """The page URL read from a request keeps only marketing parameters."""
+
+    @pytest.mark.parametrize(
+        ("referer", "expected"),
+        [
+            (
+                "https://shop.example/p?email=a%40b.example&token=t#frag",
+                "https://shop.example/p",
+            ),
+            (
+                "https://shop.example/p?utm_source=pin&reset=abc&epik=e1",
+                "https://shop.example/p?utm_source=pin&epik=e1",
+            ),
+            ("https://user:pw@shop.example/p", "https://shop.example/p"),
+            (
+                "https://shop.example/p?UTM_Campaign=x",
+                "https://shop.example/p?UTM_Campaign=x",
+            ),
+        ],
+    )
+    def test_referer_keeps_only_marketing_parameters(
+        self, referer: str, expected: str
+    ) -> None:
+        context = RequestContext.from_scope(scope({"Referer": referer}), page="referer")
+
+        assert context.page_url == expected
+
+    def test_request_url_drops_other_parameters(self) -> None:
+        context = RequestContext.from_scope(
+            scope(query="email=a%40b.example&utm_term=shoes")
+        )
+
+        assert context.page_url == "https://shop.example/thank-you?utm_term=shoes"
+
+    def test_wsgi_request_url_drops_other_parameters(self) -> None:
+        env = environ(QUERY_STRING="session=secret&epik=e2")
+
+        context = RequestContext.from_environ(env)
+
+        assert context.page_url == "https://shop.example/thank-you?epik=e2"
+        assert context.click_id == "e2"
+
+    def test_click_id_still_comes_from_the_page_url(self) -> None:
+        context = RequestContext.from_scope(
+            scope({"Referer": "https://shop.example/p?token=t&epik=e3"}),
+            page="referer",
+        )
+
+        assert context.click_id == "e3"
+
+
+class TestMalformedRequests:
+    """Whatever a request carries, reading its context never raises."""
+
+    @pytest.mark.parametrize(
+        "referer",
+        ["http://[::1/p?epik=x", "http://[bad]/?epik=x", "not a url", "/relative"],
+    )
+    def test_unparseable_referer_is_dropped(self, referer: str) -> None:
+        context = RequestContext.from_scope(scope({"Referer": referer}), page="referer")
+
+        assert (context.page_url, context.click_id) == (None, None)
+
+    @pytest.mark.parametrize("host", ["[::1", "shop.example:99999999", "[zz]:1"])
+    def test_malformed_host_gives_no_page_url(self, host: str) -> None:
+        context = RequestContext.from_scope(
+            scope({"Host": host, "User-Agent": "ua"}, query="epik=x")
+        )
+
+        assert (context.page_url, context.user_agent) == (None, "ua")
+
+    def test_malformed_wsgi_host_gives_no_page_url(self) -> None:
+        env = environ(HTTP_HOST="[::1", QUERY_STRING="epik=x")
+
+        assert RequestContext.from_environ(env).page_url is None
+
+    def test_wsgi_path_that_is_not_latin_1_is_read(self) -> None:
+        env = environ(PATH_INFO="/caf\u00e9/\u20ac")
+
+        context = RequestContext.from_environ(env)
+
+        assert context.page_url == "https://shop.example/caf%C3%A9/%E2%82%AC"
+
+    @pytest.mark.parametrize("peer", ["", "garbage", "[::1", "999.1.1.1"])
+    def test_unusable_peer_address_gives_no_client_ip(self, peer: str) -> None:
+        context = RequestContext.from_scope(scope(peer=peer), trusted_proxies=PROXIES)
+
+        assert context.client_ip is None
+
+    def test_unusable_forwarded_hop_gives_no_client_ip(self) -> None:
+        context = RequestContext.from_scope(
+            scope({"Forwarded": 'for="[::1"'}, peer="10.0.0.2"),
+            trusted_proxies=PROXIES,
+        )
+
+        assert context.client_ip is None
+
+
+class TestTrustedProxiesFromOption:
+    def test_none_reads_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(ENV_TRUSTED_PROXIES, " 10.0.0.0/8 , ,::1")
+
+        proxies = TrustedProxies.from_option(None)
+
+        assert proxies.is_trusted("10.1.2.3")
+        assert proxies.is_trusted("::1")
+
+    def test_none_without_the_environment_trusts_nobody(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv(ENV_TRUSTED_PROXIES, raising=False)
+
+        assert not TrustedProxies.from_option(None)
+
+    def test_ready_made_object_is_used_as_it_is(self) -> None:
+        assert TrustedProxies.from_option(PROXIES) is PROXIES
+
+    @pytest.mark.parametrize("value", ["10.0.0.1", ["not-an-ip"], [None]])
+    def test_unusable_option_is_refused(self, value: Any) -> None:
+        with pytest.raises(ConfigurationError):
+            TrustedProxies.from_option(value)
+
+    def test_a_bare_value_that_is_not_an_ip_is_not_trusted(self) -> None:
+        assert PROXIES.is_trusted("garbage") is False
 
 
 def test_repr_names_parts_without_their_values() -> None:

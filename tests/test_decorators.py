@@ -19,6 +19,7 @@ import anyio
 import flask
 import httpx
 import pytest
+from _helpers import EMAIL, FAST, MOCK_URL, SHOP
 from fastapi import Depends, FastAPI
 from fastapi import HTTPException as FastAPIHTTPException
 from fastapi import Response as FastAPIResponse
@@ -32,6 +33,7 @@ from starlette.routing import Route
 from pinterest_mw.client import Client, set_default_client
 from pinterest_mw.decorators import (
     NO_CURRENT_EVENT_MESSAGE,
+    NO_REQUEST_MESSAGE,
     HookCounters,
     PendingEvent,
     current_event,
@@ -39,30 +41,18 @@ from pinterest_mw.decorators import (
     hook_counters,
     track_conversion,
 )
-from pinterest_mw.dispatch import DeliveryBackoff
 from pinterest_mw.exceptions import ConfigurationError, EventValidationError
 from pinterest_mw.hashing import sha256_hex
 from pinterest_mw.middleware import PinterestMiddleware
 from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
-from pinterest_mw.transport import RetryPolicy
 
 with warnings.catch_warnings():
     # Starlette 1.10 asks for httpx2 under its TestClient; httpx still works.
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-# Where the in-process fake (pytest-httpx) is reached: no socket is opened.
-MOCK_URL = "https://pinterest.example"
-SHOP = "https://shop.example"
 PEER = "203.0.113.9"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0"
-EMAIL = "Buyer@Example.com"
-FAST = {
-    "flush_interval": 0.02,
-    "retry": RetryPolicy(attempts=1),
-    "backoff": DeliveryBackoff(initial=0.02, maximum=0.1, jitter=0),
-    "shutdown_timeout": 2.0,
-}
 KINDS = [
     "starlette-async",
     "starlette-sync",
@@ -76,31 +66,6 @@ OUTCOMES = {"/abort": 404, "/redirect": 302, "/client-error": 400}
 
 class ViewError(Exception):
     """What the views under test raise."""
-
-
-@pytest.fixture
-def make_client(fake_pinterest: FakePinterestAPI) -> Iterator[Callable[..., Client]]:
-    """A sending client in front of the in-process fake, closed after the test."""
-    made: list[Client] = []
-
-    def make(**options: Any) -> Client:
-        client = Client(
-            FAKE_ACCESS_TOKEN,
-            FAKE_AD_ACCOUNT_ID,
-            api_url=MOCK_URL,
-            **{**FAST, **options},
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close(timeout=1)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., Client]) -> Client:
-    return make_client()
 
 
 def counted() -> HookCounters:
@@ -377,6 +342,61 @@ def test_wrapper_is_a_coroutine_function_exactly_when_the_view_is(
     view = track_conversion("checkout")(as_variant(lambda request: None, is_async))
 
     assert inspect.iscoroutinefunction(view) is is_async
+
+
+class AsyncCallable:
+    """A view object whose `__call__` is a coroutine function."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, order_id: int) -> dict[str, int]:
+        self.calls += 1
+        return {"order_id": order_id}
+
+
+async def async_order(order_id: int, *, shop: str) -> dict[str, Any]:
+    return {"order_id": order_id, "shop": shop}
+
+
+@pytest.mark.parametrize(
+    "view",
+    [functools.partial(async_order, shop="main"), AsyncCallable()],
+    ids=["partial", "callable-object"],
+)
+def test_wrapper_of_an_async_callable_is_a_coroutine_function(view: Any) -> None:
+    """Like Starlette's is_async_callable: the view's result is awaited."""
+    wrapped = track_conversion("checkout")(view)
+
+    assert inspect.iscoroutinefunction(wrapped)
+
+
+def test_wrapper_of_a_class_is_not_a_coroutine_function() -> None:
+    """Calling the class builds an instance: nothing to await."""
+    wrapped = track_conversion("checkout")(AsyncCallable)
+
+    assert not inspect.iscoroutinefunction(wrapped)
+
+
+@pytest.mark.anyio
+async def test_async_callable_object_view_emits_its_event(client: Client) -> None:
+    decorate = track_conversion("checkout", client=client, user_data={"em": EMAIL})
+    view = decorate(AsyncCallable())
+
+    result = await view(7)
+
+    assert result == {"order_id": 7}
+    assert (await client.acounters()).accepted == 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [functools.partial(async_order, 1), AsyncCallable()],
+    ids=["partial", "callable-object"],
+)
+def test_async_data_callables_are_refused_at_decoration(source: Any) -> None:
+    with pytest.raises(ConfigurationError, match="not async"):
+        track_conversion("checkout", user_data=source)(lambda: None)
 
 
 def test_wrapper_keeps_the_views_name_and_signature() -> None:
@@ -663,7 +683,7 @@ def test_request_context_is_written_into_the_event(
 
     get_from(
         app,
-        "/orders/9?utm=x",
+        "/orders/9?utm_source=x&email=buyer%40example.com",
         cookie="_epik=click-123",
         **{"accept-language": "fr-CA,fr;q=0.9"},
     )
@@ -672,7 +692,7 @@ def test_request_context_is_written_into_the_event(
     assert event["user_data"]["client_ip_address"] == PEER
     assert event["user_data"]["client_user_agent"] == USER_AGENT
     assert event["user_data"]["click_id"] == "click-123"
-    assert event["event_source_url"] == f"{SHOP}/orders/9?utm=x"
+    assert event["event_source_url"] == f"{SHOP}/orders/9?utm_source=x"
     assert event["language"] == "fr"
 
 
@@ -894,6 +914,47 @@ def test_without_a_request_callables_get_none_and_one_warning_is_logged(
     assert client.counters.accepted == 2
     assert len(caplog.records) == 1
     assert "found no request" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_fastapi_view_without_request_or_middleware_warns_once(
+    client: Client, caplog: pytest.LogCaptureFixture, is_async: bool
+) -> None:
+    """FastAPI hands no Request to a view that does not ask for one."""
+    app = FastAPI()
+    app.get("/signup")(
+        track_conversion("signup", client=client)(
+            as_variant(lambda: {"ok": True}, is_async)
+        )
+    )
+
+    with (
+        caplog.at_level(logging.WARNING, logger="pinterest_mw"),
+        TestClient(app) as browser,
+    ):
+        statuses = [browser.get("/signup").status_code for _ in range(3)]
+
+    warnings = [r for r in caplog.records if r.msg == NO_REQUEST_MESSAGE]
+    assert statuses == [200] * 3
+    assert len(warnings) == 1
+    assert "PinterestMiddleware" in warnings[0].getMessage()
+
+
+def test_fastapi_view_served_by_the_middleware_does_not_warn(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = FastAPI()
+    app.add_middleware(PinterestMiddleware, client=client)
+    app.get("/signup")(track_conversion("signup")(lambda: {"ok": True}))
+
+    with (
+        caplog.at_level(logging.WARNING, logger="pinterest_mw"),
+        TestClient(app) as browser,
+    ):
+        status = browser.get("/signup").status_code
+
+    assert status == 200
+    assert [r for r in caplog.records if r.msg == NO_REQUEST_MESSAGE] == []
 
 
 def test_current_event_outside_a_decorated_view_raises_lookup_error() -> None:

@@ -16,6 +16,13 @@ import anyio.lowlevel
 import pytest
 
 from pinterest_mw.dispatch import (
+    ACCOUNT_REFUSED_LOG,
+    CLOSED_LOST_LOG,
+    DROPPED_LOG,
+    DROPPED_UNREPORTED_LOG,
+    LOST_LOG,
+    ON_ERROR_FAILED_LOG,
+    STORE_FAILED_LOG,
     AsyncDispatcher,
     Counters,
     DeliveryBackoff,
@@ -47,13 +54,18 @@ def wire(n: int, start: int = 0) -> list[WireEvent]:
     ]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+def returns_within(func: Callable[[], Any], bound: float = 30.0) -> Any:
+    """Call `func` in a thread; fail if it has not returned after `bound` seconds.
+
+    For calls that must return at once rather than wait out a long timeout:
+    the bound only turns a hang into a failure, it asserts no duration.
+    """
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(func()), daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert results, f"still waiting after {bound} s"
+    return results[0]
 
 
 class FakeSender:
@@ -63,17 +75,23 @@ class FakeSender:
         self.outcomes: deque[Outcome] = deque(outcomes)
         self.batches: list[list[str]] = []
         self.closed = False
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
 
     @property
     def sent_ids(self) -> list[str]:
-        with self._lock:
+        with self._changed:
             return [event_id for batch in self.batches for event_id in batch]
 
+    def wait_for_batches(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait until `count` requests were made; False if they were not in time."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.batches) >= count, timeout)
+
     def answer(self, batch: Sequence[WireEvent]) -> list[EventResult]:
-        with self._lock:
+        with self._changed:
             self.batches.append([event.event_id for event in batch])
             outcome = self.outcomes.popleft() if self.outcomes else "processed"
+            self._changed.notify_all()
         if isinstance(outcome, BaseException):
             raise outcome
         statuses = outcome if isinstance(outcome, list) else [outcome] * len(batch)
@@ -202,7 +220,7 @@ def test_full_batches_go_out_before_the_interval(
 
     dispatcher.submit(wire(7))
 
-    assert wait_until(lambda: len(sender.batches) >= 2)
+    assert sender.wait_for_batches(2)
     assert sender.batches[:2] == [
         ["event-0", "event-1", "event-2"],
         ["event-3", "event-4", "event-5"],
@@ -217,7 +235,7 @@ def test_a_partial_batch_goes_out_when_the_interval_passes(
 
     dispatcher.submit(wire(2))
 
-    assert wait_until(lambda: len(sender.batches) == 1)
+    assert sender.wait_for_batches(1)
     assert sender.batches == [["event-0", "event-1"]]
 
 
@@ -289,7 +307,7 @@ def test_closing_with_undelivered_events_in_memory_counts_them_lost(
     dispatcher.close(timeout=0.1)
 
     assert dispatcher.counters.dropped == 2
-    assert "2 events not delivered; they are lost" in caplog.text
+    assert CLOSED_LOST_LOG % (2, 0) in caplog.messages
 
 
 def test_closing_with_undelivered_events_in_a_durable_outbox_keeps_them(
@@ -304,6 +322,96 @@ def test_closing_with_undelivered_events_in_a_durable_outbox_keeps_them(
     dispatcher.close(timeout=0.1)
 
     assert (dispatcher.counters.dropped, outbox.depth()) == (0, 2)
+
+
+class BlockingSender(FakeSender):
+    """Holds each request until `release` is set; `entered` tells it started."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        super().__init__(*outcomes)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        self.entered.set()
+        self.release.wait(10)
+        return self.answer(batch)
+
+
+def test_counters_add_up_after_closing_with_a_batch_in_flight(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events still being sent at close are counted once, answered or not."""
+    sender = BlockingSender()
+    dispatcher = make_thread(sender, batch_size=2, flush_interval=3600)
+    dispatcher.submit(wire(3))
+    assert sender.entered.wait(5)
+    thread = dispatcher._thread
+    assert thread is not None
+
+    dispatcher.close(timeout=0)
+    sender.release.set()
+    thread.join(10)
+
+    counters = dispatcher.counters
+    assert not thread.is_alive()
+    assert counters.processed + counters.failed + counters.dropped == 3
+    assert CLOSED_LOST_LOG % (3, 2) in caplog.messages
+
+
+@pytest.mark.anyio
+async def test_async_counters_add_up_after_closing_with_a_batch_in_flight() -> None:
+    entered, release = anyio.Event(), anyio.Event()
+    fake = FakeSender()
+
+    class HeldSender(AsyncFakeSender):
+        async def send_batch(
+            self, batch: Sequence[WireEvent], *, test: bool | None = None
+        ) -> list[EventResult]:
+            entered.set()
+            await release.wait()
+            return self.fake.answer(batch)
+
+    dispatcher = AsyncDispatcher(
+        MemoryOutbox(), lambda: HeldSender(fake), batch_size=2, flush_interval=3600
+    )
+    await dispatcher.asubmit(wire(3))
+    with anyio.fail_after(5):
+        await entered.wait()
+    worker = dispatcher._worker
+    assert worker is not None
+    assert worker.task is not None
+
+    await dispatcher.aclose(timeout=0)
+    release.set()
+    await asyncio.wait([worker.task], timeout=5)
+
+    counters = dispatcher.counters
+    assert worker.done
+    assert counters.processed + counters.failed + counters.dropped == 3
+
+
+def test_counters_add_up_after_closing_a_durable_outbox_with_a_batch_in_flight(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = BlockingSender()
+    outbox = sqlite()
+    dispatcher = make_thread(sender, outbox, batch_size=2, flush_interval=3600)
+    dispatcher.submit(wire(3))
+    assert sender.entered.wait(5)
+    thread = dispatcher._thread
+    assert thread is not None
+
+    dispatcher.close(timeout=0)
+    sender.release.set()
+    thread.join(10)
+
+    counters = dispatcher.counters
+    settled = counters.processed + counters.failed + counters.dropped
+    assert settled + outbox.depth() == 3
 
 
 def test_without_a_transport_events_are_only_stored(
@@ -330,7 +438,8 @@ def test_start_delivers_what_a_durable_outbox_kept(
 
     dispatcher.start()
 
-    assert wait_until(lambda: sender.sent_ids == ["event-0", "event-1"])
+    assert sender.wait_for_batches(1)
+    assert sender.sent_ids == ["event-0", "event-1"]
 
 
 # --- overflow ---
@@ -344,7 +453,7 @@ def test_drop_newest_keeps_what_fits_and_counts_the_rest(
     accepted = dispatcher.submit(wire(3))
 
     assert (accepted, dispatcher.counters.dropped) == (2, 1)
-    assert "dropped 1 events: the outbox is full" in caplog.text
+    assert DROPPED_LOG % (1, "the outbox is full", "drop_newest") in caplog.messages
 
 
 def test_drop_warnings_are_rate_limited_but_counts_add_up(
@@ -357,7 +466,23 @@ def test_drop_warnings_are_rate_limited_but_counts_add_up(
         dispatcher.submit(wire(1))
 
     assert dispatcher.counters.dropped == 5
-    assert len([r for r in caplog.records if "dropped" in r.message]) == 1
+    assert len([r for r in caplog.records if r.msg == DROPPED_LOG]) == 1
+
+
+def test_drops_held_back_by_the_rate_limit_are_logged_at_close(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = make_thread(None, MemoryOutbox(max_events=1))
+    dispatcher.submit(wire(1))
+    for _ in range(5):
+        dispatcher.submit(wire(1))
+
+    dispatcher.close(timeout=0)
+
+    assert caplog.messages[:2] == [
+        DROPPED_LOG % (1, "the outbox is full", "drop_newest"),
+        DROPPED_UNREPORTED_LOG % (4, "drop_newest"),
+    ]
 
 
 def test_raise_policy_raises_and_stores_nothing_of_the_call(
@@ -417,7 +542,32 @@ def test_a_storage_failure_drops_and_logs(
 
     assert dispatcher.submit(wire(1)) == 0
     assert dispatcher.counters.dropped == 1
-    assert "could not store 1 events" in caplog.text
+    assert STORE_FAILED_LOG % (1, 1) in caplog.messages
+
+
+def test_repeated_storage_failures_log_once_per_interval_and_add_up(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbox = sqlite()
+
+    def broken_put(events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        raise OSError("disk full")
+
+    outbox.put = broken_put  # type: ignore[method-assign]
+    dispatcher = make_thread(None, outbox)
+    for count in (1, 2, 3):
+        dispatcher.submit(wire(count))
+
+    dispatcher.close(timeout=0)
+
+    failures = [r for r in caplog.records if r.msg == STORE_FAILED_LOG]
+    assert [r.getMessage() for r in failures] == [
+        STORE_FAILED_LOG % (1, 1),
+        STORE_FAILED_LOG % (5, 2),
+    ]
+    assert dispatcher.counters.dropped == 6
 
 
 # --- outcomes ---
@@ -451,23 +601,70 @@ def test_events_pinterest_rejects_are_kept_with_its_message(
     )
 
 
-@pytest.mark.parametrize("status", [400, 401, 403])
+@pytest.mark.parametrize("status", [400, 404])
 def test_a_refused_request_rejects_all_its_events_and_logs_an_error(
     make_thread: Callable[..., ThreadDispatcher],
     caplog: pytest.LogCaptureFixture,
     status: int,
 ) -> None:
     outbox = MemoryOutbox()
-    error = APIError(status, 2, "Authentication failed.")
+    error = APIError(status, 1, "Invalid parameters.")
     dispatcher = make_thread(FakeSender(error), outbox)
     dispatcher.submit(wire(2))
 
     dispatcher.flush(timeout=5)
 
     assert outbox.stats().rejected_reasons == {
-        f"HTTP {status} (code 2): Authentication failed.": 2
+        f"HTTP {status} (code 1): Invalid parameters.": 2
     }
     assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_account_refusal_keeps_the_events_and_retries_them(
+    make_thread: Callable[..., ThreadDispatcher], status: int
+) -> None:
+    """A bad token or missing permission is no verdict on the events."""
+    sender = FakeSender(APIError(status, 2, "Authentication failed."))
+    dispatcher = make_thread(sender)
+    dispatcher.submit(wire(2))
+
+    assert dispatcher.flush(timeout=5)
+    assert sender.batches == [["event-0", "event-1"], ["event-0", "event-1"]]
+    assert dispatcher.counters == Counters(
+        accepted=2, sent=4, processed=2, retried=2, account_refusals=1
+    )
+
+
+def test_an_account_refusal_pauses_the_whole_queue(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events not in the refused batch wait too, and one ERROR says so."""
+    sender = FakeSender(APIError(401, 2, "Authentication failed."))
+    backoff = DeliveryBackoff(initial=600, maximum=600, jitter=0)
+    dispatcher = make_thread(sender, batch_size=1, backoff=backoff)
+    dispatcher.submit(wire(3))
+
+    assert not returns_within(lambda: dispatcher.flush(timeout=60))
+    assert sender.batches == [["event-0"]]
+    assert dispatcher.counters.account_refusals == 1
+    assert dispatcher.outbox.stats().rejected == 0
+    reason = "HTTP 401 (code 2): Authentication failed."
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [ACCOUNT_REFUSED_LOG % (reason, 600, 1)]
+
+
+def test_events_refused_for_the_account_are_counted_when_given_up(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = FakeSender(*[APIError(403, 2, "Forbidden.")] * 2)
+    dispatcher = make_thread(sender, max_attempts=2)
+    dispatcher.submit(wire(1))
+
+    assert dispatcher.flush(timeout=5)
+    assert dispatcher.counters.dropped == 1
+    reason = "gave up after 2 delivery attempts: HTTP 403 (code 2): Forbidden."
+    assert LOST_LOG % (1, reason) in caplog.messages
 
 
 @pytest.mark.parametrize(
@@ -499,14 +696,56 @@ def test_a_deferred_event_records_its_attempt_and_retry_time(
 ) -> None:
     outbox = sqlite()
     backoff = DeliveryBackoff(initial=600, maximum=600, jitter=0)
-    dispatcher = make_thread(FakeSender(APIError(503)), outbox, backoff=backoff)
+    told = threading.Event()
+    dispatcher = make_thread(
+        FakeSender(APIError(503)),
+        outbox,
+        backoff=backoff,
+        on_error=lambda failure: told.set(),
+    )
     dispatcher.submit(wire(1))
 
-    assert wait_until(lambda: outbox.stats().deferred == 1)
+    assert told.wait(5)
     stats = outbox.stats()
     assert stats.next_attempt_at is not None
     assert stats.next_attempt_at > time.time() + 500
     assert stats.deferred_reasons == {"HTTP 503": 1}
+
+
+def test_flush_gives_up_at_once_on_events_deferred_past_its_timeout(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender(RateLimitError(429, 8, "rate limited", retry_after=7200))
+    dispatcher = make_thread(sender)
+    dispatcher.submit(wire(1))
+
+    assert not returns_within(lambda: dispatcher.flush(timeout=3600))
+    assert dispatcher.outbox.stats().deferred == 1
+
+
+def test_flush_waits_for_a_backoff_that_ends_within_its_timeout(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    """A worker asleep for its long interval is woken when the backoff ends."""
+    sender = FakeSender(APIError(503))
+    dispatcher = make_thread(sender, flush_interval=3600)
+    dispatcher.submit(wire(1))
+
+    assert returns_within(lambda: dispatcher.flush(timeout=3600))
+    assert sender.sent_ids == ["event-0", "event-0"]
+
+
+@pytest.mark.anyio
+async def test_aflush_gives_up_at_once_on_events_deferred_past_its_timeout(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender(RateLimitError(429, 8, "rate limited", retry_after=7200))
+    dispatcher = make_async(sender)
+    await dispatcher.asubmit(wire(1))
+
+    with anyio.fail_after(30):
+        assert not await dispatcher.aflush(timeout=3600)
+    assert sender.sent_ids == ["event-0"]
 
 
 def test_events_without_a_result_are_deferred(
@@ -531,7 +770,9 @@ def test_events_in_memory_are_dropped_after_their_last_attempt(
     assert dispatcher.flush(timeout=5)
     assert len(sender.batches) == 2
     assert dispatcher.counters.dropped == 1
-    assert "1 events are lost: gave up after 2 delivery attempts" in caplog.text
+    assert LOST_LOG % (1, "gave up after 2 delivery attempts: HTTP 503") in (
+        caplog.messages
+    )
 
 
 def test_durable_events_are_rejected_after_their_last_attempt(
@@ -579,7 +820,7 @@ def test_a_failing_on_error_callback_is_logged_not_raised(
 
     dispatcher.flush(timeout=5)
 
-    assert "the on_error callback raised" in caplog.text
+    assert ON_ERROR_FAILED_LOG in caplog.messages
 
 
 def test_logs_never_hold_payloads(
@@ -851,9 +1092,46 @@ async def test_a_cancelled_delivery_hands_its_batch_back(
     assert worker.task is not None
 
     worker.task.cancel()
-    with anyio.move_on_after(5):
-        while not worker.done:  # noqa: ASYNC110 - waiting for a task we cancelled
-            await anyio.sleep(0.005)
+    await asyncio.wait([worker.task], timeout=5)
 
     assert outbox.stats().pending == 1
     dispatcher._closed = True
+
+
+@pytest.mark.anyio
+async def test_a_claim_cancelled_midway_is_handed_back(
+    sqlite: Callable[..., SQLiteOutbox],
+) -> None:
+    """The claim finishes in its thread; its events are due again at once."""
+    outbox = sqlite()
+    entered, gate, released = threading.Event(), threading.Event(), threading.Event()
+    claim, release = outbox.claim, outbox.release
+
+    def slow_claim(limit: int, *, lease: float) -> Any:
+        entered.set()
+        gate.wait(10)
+        return claim(limit, lease=lease)
+
+    def recording_release(taken: Any, keys: Any) -> None:
+        release(taken, keys)
+        released.set()
+
+    outbox.claim = slow_claim  # type: ignore[method-assign]
+    outbox.release = recording_release  # type: ignore[method-assign, assignment]
+    dispatcher = AsyncDispatcher(
+        outbox, lambda: AsyncFakeSender(FakeSender()), flush_interval=0.01
+    )
+    await dispatcher.asubmit(wire(1))
+    assert await anyio.to_thread.run_sync(entered.wait, 5)
+    worker = dispatcher._worker
+    assert worker is not None
+    assert worker.task is not None
+
+    worker.task.cancel()
+    await asyncio.wait([worker.task], timeout=5)
+    dispatcher._closed = True
+    gate.set()
+
+    assert await anyio.to_thread.run_sync(released.wait, 5)
+    stats = outbox.stats()
+    assert (stats.pending, stats.in_flight) == (1, 0)

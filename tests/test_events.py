@@ -171,6 +171,14 @@ def test_unknown_default_region_is_a_configuration_error():
         build_event("checkout", user_data={"email": EMAIL}, default_region="XX")
 
 
+def test_phone_without_country_code_is_sent_with_a_warning():
+    """Without a default region the digits are a guess the caller must see."""
+    event = parse(user_data={"email": EMAIL, "phone": "(415) 555-0100"})
+
+    assert event.user_data.phone == [sha("4155550100")]
+    assert [(w.path, w.dropped) for w in event.warnings] == [("user_data.phone", False)]
+
+
 def test_build_event_passes_default_region_to_the_hasher():
     event = build_event(
         "checkout",
@@ -973,6 +981,36 @@ def test_user_data_repr_says_which_fields_are_set(render):
     assert "email=<1 value>" in text
     assert "client_ip_address=<set>" in text
     assert "gender" not in text
+
+
+def test_repr_hides_user_data_that_skipped_validation():
+    """model_construct and model_copy(update=) leave raw values unhashed."""
+    constructed = Event.model_construct(
+        event_name="checkout", action_source="web", user_data=dict(SECRETS)
+    )
+    copied = parse(user_data=SECRETS).model_copy(update={"user_data": SECRETS})
+
+    for event in (constructed, copied):
+        assert leaked(repr(event)) == []
+        assert "user_data=<set>" in repr(event)
+
+
+def test_repr_still_shows_validated_nested_models():
+    event = parse(custom_data={"contents": [{"id": "sku-1"}]})
+
+    assert "ContentItem(id='sku-1')" in repr(event)
+
+
+def test_wire_event_repr_shows_its_ids_but_not_the_payload():
+    """The payload holds hashes and unhashed ids, which are personal data."""
+    event = parse(user_data=SECRETS)
+
+    text = repr(event.to_wire_event())
+
+    assert leaked(text) == []
+    assert event.event_id in text
+    assert "checkout" in text
+    assert "bytes>" in text
 
 
 def test_repr_of_custom_data_hides_the_search_string():

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from pinterest_mw import hashing
+from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import (
     HASHED_FIELDS,
     PLAIN_FIELDS,
     FieldWarning,
     HashedUserData,
     UnusableValueError,
+    check_default_region,
     hash_user_data,
     is_sha256_hex,
     normalize_city,
@@ -77,6 +79,8 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("phone", "+44 (0)20 7946 0958", {}, "442079460958"),
     ("phone", "0044 20 7946 0958", {"default_region": "US"}, "442079460958"),
     ("phone", "020 7946 0958", {"default_region": "GB"}, "442079460958"),
+    ("phone", "07700 900123", {"default_region": "GB"}, "447700900123"),
+    ("phone", "0800 1111", {"default_region": "GB"}, "448001111"),
     ("phone", "+49 (0)30 1234567", {}, "49301234567"),
     ("phone", "+39 06 1234 5678", {}, "390612345678"),
     ("phone", "tel:+1-650-555-1212", {}, "16505551212"),
@@ -148,6 +152,9 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("zip_code", "94025-1234", {}, "94025"),
     ("zip_code", "94025 1234", {}, "94025"),
     ("zip_code", "940251234", {}, "94025"),
+    ("zip_code", "94025 - 1234", {}, "94025"),
+    ("zip_code", "94025\u20131234", {}, "94025"),
+    ("zip_code", "94025.1234", {}, "94025"),
     ("zip_code", 94025, {}, "94025"),
     ("zip_code", "SW1A 1AA", {}, "sw1a1aa"),
     ("zip_code", "K1A 0B1", {}, "k1a0b1"),
@@ -166,6 +173,15 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("country", "Cote d'Ivoire", {}, "ci"),
     ("country", "UK", {}, "gb"),
     ("country", "United Kingdom", {}, "gb"),
+    ("country", "Great Britain", {}, "gb"),
+    ("country", "Russia", {}, "ru"),
+    ("country", "Russian Federation", {}, "ru"),
+    ("country", "Turkey", {}, "tr"),
+    ("country", "Cape Verde", {}, "cv"),
+    ("country", "The Netherlands", {}, "nl"),
+    ("country", "Holland", {}, "nl"),
+    ("country", "U.S.", {}, "us"),
+    ("country", "U.S.A.", {}, "us"),
     # external_id: trim, lowercase.
     ("external_id", " User-ABC-123 ", {}, "user-abc-123"),
     ("external_id", 12345, {}, "12345"),
@@ -339,6 +355,10 @@ def test_empty_list_gives_no_field_and_no_warning():
         ("country", "Atlantis", hashing._UNKNOWN_COUNTRY),
         ("country", "xx", hashing._UNKNOWN_COUNTRY),
         ("country", "Deutschland", hashing._UNKNOWN_COUNTRY),
+        ("country", "Korea", hashing._UNKNOWN_COUNTRY),
+        ("country", "The Atlantis", hashing._UNKNOWN_COUNTRY),
+        ("phone", "+44 7946 0958", hashing._PHONE_INCOMPLETE),
+        ("phone", "0044 7946 0958", hashing._PHONE_INCOMPLETE),
         ("phone", "12345", hashing._PHONE_TOO_SHORT),
         ("phone", "+1 555", hashing._PHONE_TOO_SHORT),
         ("phone", "1234567890123456", hashing._PHONE_TOO_LONG),
@@ -371,6 +391,59 @@ def test_phone_without_country_code_or_region_keeps_digits_without_zeros():
     assert normalize_phone("0650-555-1212") == "6505551212"
 
 
+@pytest.mark.parametrize("raw", ["(650) 555-1212", "0650-555-1212", 6505551212])
+def test_phone_without_country_code_or_region_is_hashed_with_a_warning(raw):
+    """The digits are a guess: the caller is told, without the number."""
+    result = hash_user_data({"phone": raw})
+    assert result.fields == {"ph": [digest("6505551212")]}
+    assert result.warnings == (
+        FieldWarning("user_data.phone", hashing._PHONE_NO_COUNTRY, dropped=False),
+    )
+
+
+def test_a_dropped_value_is_marked_dropped():
+    result = hash_user_data({"email": "not-an-email", "phone": "12345"})
+    assert [warning.dropped for warning in result.warnings] == [True, True]
+
+
+def test_phone_list_without_country_code_warns_per_item_and_keeps_them():
+    result = hash_user_data({"ph": ["+1 650 555 1212", "0650 555 1213"]})
+    assert result.fields == {"ph": [digest("16505551212"), digest("6505551213")]}
+    assert result.warnings == (
+        FieldWarning("user_data.ph.1", hashing._PHONE_NO_COUNTRY, dropped=False),
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", ["+1 650 555 1212", "0044 20 7946 0958", "+44 (0)20 7946 0958"]
+)
+def test_phone_with_country_code_and_no_region_gives_no_warning(raw):
+    assert hash_user_data({"phone": raw}).warnings == ()
+
+
+def test_phone_with_a_default_region_gives_no_warning():
+    result = hash_user_data({"phone": "(650) 555-1212"}, default_region="US")
+    assert result.fields == {"ph": [digest("16505551212")]}
+    assert result.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "region"),
+    [
+        ("7946 0958", "GB"),
+        ("96098", "GB"),
+        ("555 1212", "US"),
+        ("555-1212", "CA"),
+        ("+44 7946 0958", None),
+    ],
+)
+def test_local_number_without_its_area_code_is_dropped(raw, region):
+    """A country code in front of a local-only number is nobody's number."""
+    result = hash_user_data({"phone": raw}, default_region=region)
+    assert result.fields == {}
+    assert reasons(result) == [hashing._PHONE_INCOMPLETE]
+
+
 def test_phone_default_region_does_not_override_an_explicit_country_code():
     assert normalize_phone("+44 20 7946 0958", "US") == "442079460958"
 
@@ -382,9 +455,27 @@ def test_phone_with_double_zero_prefix_ignores_the_region_exit_code():
 
 @pytest.mark.parametrize("region", ["XX", "", "USA", 1])
 def test_unknown_default_region_is_a_configuration_error(region):
-    with pytest.raises(ValueError, match="default_region") as info:
+    with pytest.raises(ConfigurationError, match="default_region"):
         hash_user_data({"phone": "+1 650 555 1212"}, default_region=region)
-    assert not isinstance(info.value, UnusableValueError)
+
+
+def test_region_error_does_not_repeat_the_value():
+    with pytest.raises(ConfigurationError) as info:
+        check_default_region("Zebediah")
+    assert "zebediah" not in str(info.value).lower()
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"), [(None, None), ("US", "US"), ("gb", "GB"), (" de ", "DE")]
+)
+def test_check_default_region_returns_the_code_uppercased(region, expected):
+    assert check_default_region(region) == expected
+
+
+@pytest.mark.parametrize("region", ["XX", "", "USA", "U", 44, b"US", True])
+def test_check_default_region_refuses_what_phonenumbers_does_not_know(region):
+    with pytest.raises(ConfigurationError, match="default_region"):
+        check_default_region(region)
 
 
 def test_date_format_that_is_not_text_is_a_configuration_error():
@@ -393,7 +484,7 @@ def test_date_format_that_is_not_text_is_a_configuration_error():
 
 
 def test_normalize_phone_rejects_an_unknown_region():
-    with pytest.raises(ValueError, match="default_region"):
+    with pytest.raises(ConfigurationError, match="default_region"):
         normalize_phone("650 555 1212", "ZZZ")
 
 
@@ -557,6 +648,7 @@ def test_warning_path_starts_with_the_given_prefix(path, expected):
 
 def test_full_record_of_raw_values_gives_every_wire_code():
     record = {friendly: raw for friendly, raw, options, _ in GOLDEN if not options}
+    record["phone"] = "+1 (650) 555-1212"
     result = hash_user_data(record)
     assert set(result.fields) == set(HASHED_FIELDS.values())
     assert result.warnings == ()

@@ -6,6 +6,7 @@ phonenumbers gives, for every string the fast path's patterns accept.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import string
@@ -15,15 +16,17 @@ from typing import Any
 
 import phonenumbers
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from pinterest_mw import hashing
 from pinterest_mw.hashing import (
     HASHED_FIELDS,
     PLAIN_FIELDS,
+    USER_DATA_KEYS,
     UnusableValueError,
     hash_user_data,
+    is_sha256_hex,
     normalize_city,
     normalize_country,
     normalize_date_of_birth,
@@ -36,6 +39,7 @@ from pinterest_mw.hashing import (
     normalize_phone,
     normalize_state,
     normalize_zip,
+    sha256_hex,
 )
 
 LOWER_HEX_64 = re.compile(r"[0-9a-f]{64}")
@@ -250,11 +254,11 @@ def test_normalize_phone_equals_the_uncached_path(text, region):
     stripped = text.strip()
     assume(stripped)
     digits, reason = slow_path(stripped, region)
-    if reason:
+    if digits:
+        assert normalize_phone(text, region) == digits
+    else:
         with pytest.raises(UnusableValueError, match=re.escape(reason)):
             normalize_phone(text, region)
-    else:
-        assert normalize_phone(text, region) == digits
 
 
 # The IPv4 fast path against ipaddress itself.
@@ -294,3 +298,103 @@ def test_property_strategies_cover_dates_and_datetimes():
     fields: dict[str, Any] = result.fields
     assert len(fields["db"]) == 1
     assert [warning.path for warning in result.warnings] == ["user_data.fn"]
+
+
+# hash_user_data handles one text under one spelling inline, for speed; the
+# general path handles lists, other types and merged spellings. Both must
+# give the same fields and the same warnings for every input.
+
+field_texts = st.one_of(
+    st.text(max_size=24),
+    st.text(alphabet=string.printable, max_size=24),
+    phone_like,
+    st.from_regex(r"[0-9]{5}([ -]?[0-9]{4})?", fullmatch=True),
+    st.text(alphabet="0123456789abcdefABCDEF \t", min_size=64, max_size=66),
+    st.ip_addresses().map(str),
+    st.sampled_from(
+        [
+            " Ann.Buyer@Example.com ",
+            "+1 (650) 555-0134",
+            "(650) 555-0134",
+            "020 7946 0958",
+            "7946 0958",
+            "Female",
+            "non-binary",
+            "1997-03-14",
+            "03/04/1997",
+            "São Paulo",
+            "New York",
+            "Québec",
+            "94025-1234",
+            "SW1A 1AA",
+            "United States",
+            "The Netherlands",
+            "Russia",
+            "203.0.113.9:443",
+            "[2001:db8::1]:443",
+            "Jose\u0301",
+            "",
+            "   ",
+        ]
+    ),
+)
+
+
+@settings(deadline=None)
+@given(st.sampled_from(KNOWN_KEYS), field_texts, regions)
+@example("phone", "(650) 555-0134", None)
+@example("country", "Russia", None)
+@example("client_ip_address", "203.0.113.9:443", None)
+def test_single_text_gives_what_a_one_item_list_gives(key, text, region):
+    """The inline path for one text equals the general path for a list."""
+    alone = hash_user_data({key: text}, default_region=region)
+    listed = hash_user_data({key: [text]}, default_region=region)
+
+    assert alone.fields == listed.fields
+    assert alone.warnings == tuple(
+        dataclasses.replace(warning, path=warning.path.removesuffix(".0"))
+        for warning in listed.warnings
+    )
+
+
+NORMALIZER_BY_WIRE_CODE = {
+    "em": normalize_email,
+    "fn": normalize_name,
+    "ln": normalize_name,
+    "ge": normalize_gender,
+    "db": normalize_date_of_birth,
+    "ct": normalize_city,
+    "st": normalize_state,
+    "zp": normalize_zip,
+    "country": normalize_country,
+    "external_id": normalize_external_id,
+    "hashed_maids": normalize_maid,
+}
+
+
+def expected_fields(key: str, text: str, region: str | None) -> dict[str, Any]:
+    """What the policy says one text gives, built from the public normalizers."""
+    wire = USER_DATA_KEYS[key]
+    try:
+        if wire == "client_ip_address":
+            return {wire: normalize_ip_address(text)}
+        if wire in PLAIN_WIRE_CODES:
+            return {wire: text.strip()} if text.strip() else {}
+        if is_sha256_hex(text.strip()):
+            return {wire: [text.strip().lower()]}
+        if wire == "ph":
+            return {wire: [sha256_hex(normalize_phone(text, region))]}
+        return {wire: [sha256_hex(NORMALIZER_BY_WIRE_CODE[wire](text))]}
+    except UnusableValueError:
+        return {}
+
+
+@settings(deadline=None)
+@given(st.sampled_from(KNOWN_KEYS), field_texts, regions)
+@example("zip_code", "12345 6789", None)
+@example("hashed_maids", "A" * 64, None)
+def test_hash_user_data_equals_the_public_normalizers(key, text, region):
+    """Every shortcut inside the hasher gives what the normalizers give."""
+    result = hash_user_data({key: text}, default_region=region)
+
+    assert result.fields == expected_fields(key, text, region)

@@ -11,6 +11,7 @@ from typing import Any
 
 import flask
 import pytest
+from _helpers import SHOP
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
@@ -28,7 +29,6 @@ from starlette.routing import Route
 from pinterest_mw.client import Client
 from pinterest_mw.context import RequestContext, TrustedProxies, current_context
 from pinterest_mw.decorators import current_event, hook_counters, track_conversion
-from pinterest_mw.dispatch import DeliveryBackoff
 from pinterest_mw.exceptions import ConfigurationError, EventValidationError
 from pinterest_mw.middleware import (
     EPIK_COOKIE_MAX_AGE,
@@ -36,26 +36,17 @@ from pinterest_mw.middleware import (
     PinterestWSGIMiddleware,
     RouteRule,
 )
-from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
-from pinterest_mw.transport import RetryPolicy
+from pinterest_mw.testing import FakePinterestAPI
 
 with warnings.catch_warnings():
     # Starlette 1.10 asks for httpx2 under its TestClient; httpx still works.
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-MOCK_URL = "https://pinterest.example"
-SHOP = "https://shop.example"
 PEER = "203.0.113.9"
 PROXY = "10.0.0.2"
 FORWARDED_CLIENT = "198.51.100.7"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0"
-FAST = {
-    "flush_interval": 0.02,
-    "retry": RetryPolicy(attempts=1),
-    "backoff": DeliveryBackoff(initial=0.02, maximum=0.1, jitter=0),
-    "shutdown_timeout": 2.0,
-}
 COOKIE_ATTRIBUTES = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax; Secure"
 KINDS = ["asgi", "wsgi"]
 PAGE_VISIT = RouteRule(
@@ -65,31 +56,6 @@ PAGE_VISIT = RouteRule(
     exclude=["/products/admin/*"],
     content_types={"text/html"},
 )
-
-
-@pytest.fixture
-def make_client(fake_pinterest: FakePinterestAPI) -> Iterator[Callable[..., Client]]:
-    """A sending client in front of the in-process fake, closed after the test."""
-    made: list[Client] = []
-
-    def make(**options: Any) -> Client:
-        client = Client(
-            FAKE_ACCESS_TOKEN,
-            FAKE_AD_ACCOUNT_ID,
-            api_url=MOCK_URL,
-            **{**FAST, **options},
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close(timeout=1)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., Client]) -> Client:
-    return make_client()
 
 
 def sent_events(client: Client, fake: FakePinterestAPI) -> list[dict[str, Any]]:
@@ -218,6 +184,8 @@ class Browser:
                 base_url=SHOP,
                 headers=headers,
                 environ_base={"REMOTE_ADDR": self._peer},
+                # As a server does: read the whole body, then close it.
+                buffered=True,
             )
             return Reply(
                 response.status_code,
@@ -630,13 +598,118 @@ def test_lazy_wsgi_app_emits_when_the_body_is_closed(
         "/products/1",
         environ_base={"REMOTE_ADDR": PEER, "HTTP_USER_AGENT": USER_AGENT},
     )
+    text = response.text
     response.close()
 
-    assert response.text == "<p>late</p>"
+    assert text == "<p>late</p>"
     assert getattr(bodies[0], "closed", True)
     assert [e["event_name"] for e in sent_events(client, fake_pinterest)] == [
         "page_visit"
     ]
+
+
+class ViewError(Exception):
+    """What the apps under test raise."""
+
+
+class Server:
+    """Drives a WSGI app by hand, as a server does, one step at a time."""
+
+    def __init__(self, app: Any) -> None:
+        self.statuses: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "SCRIPT_NAME": "",
+            "PATH_INFO": "/products/1",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "shop.example",
+            "SERVER_PORT": "443",
+            "REMOTE_ADDR": PEER,
+            "HTTP_USER_AGENT": USER_AGENT,
+            "wsgi.url_scheme": "https",
+        }
+        self.body = app(environ, self._start_response)
+        self.chunks = iter(self.body)
+
+    def _start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        self.statuses.append(status)
+        return lambda data: None
+
+    def close(self) -> None:
+        self.body.close()
+
+
+def streaming_app(client: Client, chunks: Iterable[bytes]) -> Any:
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return chunks
+
+    return PinterestWSGIMiddleware(app, client=client, route_rules=[PAGE_VISIT])
+
+
+def test_wsgi_rule_emits_only_after_the_whole_body_was_sent(
+    local_client: Client,
+) -> None:
+    server = Server(streaming_app(local_client, iter([b"<p>", b"</p>"])))
+    before_body = local_client.counters.accepted
+
+    sent = list(server.chunks)
+    before_close = local_client.counters.accepted
+    server.close()
+
+    assert sent == [b"<p>", b"</p>"]
+    assert (before_body, before_close, local_client.counters.accepted) == (0, 0, 1)
+
+
+def test_wsgi_rule_emits_nothing_when_the_body_fails(local_client: Client) -> None:
+    def failing() -> Iterator[bytes]:
+        yield b"<p>"
+        raise ViewError
+
+    server = Server(streaming_app(local_client, failing()))
+
+    with pytest.raises(ViewError):
+        list(server.chunks)
+    server.close()
+
+    assert local_client.counters.accepted == 0
+
+
+def test_wsgi_rule_emits_nothing_when_the_server_stops_reading(
+    local_client: Client,
+) -> None:
+    """The client went away mid-stream: the page was not delivered."""
+    server = Server(streaming_app(local_client, iter([b"<p>", b"</p>"])))
+
+    next(server.chunks)
+    server.close()
+
+    assert local_client.counters.accepted == 0
+
+
+def test_wsgi_rule_emits_nothing_when_the_app_raises(local_client: Client) -> None:
+    def broken(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        raise ViewError
+
+    app = PinterestWSGIMiddleware(broken, client=local_client, route_rules=[PAGE_VISIT])
+
+    with pytest.raises(ViewError):
+        Server(app)
+
+    assert local_client.counters.accepted == 0
+
+
+def test_wsgi_rule_emits_once_when_the_body_is_closed_twice(
+    local_client: Client,
+) -> None:
+    server = Server(streaming_app(local_client, iter([b"<p></p>"])))
+    list(server.chunks)
+
+    server.close()
+    server.close()
+
+    assert local_client.counters.accepted == 1
 
 
 @pytest.mark.anyio
@@ -740,3 +813,21 @@ def test_route_rule_repr_shows_its_configuration() -> None:
         "RouteRule('lead', methods=['POST'], include=['*'], exclude=['/admin/*'], "
         "content_types=None)"
     )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_malformed_host_never_breaks_the_page(
+    kind: str, client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    """An unparseable page URL is dropped from the context, not raised."""
+    reply = fetch(
+        kind,
+        client,
+        "/products/1?epik=abc",
+        headers={"host": "[::1"},
+        route_rules=[PAGE_VISIT],
+    )
+
+    [event] = sent_events(client, fake_pinterest)
+    assert reply.status == 200
+    assert event["event_name"] == "page_visit"

@@ -7,7 +7,6 @@ import sqlite3
 import stat
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -19,7 +18,7 @@ import pytest
 from pinterest_mw.events import WireEvent, build_event
 from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import sha256_hex
-from pinterest_mw.outbox import MemoryOutbox, Outbox, SQLiteOutbox
+from pinterest_mw.outbox import PURGED_LOG, MemoryOutbox, Outbox, SQLiteOutbox
 
 RAW_EMAIL = "Ann.Example@Example.com"
 
@@ -302,6 +301,19 @@ def test_the_oldest_rejected_events_go_beyond_the_rejected_bound(
     assert [r.event_id for r in outbox.list_rejected()] == ["event-2", "event-1"]
 
 
+def test_purging_rejected_events_is_logged_with_a_count(
+    make_outbox: Callable[..., Outbox], caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = make_outbox(max_rejected=2)
+    outbox.put(wire(3))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+
+    outbox.reject(claim, {item.key: "HTTP 400" for item in claim.items})
+
+    assert caplog.messages == [PURGED_LOG % 1]
+
+
 def test_deferred_events_wait_for_their_delay(outbox: Outbox, clock: Clock) -> None:
     outbox.put(wire(1))
     claim = outbox.claim(10, lease=60)
@@ -449,6 +461,67 @@ def test_sqlite_file_is_readable_by_its_owner_only(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_sqlite_narrows_the_mode_of_existing_files(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    """A file (and its -wal and -shm) left readable by others is narrowed."""
+    path = tmp_path / "outbox.sqlite3"
+    first = sqlite(path)
+    first.put(wire(1))
+    files = [path, tmp_path / "outbox.sqlite3-wal", tmp_path / "outbox.sqlite3-shm"]
+    for name in files:
+        name.chmod(0o644)
+
+    sqlite(path).put(wire(1))
+
+    assert [stat.S_IMODE(name.stat().st_mode) for name in files] == [0o600] * 3
+
+
+def test_an_outbox_path_under_a_file_is_refused_at_construction(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = blocker / "outbox.sqlite3"
+
+    with pytest.raises(ConfigurationError, match=str(path)):
+        SQLiteOutbox(path)
+
+
+def test_an_outbox_path_naming_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="is a directory"):
+        SQLiteOutbox(tmp_path)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="POSIX permissions, which root ignores",
+)
+def test_an_outbox_in_a_read_only_directory_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ConfigurationError, match="not writable"):
+            SQLiteOutbox(folder / "outbox.sqlite3")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_missing_directory_is_created_at_first_use_not_construction(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new" / "deeper" / "outbox.sqlite3"
+    outbox = SQLiteOutbox(path)
+    created_early = path.parent.exists()
+
+    outbox.put(wire(1))
+    outbox.close()
+
+    assert (created_early, path.exists()) == (False, True)
+
+
 def test_sqlite_file_holds_hashed_user_data_only(
     sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
 ) -> None:
@@ -475,26 +548,41 @@ def test_concurrent_puts_share_commits(
     outbox.put(wire(1))
     commits: list[int] = []
     store = outbox._store
+    committing, queued = threading.Event(), threading.Condition()
 
-    def slow_store(batch: list[object]) -> None:
+    class WatchedQueue(list[Any]):
+        def append(self, item: Any) -> None:
+            with queued:
+                super().append(item)
+                queued.notify_all()
+
+    def held_store(batch: list[Any]) -> None:
         commits.append(len(batch))
-        time.sleep(0.01)
-        store(batch)  # type: ignore[arg-type]
+        if len(commits) == 1:
+            # The first commit holds until the other puts have queued up.
+            outbox._queue = WatchedQueue()
+            committing.set()
+            with queued:
+                queued.wait_for(lambda: len(outbox._queue) == 39, 10)
+        store(batch)
 
-    outbox._store = slow_store  # type: ignore[method-assign]
+    outbox._store = held_store  # type: ignore[method-assign]
     results: list[int] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(outbox.put(wire(1))))
-        for _ in range(40)
-    ]
-    for thread in threads:
+
+    def put_one() -> None:
+        results.append(outbox.put(wire(1)))
+
+    threads = [threading.Thread(target=put_one) for _ in range(40)]
+    threads[0].start()
+    assert committing.wait(10)
+    for thread in threads[1:]:
         thread.start()
     for thread in threads:
         thread.join()
 
     assert results == [1] * 40
     assert outbox.depth() == 41
-    assert len(commits) < 40
+    assert commits == [1, 39]
 
 
 def test_a_failed_commit_fails_every_put_in_it(
@@ -542,6 +630,19 @@ def test_repr_names_no_event(outbox: Outbox) -> None:
     outbox.put(wire(1))
 
     assert "event-0" not in repr(outbox)
+
+
+def test_claims_and_their_items_show_no_payload(outbox: Outbox) -> None:
+    [event] = wire(1)
+    outbox.put([event])
+    claim = outbox.claim(1, lease=60)
+    assert claim is not None
+
+    shown = repr(claim) + repr(claim.items[0]) + repr(claim.items)
+
+    assert event.payload.decode() not in shown
+    assert "payload" not in shown
+    assert "event-0" in repr(claim.items[0])
 
 
 # --- fork ---

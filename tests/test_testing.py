@@ -109,6 +109,17 @@ def test_requests_are_recorded_without_the_authorization_header(fake):
     assert request.json()["data"][0]["event_id"] == "evt-1"
 
 
+def test_recorded_request_repr_shows_no_body_or_header_value(fake):
+    post(fake, headers={"X-Extra": "header-secret"})
+
+    (request,) = fake.requests
+    text = repr(request)
+    assert "evt-1" not in text
+    assert "header-secret" not in text
+    assert f"body=<{len(request.body)} bytes>" in text
+    assert "'x-extra'" in text
+
+
 def test_test_requests_are_validated_but_kept_apart(fake):
     response = post(fake, url=f"{URL}?test=true")
 

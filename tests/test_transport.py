@@ -304,6 +304,73 @@ async def test_retry_after_http_date_is_a_floor_for_the_wait(
     assert clock.sleeps == [30.0]
 
 
+PROCESSED_ONE = {
+    "num_events_received": 1,
+    "num_events_processed": 1,
+    "events": [{"status": "processed", "error_message": "", "warning_message": ""}],
+}
+
+
+async def test_retry_after_http_date_is_measured_against_the_answers_date(
+    make_transport, httpx_mock, clock
+):
+    """A skewed local clock does not change the wait the server asked for."""
+    httpx_mock.add_response(
+        status_code=503,
+        headers={
+            "Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Date": "Wed, 21 Oct 2015 07:27:00 GMT",
+        },
+    )
+    httpx_mock.add_response(json=PROCESSED_ONE)
+
+    result = await resolve(make_transport().send(events(1)))
+
+    assert result.ok
+    assert clock.sleeps == [60.0]
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["Wed, 21 Oct 2015 07:28:00 GMT", "soon", "-5", "inf", "nan", ""],
+)
+async def test_a_past_or_unreadable_retry_after_leaves_the_backoff(
+    make_transport, httpx_mock, clock, retry_after
+):
+    httpx_mock.add_response(status_code=429, headers={"Retry-After": retry_after})
+    httpx_mock.add_response(json=PROCESSED_ONE)
+
+    result = await resolve(make_transport().send(events(1)))
+
+    assert result.ok
+    assert clock.sleeps == [0.1]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("120", 120.0),
+        ("1.5", 1.5),
+        ("Wed, 21 Oct 2015 07:30:00 GMT", 180.0),
+        ("Wednesday, 21-Oct-15 07:29:00 GMT", 120.0),
+        ("Wed, 21 Oct 2015 07:20:00 GMT", 0.0),
+        ("later", None),
+    ],
+)
+async def test_a_rate_limit_error_carries_retry_after_in_seconds(
+    make_transport, httpx_mock, retry_after, expected
+):
+    httpx_mock.add_response(
+        status_code=429,
+        headers={"Retry-After": retry_after, "Date": "Wed, 21 Oct 2015 07:27:00 GMT"},
+    )
+
+    with pytest.raises(RateLimitError) as caught:
+        await resolve(make_transport(retry=RetryPolicy(attempts=1)).send(events(1)))
+
+    assert caught.value.retry_after == expected
+
+
 async def test_backoff_wins_over_a_shorter_retry_after(
     make_transport, fake_pinterest, clock
 ):
@@ -473,6 +540,39 @@ async def test_another_ad_account_raises_forbidden(make_transport, fake_pinteres
         await resolve(make_transport(ad_account_id="42").send(events(1)))
 
     assert (caught.value.status_code, caught.value.code) == (403, 29)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_an_account_refusal_is_an_api_error_with_its_status_and_no_retry(
+    make_transport, httpx_mock, clock, status
+):
+    httpx_mock.add_response(status_code=status, json={"code": 2, "message": "No."})
+
+    with pytest.raises(APIError) as caught:
+        await resolve(make_transport().send(events(1)))
+
+    assert type(caught.value) is APIError
+    assert (caught.value.status_code, caught.value.code) == (status, 2)
+    assert not caught.value.is_retryable
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_token_echoed_in_an_error_message_is_redacted(
+    make_transport, httpx_mock, status
+):
+    """A gateway that repeats the Authorization header must not leak it."""
+    echo = f"Invalid header: Authorization: Bearer {FAKE_ACCESS_TOKEN}"
+    httpx_mock.add_response(status_code=status, json={"code": 2, "message": echo})
+
+    with pytest.raises(APIError) as caught:
+        await resolve(make_transport().send(events(1)))
+
+    error = caught.value
+    assert error.status_code == status
+    for text in (str(error), repr(error), error.message or ""):
+        assert FAKE_ACCESS_TOKEN not in text
+    assert error.message == "Invalid header: Authorization: Bearer <redacted>"
 
 
 async def test_a_429_error_carries_retry_after(make_transport, fake_pinterest):

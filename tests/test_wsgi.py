@@ -5,99 +5,29 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from _helpers import EMAIL, FAST, FOREIGN, MOCK_URL, SHOP, event
 from flask import Flask
 from starlette.testclient import TestClient
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from pinterest_mw.asgi import pinterest_app
 from pinterest_mw.client import Client
-from pinterest_mw.dispatch import DeliveryBackoff, ThreadDispatcher
+from pinterest_mw.dispatch import ThreadDispatcher
 from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import sha256_hex
 from pinterest_mw.outbox import MemoryOutbox
 from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
-from pinterest_mw.transport import RetryPolicy
 from pinterest_mw.wsgi import pinterest_wsgi_app
 
-EMAIL = "Buyer@Example.com"
 HASHED_EMAIL = sha256_hex("buyer@example.com")
 BROWSER_IP = "203.0.113.7"
 USER_AGENT = "Mozilla/5.0 (test)"
-SHOP = "https://shop.example"
-FOREIGN = "https://evil.example"
 SECRET = "s3cret-value"
-MOCK_URL = "https://pinterest.example"
-FAST: dict[str, Any] = {
-    "flush_interval": 0.05,
-    "retry": RetryPolicy(attempts=1),
-    "backoff": DeliveryBackoff(initial=0.02, maximum=0.1, jitter=0),
-    "shutdown_timeout": 5.0,
-}
-
-
-def event(email: str = EMAIL, **changes: Any) -> dict[str, Any]:
-    return {
-        "event_name": "checkout",
-        "action_source": "web",
-        "user_data": {"email": email},
-        **changes,
-    }
-
-
-@pytest.fixture
-def make_client(fake_pinterest: FakePinterestAPI) -> Iterator[Callable[..., Client]]:
-    """Sending thread-dispatcher clients in front of the in-process fake."""
-    made: list[Client] = []
-
-    def make(**options: Any) -> Client:
-        client = Client(
-            FAKE_ACCESS_TOKEN,
-            FAKE_AD_ACCOUNT_ID,
-            api_url=MOCK_URL,
-            dispatcher="thread",
-            **{**FAST, **options},
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close(timeout=1)
-
-
-@pytest.fixture
-def client(make_client: Callable[..., Client]) -> Client:
-    return make_client()
-
-
-@pytest.fixture
-def make_local_client() -> Iterator[Callable[[], Client]]:
-    """Clients without credentials, keeping events in memory (not sending)."""
-    made: list[Client] = []
-
-    def make() -> Client:
-        client = Client(
-            sending=False,
-            ad_account_id=FAKE_AD_ACCOUNT_ID,
-            outbox=MemoryOutbox(100),
-            **FAST,
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close(timeout=1)
-
-
-@pytest.fixture
-def local_client(make_local_client: Callable[[], Client]) -> Client:
-    return make_local_client()
 
 
 def http(app: Any, client_ip: str = BROWSER_IP) -> httpx.Client:
@@ -153,6 +83,12 @@ def environ_for(body: bytes, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def client(make_client: Callable[..., Client]) -> Client:
+    """A sending client whose dispatcher is a thread, as under a WSGI server."""
+    return make_client(dispatcher="thread")
+
+
 # --- the same answers as the ASGI app --------------------------------------------
 
 PREFLIGHT = {"origin": SHOP, "access-control-request-method": "POST"}
@@ -161,6 +97,8 @@ PARITY_CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
     ("POST", "/track-event", _VALID, {"origin": SHOP}),
     ("POST", "/track-event/", _VALID, {}),
     ("POST", "/track-event", _VALID, {"origin": FOREIGN}),
+    ("POST", "/track-event", _VALID, {"origin": "null"}),
+    ("POST", "/track-event", _VALID, {"origin": "http://testserver"}),
     ("POST", "/track-event", _VALID, {"content-type": "text/plain;charset=UTF-8"}),
     ("POST", "/track-event", b"{", {"origin": SHOP}),
     ("POST", "/track-event", _VALID, {"content-type": "application/xml"}),
@@ -499,7 +437,9 @@ def test_test_endpoint_answers_with_pinterest_verdict_per_event(
 ) -> None:
     body = {"data": [event(event_id="a"), event(event_id="b", event_name="my_own")]}
 
-    response = post(pinterest_wsgi_app(client), body, "/track-event-test")
+    response = post(
+        pinterest_wsgi_app(client, test_endpoint=True), body, "/track-event-test"
+    )
 
     statuses = [(r["event_id"], r["status"]) for r in response.json()["results"]]
     assert statuses == [("a", "processed"), ("b", "warned")]
@@ -511,7 +451,9 @@ def test_test_endpoint_reports_an_unreachable_pinterest_as_502(
 ) -> None:
     fake_pinterest.fail_next(1, status=503)
 
-    response = post(pinterest_wsgi_app(client), event(), "/track-event-test")
+    response = post(
+        pinterest_wsgi_app(client, test_endpoint=True), event(), "/track-event-test"
+    )
 
     assert response.status_code == 502
 
@@ -519,7 +461,11 @@ def test_test_endpoint_reports_an_unreachable_pinterest_as_502(
 def test_test_endpoint_without_credentials_says_nothing_was_sent(
     local_client: Client,
 ) -> None:
-    response = post(pinterest_wsgi_app(local_client), event(), "/track-event-test")
+    response = post(
+        pinterest_wsgi_app(local_client, test_endpoint=True),
+        event(),
+        "/track-event-test",
+    )
 
     assert response.json()["sent_to_pinterest"] is False
 
@@ -574,3 +520,82 @@ def test_logs_of_a_tracked_request_hold_no_personal_data(
 
     for secret in (EMAIL, HASHED_EMAIL, BROWSER_IP, USER_AGENT, "q=secret"):
         assert secret not in caplog.text
+
+
+# --- origins, values a body may not choose, the opt-in test endpoint --------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"origin": FOREIGN}, 403),
+        ({"origin": "null"}, 403),
+        ({"origin": SHOP}, 202),
+        ({"origin": "http://testserver"}, 202),
+        ({}, 202),
+    ],
+    ids=["unlisted", "null", "listed", "same-host", "no-origin"],
+)
+def test_post_origin_is_checked_as_in_the_asgi_app(
+    local_client: Client, headers: dict[str, str], status: int
+) -> None:
+    app = pinterest_wsgi_app(local_client, allow_origins=[SHOP])
+
+    response = post(app, event(), **{"content-type": "text/plain", **headers})
+
+    assert response.status_code == status
+
+
+def test_post_from_an_unlisted_origin_queues_nothing(local_client: Client) -> None:
+    response = post(pinterest_wsgi_app(local_client), event(), origin=FOREIGN)
+
+    assert response.json()["error"] == "origin_not_allowed"
+    assert local_client.counters.accepted == 0
+
+
+def test_body_ip_and_user_agent_are_dropped_when_the_request_has_none(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    body = event()
+    body["user_data"].update(ip_address="198.51.100.1", user_agent="forged")
+    environ = environ_for(json.dumps(body).encode(), REMOTE_ADDR="unknown")
+    del environ["HTTP_USER_AGENT"]
+    environ["CONTENT_LENGTH"] = str(environ["wsgi.input"].getbuffer().nbytes)
+
+    status, _ = call(pinterest_wsgi_app(client), environ)
+
+    [sent] = delivered(client, fake_pinterest)
+    assert status.startswith("202")
+    assert "client_ip_address" not in sent["user_data"]
+    assert "client_user_agent" not in sent["user_data"]
+
+
+def test_referer_query_string_is_not_sent_except_marketing_parameters(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    referer = f"{SHOP}/reset?token=abc&utm_medium=social"
+
+    post(pinterest_wsgi_app(client), event(), referer=referer)
+
+    [sent] = delivered(client, fake_pinterest)
+    assert sent["event_source_url"] == f"{SHOP}/reset?utm_medium=social"
+
+
+def test_test_endpoint_is_off_by_default(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PINTEREST_TEST_ENDPOINT", raising=False)
+
+    response = post(pinterest_wsgi_app(local_client), event(), "/track-event-test")
+
+    assert response.status_code == 404
+
+
+def test_test_endpoint_follows_the_environment(
+    local_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINTEREST_TEST_ENDPOINT", "true")
+
+    response = post(pinterest_wsgi_app(local_client), event(), "/track-event-test")
+
+    assert response.status_code == 200
