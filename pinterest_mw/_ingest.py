@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, NamedTuple
 
+from ._env import env_flag
 from .client import Client, get_default_client
 from .context import (
     ENV_TRUSTED_PROXIES,
@@ -119,8 +120,6 @@ ORIGIN_MESSAGE = (
     "this endpoint does not take events from pages of the request's Origin; "
     "list that origin in allow_origins (or PINTEREST_ALLOW_ORIGINS)"
 )
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 _DEFAULT_PORTS = (":80", ":443")
 
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
@@ -874,14 +873,7 @@ def _test_endpoint(value: object) -> bool:
         if not isinstance(value, bool):
             raise ConfigurationError("test_endpoint must be True or False")
         return value
-    text = os.environ.get(ENV_TEST_ENDPOINT, "").strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigurationError(
-        f"{ENV_TEST_ENDPOINT} must be one of 1, true, yes, on, 0, false, no, off"
-    )
+    return env_flag(ENV_TEST_ENDPOINT)
 
 
 def _describe(error: ConversionsError) -> dict[str, Any]:

@@ -60,8 +60,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, NoReturn, ParamSpec, TextIO, TypeVar
 
-import phonenumbers
-
+from ._env import env_flag
 from ._version import __version__
 from .client import DEFAULT_OUTBOX_PATH, NOT_SENDING_MESSAGE, Client
 from .events import (
@@ -85,6 +84,7 @@ from .hashing import (
     HASHED_FIELDS,
     PLAIN_FIELDS,
     UnusableValueError,
+    check_default_region,
     hash_user_data,
     is_sha256_hex,
     normalize_city,
@@ -436,29 +436,23 @@ class LogLevel(StrEnum):
 
 
 def _check_region(region: str | None) -> str | None:
-    region = (region or "").strip().upper()
-    if not region:
+    if not (region or "").strip():
         return None
-    if region not in phonenumbers.SUPPORTED_REGIONS:
+    try:
+        return check_default_region(region)
+    except ConfigurationError:
         _fail(
             f"--default-region (or {_ENV_DEFAULT_REGION}) must be a two-letter"
             " region code, such as US"
         )
-    return region
-
-
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 
 
 def _env_flag(name: str) -> bool:
     """A yes/no variable, read as the library reads PINTEREST_TEST_MODE."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    _fail(f"{name} must be one of 1, true, yes, on, 0, false, no, off")
+    try:
+        return env_flag(name)
+    except ConfigurationError as exc:
+        _fail(str(exc))
 
 
 def _plural(count: int, noun: str) -> str:

@@ -37,8 +37,8 @@ from typing import Any, Literal, Self
 
 import anyio
 import anyio.to_thread
-import phonenumbers
 
+from ._env import env_flag
 from ._fork import abandon, fresh_after_fork, register_fork_aware
 from .context import RequestContext, current_context, enrich_event_data
 from .dispatch import (
@@ -53,6 +53,7 @@ from .dispatch import (
 )
 from .events import ActionSource, Event, WireEvent, parse_event
 from .exceptions import ConfigurationError, EventValidationError, FieldError
+from .hashing import check_default_region
 from .outbox import MemoryOutbox, Outbox, SQLiteOutbox
 from .transport import (
     MAX_BATCH_SIZE,
@@ -101,8 +102,6 @@ _ENV_TEST_MODE = "PINTEREST_TEST_MODE"
 _ENV_OUTBOX = "PINTEREST_OUTBOX"
 _ENV_ADVERTISER_IDS = "PINTEREST_ADVERTISER_IDS"
 _ENV_DEFAULT_REGION = "PINTEREST_DEFAULT_REGION"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 class _BorrowedTransport:
@@ -190,7 +189,7 @@ class Client:
             raise ConfigurationError(f"sending needs {missing}")
         self._sending = sending is not False and not missing
         self.test_mode = test_mode
-        self.default_region = _check_region(default_region)
+        self.default_region = check_default_region(default_region)
         self.retry = retry if retry is not None else RetryPolicy()
         self.timeout = timeout
         self._transport_options = _transport_options(
@@ -278,7 +277,7 @@ class Client:
             "access_token": os.environ.get(_ENV_TOKEN) or None,
             "ad_account_id": os.environ.get(_ENV_AD_ACCOUNT) or None,
             "api_url": os.environ.get(_ENV_API_URL) or None,
-            "test_mode": _env_flag(_ENV_TEST_MODE),
+            "test_mode": env_flag(_ENV_TEST_MODE),
             "outbox": os.environ.get(_ENV_OUTBOX) or None,
             "advertiser_ids": [
                 entry.strip() for entry in advertiser_ids.split(",") if entry.strip()
@@ -694,16 +693,6 @@ def _missing_credentials(access_token: str | None, ad_account_id: object) -> str
     return " and ".join(missing)
 
 
-def _check_region(region: object) -> str | None:
-    if region is None:
-        return None
-    if isinstance(region, str) and region.upper() in phonenumbers.SUPPORTED_REGIONS:
-        return region.upper()
-    raise ConfigurationError(
-        "default_region must be a two-letter region code, such as 'US'"
-    )
-
-
 def _check_advertiser_ids(
     advertiser_ids: Iterable[str | int] | None, own: str | None
 ) -> frozenset[str]:
@@ -742,17 +731,6 @@ def _max_attempts(value: int | Literal["auto"] | None, outbox: Outbox) -> int | 
     if value == "auto":
         return None if outbox.durable else DEFAULT_MEMORY_MAX_ATTEMPTS
     return value
-
-
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigurationError(
-        f"{name} must be one of 1, true, yes, on, 0, false, no, off"
-    )
 
 
 def _wire(event: Event | WireEvent) -> WireEvent:
