@@ -740,7 +740,8 @@ class Ingest:
         return _error(
             503,
             "queue_full",
-            "the delivery queue is full; resend the dropped events later",
+            "the delivery queue could not take them (full, or its storage failed);"
+            " resend the dropped events later",
             [("Retry-After", str(QUEUE_FULL_RETRY_AFTER))],
             accepted=stored,
             event_ids=ids[:stored],

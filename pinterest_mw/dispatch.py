@@ -586,6 +586,11 @@ class _BaseDispatcher:
         # this (monotonic) time; the streak makes the pauses grow.
         self._paused_until = -math.inf
         self._refusal_streak = 0
+        # Per event loop: the asubmit calls waiting for the outbox write in
+        # flight there (see `_accept_grouped`).
+        self._write_groups: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, _WriteGroup
+        ] = weakref.WeakKeyDictionary()
 
     def _after_fork_in_child(self) -> None:
         self._setup_shared()
@@ -649,11 +654,100 @@ class _BaseDispatcher:
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
             self._store_failed(len(events), exc)
             return 0
+        self._tally(len(events), stored)
+
+        return stored
+
+    def _tally(self, count: int, stored: int) -> None:
+        """Count a call's `stored` events accepted and the rest of `count` dropped."""
         if stored:
             self._counters.add(accepted=stored)
             self._after_accept(stored)
-        if stored < len(events):
-            self._drop(len(events) - stored, "the outbox is full")
+        if stored < count:
+            self._drop(count - stored, "the outbox is full")
+
+    @property
+    def _groups_writes(self) -> bool:
+        """Whether concurrent `asubmit` calls share one outbox write.
+
+        Only for a blocking (durable) outbox, where a write costs a thread
+        hop and a commit, and only under `"drop_newest"`, where a call's
+        outcome is its own share of one write: `"block"` waits and retries
+        per call, and `"raise"` stores all of a call or none of it.
+        """
+        return self.outbox.blocking and self.overflow == "drop_newest"
+
+    async def _accept_grouped(self, events: Sequence[WireEvent]) -> int:
+        """`_accept` in a worker thread, grouped with this loop's other calls.
+
+        While one write is in flight, the calls arriving in the same event
+        loop wait, and their events go together into the next write: one
+        thread hop and (with `put_many`) one commit for the group. Each
+        call still returns how many of its own events were stored, once
+        they are stored. A call cancelled while it waits is left out of the
+        write (nothing of it is stored); one cancelled once its write began
+        is stored and counted, as with an ungrouped write.
+        """
+        loop = _running_asyncio_loop()
+        if loop is None or not events:
+            return await anyio.to_thread.run_sync(self._accept, events)
+        group = self._write_groups.get(loop)
+        if group is None:
+            group = self._write_groups[loop] = _WriteGroup()
+        future: asyncio.Future[int] = loop.create_future()
+        group.waiting.append((events, future))
+        if group.writer is None:
+            group.writer = loop.create_task(
+                self._write_waiting(group), name="pinterest-mw-outbox-write"
+            )
+
+        return await future
+
+    async def _write_waiting(self, group: _WriteGroup) -> None:
+        """Write what waits in `group`, a group per thread hop, until none is left."""
+        taken: list[tuple[Sequence[WireEvent], asyncio.Future[int]]] = []
+        try:
+            while True:
+                # A cancelled caller's future is done: its events stay out.
+                taken = [entry for entry in group.waiting if not entry[1].done()]
+                group.waiting.clear()
+                if not taken:
+                    return
+                counts = await anyio.to_thread.run_sync(
+                    self._accept_many, [events for events, _ in taken]
+                )
+                for (_, future), count in zip(taken, counts, strict=True):
+                    if not future.done():
+                        future.set_result(count)
+                taken = []
+        except BaseException as exc:
+            # The loop is closing (or a bug): no caller is left waiting.
+            # Those taken may have been stored; the others were not.
+            for _, future in [*taken, *group.waiting]:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            group.waiting.clear()
+            raise
+        finally:
+            group.writer = None
+
+    def _accept_many(self, batches: list[Sequence[WireEvent]]) -> list[int]:
+        """`_accept` for several calls' events, in one outbox write if it can."""
+        put_many = getattr(self.outbox, "put_many", None)
+        if put_many is None or self._closed:
+            return [self._accept(events) for events in batches]
+        try:
+            stored: list[int] = put_many(batches)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
+            for events in batches:
+                self._store_failed(len(events), exc)
+            return [0] * len(batches)
+        for events, count in zip(batches, stored, strict=True):
+            self._tally(len(events), count)
 
         return stored
 
@@ -1028,7 +1122,13 @@ class ThreadDispatcher(_BaseDispatcher):
         self._setup_thread()
 
     async def asubmit(self, events: Sequence[WireEvent]) -> int:
-        """`submit` for async code: disk writes and waits run in a thread."""
+        """`submit` for async code: disk writes and waits run in a thread.
+
+        Concurrent calls in one event loop share a durable outbox's writes
+        (see `_accept_grouped`).
+        """
+        if self._groups_writes:
+            return await self._accept_grouped(events)
         if self.outbox.blocking or self.overflow == "block":
             return await anyio.to_thread.run_sync(self._accept, events)
         return self._accept(events)
@@ -1177,6 +1277,16 @@ class ThreadDispatcher(_BaseDispatcher):
 
 
 # --- async dispatcher ----------------------------------------------------------
+
+
+class _WriteGroup:
+    """The `asubmit` calls of one event loop waiting for a shared outbox write."""
+
+    __slots__ = ("waiting", "writer")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Sequence[WireEvent], asyncio.Future[int]]] = []
+        self.writer: asyncio.Task[None] | None = None
 
 
 class _ClaimHandover:
@@ -1349,9 +1459,15 @@ class AsyncDispatcher(_BaseDispatcher):
     # --- public interface ---
 
     async def asubmit(self, events: Sequence[WireEvent]) -> int:
-        """Store events for delivery without blocking the loop."""
+        """Store events for delivery without blocking the loop.
+
+        Concurrent calls in one event loop share a durable outbox's writes:
+        one worker-thread hop and one commit per group (`_accept_grouped`).
+        """
         if self.is_sending and not self._closed:
             self._ensure_worker()
+        if self._groups_writes and not self._inline_io:
+            return await self._accept_grouped(events)
         return await self._offload(self._accept, events, blocking=self._put_blocks)
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -858,19 +858,39 @@ class SQLiteOutbox:
         """
         if not events:
             return 0
-        request = _PendingPut(events, atomic)
+        return self.put_many([events], atomic=atomic)[0]
+
+    def put_many(
+        self, batches: Sequence[Sequence[WireEvent]], *, atomic: bool = False
+    ) -> list[int]:
+        """`put` several callers' events in one transaction, each on its own.
+
+        Returns how many of each batch were stored, in order: each batch is
+        fitted (as a prefix, or all or none with `atomic=True`) after those
+        before it, as if `put` had been called for each in turn. Raises
+        `sqlite3.Error` when the write fails, for all of them.
+        """
+        requests = [_PendingPut(events, atomic) for events in batches if events]
+        if requests:
+            self._put_requests(requests)
+        stored = iter(request.stored for request in requests)
+
+        return [next(stored) if events else 0 for events in batches]
+
+    def _put_requests(self, requests: list[_PendingPut]) -> None:
+        # Queued together under the lock, the requests go into one commit:
+        # whoever commits takes the whole queue at once.
+        first = requests[0]
         with self._queue_lock:
-            self._queue.append(request)
+            self._queue.extend(requests)
             leads = not self._committing
             self._committing = True
         if not leads:
-            request.wake.wait()
-        if not request.finished:
+            first.wake.wait()
+        if not first.finished:
             self._commit_queued()
-        if request.error is not None:
-            raise request.error
-
-        return request.stored
+        if first.error is not None:
+            raise first.error
 
     def _commit_queued(self) -> None:
         """Commit every queued put in one transaction, then pass the lead on."""

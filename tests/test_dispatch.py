@@ -911,14 +911,17 @@ async def test_async_dispatcher_writes_a_durable_outbox_off_the_loop(
     outbox = sqlite()
     dispatcher = make_async(sender, outbox)
     loop_thread = threading.get_ident()
-    put = outbox.put
+    put_many = outbox.put_many
     put_threads: list[int] = []
 
-    def recording_put(events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+    # `put` writes through `put_many`, and grouped writes call it directly.
+    def recording_put_many(
+        batches: Sequence[Sequence[WireEvent]], *, atomic: bool = False
+    ) -> list[int]:
         put_threads.append(threading.get_ident())
-        return put(events, atomic=atomic)
+        return put_many(batches, atomic=atomic)
 
-    outbox.put = recording_put  # type: ignore[method-assign]
+    outbox.put_many = recording_put_many  # type: ignore[method-assign]
 
     await dispatcher.asubmit(wire(2))
 

@@ -1,9 +1,9 @@
 """Profile the paths the benchmarks time, with cProfile, in-process.
 
 ```
-python -m benchmarks.profile hashing
-python -m benchmarks.profile endpoint-memory --top 25
-python -m benchmarks.profile endpoint-sqlite decorator-starlette decorator-flask
+python -m benchmarks.profiling hashing
+python -m benchmarks.profiling endpoint-memory --top 25
+python -m benchmarks.profiling endpoint-sqlite decorator-starlette decorator-flask
 ```
 
 Each target repeats one path many times under cProfile and prints the
@@ -137,7 +137,7 @@ def _decorator_flask(upstream: str, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Profile the targets named on the command line (default: all)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling")
     parser.add_argument("targets", nargs="*", help="any of: " + ", ".join(TARGETS))
     parser.add_argument("--top", type=int, default=15, help="functions per listing")
     args = parser.parse_args(argv)
