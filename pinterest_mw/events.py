@@ -113,6 +113,7 @@ _MESSAGES: dict[str, str] = {
     "missing": "is required",
     "extra_forbidden": "is not a field Pinterest accepts here",
     "string_type": "must be a string",
+    "string_unicode": "must be valid Unicode text, without lone surrogates",
     "int_type": "must be an integer",
     "int_parsing": "must be an integer",
     "int_from_float": "must be a whole number",
@@ -565,6 +566,13 @@ class _WireModel(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         hide_input_in_errors=True,
+        # A length bound, even this empty one, makes pydantic read every
+        # string as UTF-8 while validating, which refuses a lone surrogate
+        # (what JSON's "\ud800" decodes to) with a `string_unicode` error at
+        # its path. Unbounded strings are not read, so such text would pass
+        # validation and only fail in `to_json()`. The check runs in
+        # pydantic's core and costs nothing measurable.
+        str_min_length=0,
     )
 
     # Where a standalone model's error paths start (an event's are absolute).

@@ -133,6 +133,7 @@ _PHONE_NO_COUNTRY: Final = (
     " country code"
 )
 _EXTRA_PLAIN_VALUE: Final = "field takes one value; this extra value was ignored"
+_NOT_UNICODE: Final = "not valid Unicode text (it holds a lone surrogate)"
 _INTERNAL_ERROR: Final = "value could not be normalized (internal error, logged)"
 # A configuration error, not a warning: it names the option only.
 _BAD_REGION: Final = (
@@ -147,6 +148,8 @@ _IPV4_WITH_PORT: Final = re.compile(r"([0-9.]+):[0-9]{1,5}")
 _IPV4_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_IPV4: Final = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
 _LETTER: Final = re.compile(r"[^\W\d_]")
+# What JSON's "\ud800" decodes to: no UTF-8 bytes exist for it to hash.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 # A leading + (or its full-width form) or 00, after anything that is not a
 # digit, gives the country code: "tel:+1...", "(+44) ...", "0044 ...".
 _INTERNATIONAL_PREFIX: Final = re.compile(r"[^+\uff0b\d]*(?:[+\uff0b]|00)")
@@ -293,9 +296,14 @@ def _wrong_type(value: object) -> UnusableValueError:
 
 
 def _lower(text: str) -> str:
-    """Compose `text` to NFC, trim it and lowercase it: the first policy step."""
+    """Compose `text` to NFC, trim it and lowercase it: the first policy step.
+
+    Text holding a lone surrogate is refused: it has no UTF-8 form to hash.
+    """
     if text.isascii():
         return text.strip().lower()
+    if _SURROGATE.search(text) is not None:
+        raise UnusableValueError(_NOT_UNICODE)
 
     text = unicodedata.normalize("NFC", text).strip().lower()
     # Lowercasing maps code point by code point and may leave a sequence that

@@ -550,6 +550,82 @@ def test_unknown_key_is_an_error_naming_its_path(overrides, path):
     ]
 
 
+# --- text that is not valid Unicode ---
+
+LONE_SURROGATE = json.loads('"order \\ud800"')
+"""What a JSON body's `"\\ud800"` decodes to: text no UTF-8 encoder takes."""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"event_id": LONE_SURROGATE}, "event_id"),
+        ({"event_source_url": LONE_SURROGATE}, "event_source_url"),
+        ({"partner_name": LONE_SURROGATE}, "partner_name"),
+        (
+            {"user_data": {"email": EMAIL, "client_user_agent": LONE_SURROGATE}},
+            "user_data.client_user_agent",
+        ),
+        (
+            {"user_data": {"email": EMAIL, "click_id": LONE_SURROGATE}},
+            "user_data.click_id",
+        ),
+        (
+            {"user_data": {"email": EMAIL, "partner_id": LONE_SURROGATE}},
+            "user_data.partner_id",
+        ),
+        ({"custom_data": {"order_id": LONE_SURROGATE}}, "custom_data.order_id"),
+        (
+            {"custom_data": {"content_ids": ["sku-1", LONE_SURROGATE]}},
+            "custom_data.content_ids.1",
+        ),
+        (
+            {"custom_data": {"contents": [{"item_name": LONE_SURROGATE}]}},
+            "custom_data.contents.0.item_name",
+        ),
+        (
+            {"custom_data": {"search_string": LONE_SURROGATE}},
+            "custom_data.search_string",
+        ),
+        ({"app_info": {"app_name": LONE_SURROGATE}}, "app_info.app_name"),
+        ({"device_info": {"brand": LONE_SURROGATE}}, "device_info.brand"),
+    ],
+)
+def test_a_lone_surrogate_is_an_error_naming_its_path(overrides, path):
+    assert errors_of(**overrides) == [
+        FieldError(path, "must be valid Unicode text, without lone surrogates")
+    ]
+
+
+def test_build_event_refuses_a_lone_surrogate_at_build_time():
+    with pytest.raises(EventValidationError) as caught:
+        build_event(
+            "checkout",
+            user_data={"email": EMAIL, "click_id": LONE_SURROGATE},
+            custom_data={"order_id": LONE_SURROGATE},
+        )
+
+    paths = [error.path for error in caught.value.errors]
+    assert paths == ["user_data.click_id", "custom_data.order_id"]
+
+
+def test_parse_events_names_the_item_holding_a_lone_surrogate():
+    items = [event_data(), event_data(partner_name=LONE_SURROGATE)]
+
+    with pytest.raises(EventValidationError) as caught:
+        parse_events(items, now=NOW)
+
+    assert [error.path for error in caught.value.errors] == ["data.1.partner_name"]
+
+
+def test_a_lone_surrogate_in_personal_data_drops_the_value_with_a_warning():
+    """Personal data follows the hasher's rule: dropped, never failing the event."""
+    event = parse(user_data={"email": EMAIL, "first_name": LONE_SURROGATE})
+
+    assert event.user_data.first_name is None
+    assert [warning.path for warning in event.warnings] == ["user_data.first_name"]
+
+
 # --- friendly names and wire codes ---
 
 

@@ -375,6 +375,29 @@ def test_value_the_rule_cannot_use_is_dropped_with_its_reason(key, raw, reason):
     assert reasons(result) == [reason]
 
 
+LONE_SURROGATE = "Ann\ud800"
+
+
+@pytest.mark.parametrize("key", sorted(HASHED_FIELDS))
+@pytest.mark.parametrize(
+    "shape", [lambda value: value, lambda value: [value]], ids=["one", "list"]
+)
+def test_text_with_a_lone_surrogate_is_dropped_with_its_reason(key, shape, caplog):
+    """Such text has no UTF-8 bytes to hash: it is unusable, not a bug."""
+    caplog.set_level(logging.DEBUG, logger="pinterest_mw")
+
+    result = hash_user_data({key: shape(LONE_SURROGATE)})
+
+    assert result.fields == {}
+    assert reasons(result) == [hashing._NOT_UNICODE]
+    assert caplog.records == []
+
+
+def test_normalizers_refuse_text_with_a_lone_surrogate():
+    with pytest.raises(UnusableValueError, match="surrogate"):
+        normalize_name(LONE_SURROGATE)
+
+
 def test_ambiguous_date_is_dropped_unless_a_format_is_named():
     assert hashed("date_of_birth", "03/04/1997") == []
     assert hashed("date_of_birth", "03/04/1997", date_format="%d/%m/%Y") == [

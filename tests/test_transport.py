@@ -265,6 +265,22 @@ async def test_invalid_mappings_are_all_reported_and_nothing_is_sent(
     assert fake_pinterest.requests == []
 
 
+async def test_a_lone_surrogate_in_a_mapping_is_reported_and_nothing_is_sent(
+    make_transport, fake_pinterest
+):
+    data = {
+        "event_name": "lead",
+        "action_source": "web",
+        "user_data": {"email": EMAIL, "click_id": json.loads('"\\udc00"')},
+    }
+
+    with pytest.raises(EventValidationError) as caught:
+        await resolve(make_transport().send([event(0), data]))
+
+    assert [e.path for e in caught.value.errors] == ["data.1.user_data.click_id"]
+    assert fake_pinterest.requests == []
+
+
 async def test_sending_nothing_makes_no_request(make_transport, fake_pinterest):
     result = await resolve(make_transport().send([]))
 
