@@ -59,8 +59,13 @@ from pydantic_core import (
     core_schema,
 )
 
-from .exceptions import ConfigurationError, EventValidationError, FieldError
-from .hashing import FieldWarning, hash_user_data
+from .exceptions import (
+    ConfigurationError,
+    EventValidationError,
+    FieldError,
+    UnusableValueError,
+)
+from .hashing import FieldWarning, _integer_text, hash_user_data
 
 __all__ = [
     "ActionSource",
@@ -371,11 +376,28 @@ def _validate_event_id(value: Any) -> str:
             raise _fail("event_id_empty", "must not be empty")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _id_text(value)
     if isinstance(value, uuid.UUID):
         return str(value)
 
     raise _fail("event_id_type", "must be a string, an integer or a UUID")
+
+
+def _validate_identifier(value: Any) -> Any:
+    """Write an integer id out; other values go on to the string schema."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _id_text(value)
+
+    return value
+
+
+def _id_text(value: int) -> str:
+    try:
+        return _integer_text(value)
+    except UnusableValueError:
+        raise _fail(
+            "id_too_long", "is an integer of more than 64 digits; send it as a string"
+        ) from None
 
 
 def _validate_money(value: Any) -> str:
@@ -484,11 +506,17 @@ EventNameValue = Annotated[EventName | str, _ParsedBy(_validate_event_name)]
 EventTime = Annotated[int, _ParsedBy(_validate_event_time)]
 EventId = Annotated[str, _ParsedBy(_validate_event_id)]
 # Product and order ids: strings, or numbers kept as their decimal text.
-Identifier = Annotated[str, Field(coerce_numbers_to_str=True)]
+Identifier = Annotated[
+    str, Field(coerce_numbers_to_str=True), _ParsedBy(_validate_identifier)
+]
 Money = Annotated[str, _ParsedBy(_validate_money)]
 Currency = Annotated[str, _ParsedBy(_validate_currency)]
 Language = Annotated[str, _ParsedBy(_validate_language)]
-InstallTime = Annotated[int, Field(ge=0), _ParsedBy(_validate_install_time)]
+# Pinterest's schema gives install_time no upper bound; like event_time it is
+# a Unix time, so it is held to int64 too rather than sent with any length.
+InstallTime = Annotated[
+    int, Field(ge=0, le=_INT64_MAX), _ParsedBy(_validate_install_time)
+]
 Int64 = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)]
 ScreenPixels = Annotated[int, Field(ge=0, le=30720)]
 StorageGigabytes = Annotated[int, Field(ge=0, le=1048576)]
@@ -831,7 +859,7 @@ class CustomData(_WireModel):
     content_category: str | None = None
     content_brand: str | None = None
     external_measurement_id: str | None = None
-    external_measurement_vendor_id: int | None = None
+    external_measurement_vendor_id: Int64 | None = None
     predicted_ltv: Money | None = None
 
 

@@ -134,6 +134,10 @@ _PHONE_NO_COUNTRY: Final = (
 )
 _EXTRA_PLAIN_VALUE: Final = "field takes one value; this extra value was ignored"
 _NOT_UNICODE: Final = "not valid Unicode text (it holds a lone surrogate)"
+_MAX_INTEGER_DIGITS: Final = 64
+_INTEGER_TOO_LONG: Final = (
+    f"integer of more than {_MAX_INTEGER_DIGITS} digits; pass it as a string"
+)
 _INTERNAL_ERROR: Final = "value could not be normalized (internal error, logged)"
 # A configuration error, not a warning: it names the option only.
 _BAD_REGION: Final = (
@@ -295,6 +299,22 @@ def _wrong_type(value: object) -> UnusableValueError:
     return UnusableValueError(_WRONG_TYPE.format(type_name=type(value).__name__))
 
 
+_INTEGER_BOUND: Final = 10**_MAX_INTEGER_DIGITS
+
+
+def _integer_text(value: int) -> str:
+    """Write an integer in decimal digits, refusing one of more than 64.
+
+    Far beyond any real id or number, and well within what Python writes
+    out at all: past its limit (4300 digits by default) `str()` raises, and
+    below it the time taken grows with the square of the length.
+    """
+    if not -_INTEGER_BOUND < value < _INTEGER_BOUND:
+        raise UnusableValueError(_INTEGER_TOO_LONG)
+
+    return str(value)
+
+
 def _lower(text: str) -> str:
     """Compose `text` to NFC, trim it and lowercase it: the first policy step.
 
@@ -319,7 +339,7 @@ def _prepare(value: object, *, integers: bool = False) -> str:
     if isinstance(value, str):
         return _lower(value)
     if integers and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _integer_text(value)
 
     raise _wrong_type(value)
 
@@ -887,7 +907,7 @@ def _plain_text(value: object) -> str:
     if isinstance(value, str):
         return _non_empty(value.strip())
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _integer_text(value)
 
     raise _wrong_type(value)
 

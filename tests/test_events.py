@@ -457,6 +457,80 @@ def test_content_ids_become_strings(value, expected):
     )
 
 
+class HugeInt(int):
+    """An integer with more digits than Python writes out by default (4300).
+
+    Its repr says so instead, so that pytest and hypothesis can report a
+    failing example holding one.
+    """
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.bit_length()} bits>"
+
+    def __str__(self) -> str:
+        # int's own str() is its repr: keep the real digits (and their limit).
+        return int.__repr__(self)
+
+
+HUGE = HugeInt(10**5000)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"event_id": HUGE}, "event_id"),
+        ({"custom_data": {"order_id": HUGE}}, "custom_data.order_id"),
+        ({"custom_data": {"content_ids": ["a", HUGE]}}, "custom_data.content_ids.1"),
+        (
+            {"custom_data": {"contents": [{"id": HugeInt(-HUGE)}]}},
+            "custom_data.contents.0.id",
+        ),
+    ],
+)
+def test_an_integer_id_too_long_to_write_out_is_an_error_naming_its_path(
+    overrides, path
+):
+    assert errors_of(**overrides) == [
+        FieldError(path, "is an integer of more than 64 digits; send it as a string")
+    ]
+
+
+def test_an_integer_id_of_64_digits_is_kept_as_its_decimal_string():
+    longest = 10**64 - 1
+
+    event = parse(event_id=longest, custom_data={"order_id": -longest})
+
+    assert event.event_id == "9" * 64
+    assert event.to_wire()["custom_data"]["order_id"] == "-" + "9" * 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"app_info": {"install_time": HUGE}}, "app_info.install_time"),
+        ({"app_info": {"install_time": 10**22}}, "app_info.install_time"),
+        (
+            {"custom_data": {"external_measurement_vendor_id": 2**63}},
+            "custom_data.external_measurement_vendor_id",
+        ),
+        ({"custom_data": {"num_items": 2**63}}, "custom_data.num_items"),
+        (
+            {"custom_data": {"contents": [{"quantity": -(2**63) - 1}]}},
+            "custom_data.contents.0.quantity",
+        ),
+    ],
+)
+def test_integers_beyond_int64_are_an_error_naming_their_path(overrides, path):
+    assert paths_of(**overrides) == [path]
+
+
+def test_install_time_up_to_the_int64_maximum_is_kept():
+    """13 digits and more are milliseconds, as for event_time."""
+    event = parse(app_info={"install_time": 2**63 - 1})
+
+    assert event.to_wire()["app_info"]["install_time"] == (2**63 - 1) // 1000
+
+
 # --- app_info and device_info ---
 
 

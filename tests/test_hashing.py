@@ -398,6 +398,39 @@ def test_normalizers_refuse_text_with_a_lone_surrogate():
         normalize_name(LONE_SURROGATE)
 
 
+class HugeInt(int):
+    """10**5000: more digits than Python writes out by default, safely shown."""
+
+    def __repr__(self) -> str:
+        return "HugeInt(10**5000)"
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["phone", "date_of_birth", "zip_code", "external_id", "click_id", "partner_id"],
+)
+@pytest.mark.parametrize(
+    "shape", [lambda value: value, lambda value: [value]], ids=["one", "list"]
+)
+def test_an_integer_too_long_to_write_out_is_dropped_with_its_reason(
+    key, shape, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="pinterest_mw")
+
+    result = hash_user_data({key: shape(HugeInt(10**5000))})
+
+    assert result.fields == {}
+    assert reasons(result) == [hashing._INTEGER_TOO_LONG]
+    assert caplog.records == []
+
+
+def test_an_integer_of_64_digits_is_still_read():
+    assert hash_user_data({"click_id": 10**64 - 1}).fields == {"click_id": "9" * 64}
+
+
 def test_ambiguous_date_is_dropped_unless_a_format_is_named():
     assert hashed("date_of_birth", "03/04/1997") == []
     assert hashed("date_of_birth", "03/04/1997", date_format="%d/%m/%Y") == [
