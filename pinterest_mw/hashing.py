@@ -374,6 +374,20 @@ def _alphanumerics(text: str) -> str:
     return _keep_categories(joined, "LMN")
 
 
+def _compatibility_folded(text: str) -> str:
+    """Fold compatibility forms (NFKC), such as full-width digits and letters.
+
+    Only zip codes and states are folded: Pinterest's rules for them ask for
+    ASCII ("digits only", a two-letter code), so full-width digits or
+    letters (U+FF10 to U+FF5A, as East Asian keyboards type them) can only
+    mean `94025` or `ca`. Names and cities have no such rule, and
+    Pinterest's own tag template only trims and lowercases them: folding a
+    full-width name to ASCII could make a digest that matches nobody, so
+    they keep the policy's NFC.
+    """
+    return _lower(unicodedata.normalize("NFKC", text))
+
+
 def _fold(text: str) -> str:
     """Return the ASCII letters of `text`, accents removed: a lookup key."""
     decomposed = unicodedata.normalize("NFKD", text.lower())
@@ -467,6 +481,8 @@ def _state_codes() -> dict[str, str]:
 
 
 def _state_rule(text: str) -> str:
+    if not text.isascii():
+        text = _compatibility_folded(text)
     if len(text) == 2 and text.isascii() and text.isalpha():
         return text
     code = _state_codes().get(text)
@@ -482,6 +498,8 @@ def _state_rule(text: str) -> str:
 
 
 def _zip_rule(text: str) -> str:
+    if not text.isascii():
+        text = _compatibility_folded(text)
     if text.isascii():
         if len(text) == 5 and text.isdigit():
             return text

@@ -145,6 +145,11 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("state", "British Columbia", {}, "bc"),
     ("state", "US-TX", {}, "tx"),
     ("state", "Bavaria", {}, "bavaria"),
+    # Full-width (compatibility) forms, as East Asian keyboards type them.
+    ("state", "\uff23\uff21", {}, "ca"),
+    ("state", "\uff43\uff41", {}, "ca"),
+    ("state", "\uff2e\uff39", {}, "ny"),
+    ("state", "\uff23\uff41\uff4c\uff49\uff46\uff4f\uff52\uff4e\uff49\uff41", {}, "ca"),
     # zp: five digits for US ZIP and ZIP+4; other postcodes lowercase, no
     # spaces or punctuation.
     ("zip_code", "94025", {}, "94025"),
@@ -160,6 +165,15 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("zip_code", "K1A 0B1", {}, "k1a0b1"),
     ("zip_code", "1010", {}, "1010"),
     ("zip_code", "01310-100", {}, "01310100"),
+    ("zip_code", "\uff19\uff14\uff10\uff12\uff15", {}, "94025"),
+    (
+        "zip_code",
+        "\uff19\uff14\uff10\uff12\uff15\uff0d\uff11\uff12\uff13\uff14",
+        {},
+        "94025",
+    ),
+    ("zip_code", "\uff11\uff10\uff10\uff0d\uff10\uff10\uff10\uff11", {}, "1000001"),
+    ("zip_code", "\uff33\uff37\uff11\uff21\u3000\uff11\uff21\uff21", {}, "sw1a1aa"),
     # country: ISO 3166-1 alpha-2, lowercase, from codes and English names.
     ("country", "US", {}, "us"),
     ("country", "usa", {}, "us"),
@@ -242,6 +256,33 @@ def test_composed_and_decomposed_input_give_the_same_digest(key, composed):
     decomposed = unicodedata.normalize("NFD", composed)
     assert decomposed != composed
     assert hashed(key, decomposed) == hashed(key, composed) != []
+
+
+@pytest.mark.parametrize(
+    ("key", "full_width", "ascii_form"),
+    [
+        ("zip_code", "\uff19\uff14\uff10\uff12\uff15", "94025"),
+        ("zip_code", "\uff11\uff10\uff10\uff0d\uff10\uff10\uff10\uff11", "100-0001"),
+        ("state", "\uff23\uff21", "CA"),
+    ],
+)
+def test_full_width_zip_and_state_hash_like_their_ascii_form(
+    key, full_width, ascii_form
+):
+    assert hashed(key, full_width) == hashed(key, ascii_form) != []
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        ("first_name", "\uff21\uff4e\uff4e", "\uff41\uff4e\uff4e"),
+        ("last_name", "\ufb01nch", "\ufb01nch"),
+        ("city", "\uff34\uff4f\uff4b\uff59\uff4f", "\uff54\uff4f\uff4b\uff59\uff4f"),
+    ],
+)
+def test_names_and_cities_keep_compatibility_forms(key, raw, expected):
+    """Names and cities follow the policy's NFC rule, not NFKC: see hashing."""
+    assert hashed(key, raw) == [digest(expected)]
 
 
 def test_decomposed_name_is_hashed_in_composed_form():
