@@ -7,8 +7,10 @@ ConversionsError
 ├── UnusableValueError     a personal-data value its field rule cannot use
 ├── QueueFullError         the delivery queue is full under the "raise" policy
 ├── TransportError         the network failed: connection, timeout, protocol
-└── APIError               Pinterest answered with an error status
-    └── RateLimitError     ... and that status was 429
+└── APIError               Pinterest answered with an error status, or ...
+    ├── RateLimitError     ... that status was 429
+    └── UnreadableResponseError
+                           ... a 2xx without one result per event sent
 ```
 
 No message or `repr` produced here ever holds the access token or the value
@@ -29,6 +31,7 @@ __all__ = [
     "QueueFullError",
     "RateLimitError",
     "TransportError",
+    "UnreadableResponseError",
     "UnusableValueError",
 ]
 
@@ -125,3 +128,30 @@ class APIError(ConversionsError):
 
 class RateLimitError(APIError):
     """Pinterest answered 429: too many requests for this ad account."""
+
+
+UNREADABLE_RESPONSE_MESSAGE = (
+    "Pinterest's answer could not be read as per-event results; "
+    "the events may or may not have been recorded"
+)
+
+
+class UnreadableResponseError(APIError):
+    """Pinterest answered 2xx, but not with one result per event sent.
+
+    A body that is not JSON (a captive portal's or a proxy's page), that
+    lacks the `events` list, or whose list does not match the request's
+    events, tells nothing of what became of them. So the request counts as
+    failed, and as retryable: Pinterest de-duplicates a resent event by its
+    `event_id`. `message` is ours and never quotes the body.
+    """
+
+    def __init__(self, status_code: int, *, retry_after: float | None = None) -> None:
+        super().__init__(
+            status_code, None, UNREADABLE_RESPONSE_MESSAGE, retry_after=retry_after
+        )
+
+    @property
+    def is_retryable(self) -> bool:
+        """Always: the events' fate is unknown, and a resend is de-duplicated."""
+        return True

@@ -10,7 +10,9 @@
   `Retry-After` floor and a total time budget (`RetryPolicy`); 400, 401,
   403 and 422 are never retried;
 - the answer becomes one `EventResult` per input event (processed, warned,
-  failed or not sent), read from the 200 body or from the 422 `details`;
+  failed or not sent), read from the 200 body or from the 422 `details`; a
+  2xx without one result per event (a captive portal's page, say) is
+  `UnreadableResponseError`, retried like a 5xx;
 - a request that finally fails raises `APIError` (`RateLimitError` for
   429) or `TransportError`, or is reported in the `SendResult` with
   `raise_on_error=False`.
@@ -60,6 +62,7 @@ from .exceptions import (
     FieldError,
     RateLimitError,
     TransportError,
+    UnreadableResponseError,
 )
 
 __all__ = [
@@ -339,7 +342,11 @@ class _BaseTransport:
         )
         document = _json_or_none(response)
         if 200 <= status < 300:
-            return _summary_results(document, batch, offset, answered=True)
+            if not _has_a_result_per_event(document, len(batch)):
+                raise UnreadableResponseError(
+                    status, retry_after=_retry_after(response)
+                )
+            return _summary_results(document, batch, offset)
 
         code, message = _error_fields(document)
         if message and self._token in message:
@@ -349,7 +356,7 @@ class _BaseTransport:
         if status == 422:
             details = document.get("details") if isinstance(document, dict) else None
             if _is_summary(details):
-                return _summary_results(details, batch, offset, answered=False)
+                return _summary_results(details, batch, offset)
         error_class = RateLimitError if status == 429 else APIError
         raise error_class(status, code, message, retry_after=_retry_after(response))
 
@@ -474,13 +481,13 @@ class Transport(_BaseTransport):
         is invalid, `EventValidationError` lists every problem (paths start
         with `data.<index>.`) and nothing is sent.
 
-        A request that finally fails raises `APIError`, `RateLimitError` or
-        `TransportError`; the requests before it were delivered and the
-        ones after it are not attempted. With `raise_on_error=False` the
-        error is listed in `SendResult.errors` and its events are
-        `not_sent`; later requests still go out unless the error concerns
-        the whole account (401, 403) or Pinterest stayed unavailable for a
-        whole retry budget.
+        A request that finally fails raises `APIError`, `RateLimitError`,
+        `UnreadableResponseError` or `TransportError`; the requests before
+        it were delivered and the ones after it are not attempted. With
+        `raise_on_error=False` the error is listed in `SendResult.errors`
+        and its events are `not_sent`; later requests still go out unless
+        the error concerns the whole account (401, 403) or Pinterest stayed
+        unavailable for a whole retry budget.
 
         `test` overrides the transport's `test_mode` for this call.
         """
@@ -503,9 +510,9 @@ class Transport(_BaseTransport):
         """Send one request of up to 1000 events, retrying as the policy allows.
 
         Returns one result per event (a 422 is read into per-event results,
-        not raised). Raises `APIError`, `RateLimitError` or
-        `TransportError` when the request finally fails, and ValueError for
-        more than 1000 events.
+        not raised). Raises `APIError`, `RateLimitError`,
+        `UnreadableResponseError` or `TransportError` when the request
+        finally fails, and ValueError for more than 1000 events.
         """
         self._check_open()
         return self._send_chunk(_check_batch(batch), 0, test)
@@ -920,43 +927,46 @@ def _is_summary(document: Any) -> bool:
     return isinstance(document, dict) and isinstance(document.get("events"), list)
 
 
+def _has_a_result_per_event(document: Any, count: int) -> bool:
+    """Whether a 2xx body is Pinterest's answer: one result object per event.
+
+    Anything else (not JSON, no `events` list, a list of another length)
+    says nothing of what became of the events.
+    """
+    if not _is_summary(document):
+        return False
+    entries = document["events"]
+
+    return len(entries) == count and all(isinstance(e, dict) for e in entries)
+
+
 def _summary_results(
-    summary: Any, batch: Sequence[WireEvent], offset: int, *, answered: bool
+    summary: Any, batch: Sequence[WireEvent], offset: int
 ) -> list[EventResult]:
     """One result per event of `batch`, from Pinterest's per-event list.
 
-    An event the list does not cover (or a 2xx body of another shape) was
-    accepted without a verdict: it is reported as warned, since the request
-    succeeded but no per-event status confirms it.
+    An event the list does not cover (possible in a 422's `details` only: a
+    2xx must cover every event) is reported failed without a verdict.
     """
-    entries = summary.get("events") if _is_summary(summary) else []
+    entries = summary["events"]
     results = []
     for i, event in enumerate(batch):
         entry = entries[i] if i < len(entries) else None
-        results.append(_event_result(entry, offset + i, event, answered=answered))
+        results.append(_event_result(entry, offset + i, event))
 
     return results
 
 
-def _event_result(
-    entry: Any, index: int, event: WireEvent, *, answered: bool
-) -> EventResult:
+def _event_result(entry: Any, index: int, event: WireEvent) -> EventResult:
     def build(
-        status: EventStatus, error: Any = None, warning: Any = None
+        status: EventStatus, error: str | None = None, warning: str | None = None
     ) -> EventResult:
         return EventResult(
-            index,
-            event.event_id,
-            event.event_name,
-            status,
-            _text(error),
-            _text(warning),
+            index, event.event_id, event.event_name, status, error, warning
         )
 
     if not isinstance(entry, dict):
-        if answered:
-            return build(EventStatus.WARNED, warning=_NO_VERDICT)
-        return build(EventStatus.FAILED, error=_NO_VERDICT)
+        return build(EventStatus.FAILED, _NO_VERDICT)
     status = entry.get("status")
     if status == "processed":
         warning = _text(entry.get("warning_message"))

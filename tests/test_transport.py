@@ -26,6 +26,7 @@ from pinterest_mw.exceptions import (
     EventValidationError,
     RateLimitError,
     TransportError,
+    UnreadableResponseError,
 )
 from pinterest_mw.testing import (
     FAKE_ACCESS_TOKEN,
@@ -225,14 +226,79 @@ async def test_a_200_listing_failed_events_is_reported_as_failure(
     assert [r.event_id for r in result.processed] == ["evt-1"]
 
 
-async def test_a_200_without_per_event_results_reports_events_warned(
+PROCESSED_ENTRY = {"status": "processed", "error_message": "", "warning_message": ""}
+PORTAL_PAGE = b"<html><body>Sign in to Hotel Wi-Fi to continue</body></html>"
+UNREADABLE_ANSWERS = {
+    "html": {"content": PORTAL_PAGE, "headers": {"content-type": "text/html"}},
+    "not-json": {"text": "OK"},
+    "empty-204": {"status_code": 204},
+    "json-list": {"json": [PROCESSED_ENTRY, PROCESSED_ENTRY]},
+    "no-events": {"json": {"num_events_received": 2, "num_events_processed": 2}},
+    "events-not-a-list": {"json": {"events": "processed"}},
+    "too-few-events": {"json": {"events": [PROCESSED_ENTRY]}},
+    "too-many-events": {"json": {"events": [PROCESSED_ENTRY] * 3}},
+    "entries-not-objects": {"json": {"events": ["processed", "processed"]}},
+}
+
+
+@pytest.mark.parametrize(
+    "answer", UNREADABLE_ANSWERS.values(), ids=UNREADABLE_ANSWERS.keys()
+)
+async def test_a_2xx_that_is_not_a_per_event_answer_raises_a_retryable_error(
+    make_transport, httpx_mock, answer
+):
+    """Such an answer says nothing of the events: they must not count as sent."""
+    httpx_mock.add_response(**{"status_code": 200, **answer})
+    transport = make_transport(retry=RetryPolicy(attempts=1))
+
+    with pytest.raises(UnreadableResponseError) as caught:
+        await resolve(transport.send(events(2)))
+
+    error = caught.value
+    assert isinstance(error, APIError)
+    assert (error.status_code, error.code) == (answer.get("status_code", 200), None)
+    assert error.is_retryable
+    assert "could not be read" in str(error)
+
+
+async def test_an_unreadable_answers_message_quotes_nothing_of_its_body(
     make_transport, httpx_mock
 ):
-    httpx_mock.add_response(status_code=200, text="OK")
+    httpx_mock.add_response(content=PORTAL_PAGE, headers={"content-type": "text/html"})
+
+    with pytest.raises(UnreadableResponseError) as caught:
+        await resolve(make_transport(retry=RetryPolicy(attempts=1)).send(events(1)))
+
+    for text in (str(caught.value), repr(caught.value), caught.value.message or ""):
+        assert "Hotel" not in text
+        assert "html" not in text
+
+
+async def test_an_unreadable_2xx_is_retried_and_the_retry_delivers(
+    make_transport, httpx_mock, clock
+):
+    fake = FakePinterestAPI()
+    httpx_mock.add_response(content=PORTAL_PAGE, headers={"content-type": "text/html"})
+    httpx_mock.add_callback(fake.handle)
 
     result = await resolve(make_transport().send(events(2)))
 
-    assert [r.status for r in result.results] == [EventStatus.WARNED] * 2
+    assert [r.status for r in result.results] == [EventStatus.PROCESSED] * 2
+    assert [e["event_id"] for e in fake.events] == ["evt-0", "evt-1"]
+    assert clock.sleeps == [0.1]
+
+
+async def test_with_raise_on_error_off_an_unreadable_2xx_leaves_events_not_sent(
+    make_transport, httpx_mock
+):
+    httpx_mock.add_response(json={"events": [PROCESSED_ENTRY]})
+    transport = make_transport(retry=RetryPolicy(attempts=1))
+
+    result = await resolve(transport.send(events(2), raise_on_error=False))
+
+    assert [type(e) for e in result.errors] == [UnreadableResponseError]
+    assert [r.status for r in result.results] == [EventStatus.NOT_SENT] * 2
+    assert not result.ok
 
 
 async def test_mappings_are_validated_and_hashed_before_sending(
