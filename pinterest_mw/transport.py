@@ -21,9 +21,10 @@ A `Transport` may be shared between threads and an `AsyncTransport`
 between the tasks of one event loop.
 
 Privacy: the access token only ever goes into the `Authorization` header.
-It is in no `repr`, log record or exception message. Log records carry
-counts, event names and ids, statuses and durations; never bodies, user
-data or URLs with their query.
+It is in no `repr`, log record or exception message: every text taken from
+Pinterest's answers (error and per-event messages) has it redacted. Log
+records carry counts, event names and ids, statuses and durations; never
+bodies, user data or URLs with their query.
 
 Loggers: `pinterest_mw.transport` logs each request at DEBUG, and each
 retry and each request it gives up on at WARNING (the error then goes to the
@@ -346,17 +347,13 @@ class _BaseTransport:
                 raise UnreadableResponseError(
                     status, retry_after=_retry_after(response)
                 )
-            return _summary_results(document, batch, offset)
+            return _summary_results(document, batch, offset, self._token)
 
-        code, message = _error_fields(document)
-        if message and self._token in message:
-            # A proxy or a gateway may echo the request's Authorization
-            # header in its error text, which ends up in logs and reprs.
-            message = message.replace(self._token, _REDACTED)
+        code, message = _error_fields(document, self._token)
         if status == 422:
             details = document.get("details") if isinstance(document, dict) else None
             if _is_summary(details):
-                return _summary_results(details, batch, offset)
+                return _summary_results(details, batch, offset, self._token)
         error_class = RateLimitError if status == 429 else APIError
         raise error_class(status, code, message, retry_after=_retry_after(response))
 
@@ -875,17 +872,28 @@ def _json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-def _error_fields(document: Any) -> tuple[int | None, str | None]:
+def _error_fields(document: Any, secret: str) -> tuple[int | None, str | None]:
     if not isinstance(document, dict):
         return None, None
     code = document.get("code")
-    message = document.get("message")
     if not isinstance(code, int) or isinstance(code, bool):
         code = None
-    if not isinstance(message, str):
-        message = None
 
-    return code, message[:_MAX_MESSAGE_LENGTH] if message else None
+    return code, _answer_text(document.get("message"), secret)
+
+
+def _answer_text(value: Any, secret: str) -> str | None:
+    """A text from Pinterest's answer, fit for our messages, logs and reprs.
+
+    Anything but a non-empty string is None. `secret` (the access token) is
+    redacted first, since a proxy or a gateway may echo the request's
+    `Authorization` header; then the text is cut to 500 characters. Cutting
+    first would leave the start of a token that straddles the cut unredacted.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+
+    return value.replace(secret, _REDACTED)[:_MAX_MESSAGE_LENGTH]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -941,7 +949,7 @@ def _has_a_result_per_event(document: Any, count: int) -> bool:
 
 
 def _summary_results(
-    summary: Any, batch: Sequence[WireEvent], offset: int
+    summary: Any, batch: Sequence[WireEvent], offset: int, secret: str
 ) -> list[EventResult]:
     """One result per event of `batch`, from Pinterest's per-event list.
 
@@ -952,12 +960,12 @@ def _summary_results(
     results = []
     for i, event in enumerate(batch):
         entry = entries[i] if i < len(entries) else None
-        results.append(_event_result(entry, offset + i, event))
+        results.append(_event_result(entry, offset + i, event, secret))
 
     return results
 
 
-def _event_result(entry: Any, index: int, event: WireEvent) -> EventResult:
+def _event_result(entry: Any, index: int, event: WireEvent, secret: str) -> EventResult:
     def build(
         status: EventStatus, error: str | None = None, warning: str | None = None
     ) -> EventResult:
@@ -969,19 +977,12 @@ def _event_result(entry: Any, index: int, event: WireEvent) -> EventResult:
         return build(EventStatus.FAILED, _NO_VERDICT)
     status = entry.get("status")
     if status == "processed":
-        warning = _text(entry.get("warning_message"))
+        warning = _answer_text(entry.get("warning_message"), secret)
         return build(
             EventStatus.WARNED if warning else EventStatus.PROCESSED, None, warning
         )
     if status == "failed":
-        error = _text(entry.get("error_message")) or _NO_REASON
+        error = _answer_text(entry.get("error_message"), secret) or _NO_REASON
         return build(EventStatus.FAILED, error)
 
     return build(EventStatus.FAILED, _UNKNOWN_STATUS)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value[:_MAX_MESSAGE_LENGTH]
-
-    return None

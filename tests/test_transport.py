@@ -41,6 +41,7 @@ from pinterest_mw.transport import (
     RetryPolicy,
     SendResult,
     Transport,
+    _answer_text,
 )
 
 pytestmark = pytest.mark.anyio
@@ -655,6 +656,73 @@ async def test_a_token_echoed_in_an_error_message_is_redacted(
     for text in (str(error), repr(error), error.message or ""):
         assert FAKE_ACCESS_TOKEN not in text
     assert error.message == "Invalid header: Authorization: Bearer <redacted>"
+
+
+def test_answer_text_redacts_the_token_before_cutting_the_text():
+    """Cut first, a token across the cut would be left half visible."""
+    text = "x" * 490 + FAKE_ACCESS_TOKEN
+
+    cleaned = _answer_text(text, FAKE_ACCESS_TOKEN)
+
+    assert cleaned == ("x" * 490 + "<redacted>")[:500]
+    assert FAKE_ACCESS_TOKEN[:5] not in cleaned
+
+
+@pytest.mark.parametrize("value", [None, "", 42, ["message"]])
+def test_answer_text_is_none_for_anything_but_a_non_empty_string(value):
+    assert _answer_text(value, FAKE_ACCESS_TOKEN) is None
+
+
+async def test_a_token_across_the_cut_of_a_long_error_message_is_redacted(
+    make_transport, httpx_mock
+):
+    message = "Invalid header: " + "x" * 470 + f" Bearer {FAKE_ACCESS_TOKEN}"
+    assert len(message) > 500 > message.index(FAKE_ACCESS_TOKEN)
+    httpx_mock.add_response(status_code=400, json={"code": 1, "message": message})
+
+    with pytest.raises(APIError) as caught:
+        await resolve(make_transport().send(events(1)))
+
+    error = caught.value
+    assert error.message is not None
+    assert len(error.message) <= 500
+    for text in (str(error), repr(error), error.message):
+        assert FAKE_ACCESS_TOKEN[:5] not in text
+
+
+@pytest.mark.parametrize("status", [200, 422])
+async def test_a_token_in_per_event_messages_is_redacted(
+    make_transport, httpx_mock, status
+):
+    echo = f"Authorization: Bearer {FAKE_ACCESS_TOKEN}"
+    long_echo = "y" * 490 + FAKE_ACCESS_TOKEN
+    summary = {
+        "num_events_received": 3,
+        "num_events_processed": 1,
+        "events": [
+            {"status": "processed", "error_message": "", "warning_message": echo},
+            {"status": "failed", "error_message": echo, "warning_message": ""},
+            {"status": "failed", "error_message": long_echo, "warning_message": ""},
+        ],
+    }
+    body = (
+        summary if status == 200 else {"code": 953, "message": "no", "details": summary}
+    )
+    httpx_mock.add_response(status_code=status, json=body)
+
+    result = await resolve(make_transport().send(events(3)))
+
+    messages = [
+        text
+        for r in result.results
+        for text in (r.error_message, r.warning_message)
+        if text
+    ]
+    assert messages == [
+        "Authorization: Bearer <redacted>",
+        "Authorization: Bearer <redacted>",
+        ("y" * 490 + "<redacted>")[:500],
+    ]
 
 
 async def test_a_429_error_carries_retry_after(make_transport, fake_pinterest):
