@@ -258,7 +258,7 @@ class _BaseTransport:
     ) -> None:
         self.ad_account_id = _check_ad_account_id(ad_account_id)
         self.api_url = _check_api_url(api_url or os.environ.get(API_URL_ENV))
-        self.test_mode = test_mode
+        self.test_mode = _check_test_mode(test_mode)
         self.timeout = _check_timeout(timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self._clock = clock
@@ -282,7 +282,11 @@ class _BaseTransport:
         return httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
 
     def _params(self, test: bool | None) -> dict[str, str]:
+        """The query of this call's requests; raises TypeError for `test`."""
+        if test is not None and not isinstance(test, bool):
+            raise TypeError("test must be True, False or None")
         is_test = self.test_mode if test is None else test
+
         return {"test": "true"} if is_test else {}
 
     def _check_open(self) -> None:
@@ -416,8 +420,9 @@ class Transport(_BaseTransport):
         clock: a monotonic clock in seconds, for the retry budget.
 
     Raises:
-        ConfigurationError: for an unusable token, ad account, URL or
-            timeout, before any request is made.
+        ConfigurationError: for an unusable token, ad account, URL,
+            timeout or `test_mode` (which must be a bool), before any
+            request is made.
     """
 
     def __init__(
@@ -486,16 +491,19 @@ class Transport(_BaseTransport):
         the error concerns the whole account (401, 403) or Pinterest stayed
         unavailable for a whole retry budget.
 
-        `test` overrides the transport's `test_mode` for this call.
+        `test` overrides the transport's `test_mode` for this call; a value
+        other than True, False or None raises TypeError before anything is
+        sent.
         """
         self._check_open()
+        params = self._params(test)
         outcome = _SendOutcome(raise_on_error)
         for offset, chunk in _chunks(_prepare(events)):
             if outcome.stopped:
                 outcome.skip(chunk, offset)
                 continue
             try:
-                outcome.add(self._send_chunk(chunk, offset, test))
+                outcome.add(self._send_chunk(chunk, offset, params))
             except (APIError, TransportError) as exc:
                 outcome.fail(exc, chunk, offset)
 
@@ -509,18 +517,19 @@ class Transport(_BaseTransport):
         Returns one result per event (a 422 is read into per-event results,
         not raised). Raises `APIError`, `RateLimitError`,
         `UnreadableResponseError` or `TransportError` when the request
-        finally fails, and ValueError for more than 1000 events.
+        finally fails, ValueError for more than 1000 events, and TypeError
+        for a `test` that is not a bool or None.
         """
         self._check_open()
-        return self._send_chunk(_check_batch(batch), 0, test)
+        params = self._params(test)
+        return self._send_chunk(_check_batch(batch), 0, params)
 
     def _send_chunk(
-        self, batch: Sequence[WireEvent], offset: int, test: bool | None
+        self, batch: Sequence[WireEvent], offset: int, params: dict[str, str]
     ) -> list[EventResult]:
         if not batch:
             return []
         body = batch_body(event.payload for event in batch)
-        params = self._params(test)
         retrying = Retrying(sleep=self._sleep, **self._retry_options(batch))
         logger.debug("sending %d events (test=%s)", len(batch), bool(params))
         try:
@@ -615,13 +624,14 @@ class AsyncTransport(_BaseTransport):
         Behaves as `Transport.send`.
         """
         self._check_open()
+        params = self._params(test)
         outcome = _SendOutcome(raise_on_error)
         for offset, chunk in _chunks(_prepare(events)):
             if outcome.stopped:
                 outcome.skip(chunk, offset)
                 continue
             try:
-                outcome.add(await self._send_chunk(chunk, offset, test))
+                outcome.add(await self._send_chunk(chunk, offset, params))
             except (APIError, TransportError) as exc:
                 outcome.fail(exc, chunk, offset)
 
@@ -635,15 +645,15 @@ class AsyncTransport(_BaseTransport):
         Behaves as `Transport.send_batch`.
         """
         self._check_open()
-        return await self._send_chunk(_check_batch(batch), 0, test)
+        params = self._params(test)
+        return await self._send_chunk(_check_batch(batch), 0, params)
 
     async def _send_chunk(
-        self, batch: Sequence[WireEvent], offset: int, test: bool | None
+        self, batch: Sequence[WireEvent], offset: int, params: dict[str, str]
     ) -> list[EventResult]:
         if not batch:
             return []
         body = batch_body(event.payload for event in batch)
-        params = self._params(test)
         retrying = AsyncRetrying(sleep=self._sleep, **self._retry_options(batch))
         logger.debug("sending %d events (test=%s)", len(batch), bool(params))
         try:
@@ -759,6 +769,14 @@ def _check_api_url(value: str | None) -> str:
         raise ConfigurationError(problem)
 
     return str(url).rstrip("/")
+
+
+def _check_test_mode(value: bool) -> bool:
+    # A string such as "false" would be truthy and send every request as a test.
+    if not isinstance(value, bool):
+        raise ConfigurationError("test_mode must be True or False")
+
+    return value
 
 
 def _check_timeout(value: float) -> float:

@@ -865,6 +865,27 @@ async def test_test_mode_follows_the_call_then_the_transport(
     assert fake_pinterest.requests[0].query == expected
 
 
+@pytest.mark.parametrize("test_mode", ["false", "true", 0, 1, None])
+async def test_a_test_mode_that_is_not_a_boolean_is_refused_at_construction(
+    make_transport, test_mode
+):
+    with pytest.raises(ConfigurationError, match="test_mode"):
+        make_transport(test_mode=test_mode)
+
+
+@pytest.mark.parametrize("test", ["false", "true", 0, 1])
+async def test_a_test_argument_that_is_not_a_boolean_is_refused(
+    make_transport, fake_pinterest, test
+):
+    transport = make_transport()
+
+    with pytest.raises(TypeError, match="test"):
+        await resolve(transport.send(events(1), test=test))
+    with pytest.raises(TypeError, match="test"):
+        await resolve(transport.send_batch(events(1), test=test))
+    assert fake_pinterest.requests == []
+
+
 async def test_test_requests_are_validated_but_not_recorded(
     make_transport, fake_pinterest
 ):
