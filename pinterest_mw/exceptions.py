@@ -16,11 +16,19 @@ ConversionsError
 No message or `repr` produced here ever holds the access token or the value
 of an event field: field errors name the path and the rule, API errors carry
 Pinterest's own code and message.
+
+`TransportError` and `APIError` raised by a transport's `send()` carry the
+`SendResult` of the whole call as `send_result`: what became of every event,
+those sent before the failure included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .transport import SendResult
 
 __all__ = [
     "APIError",
@@ -87,8 +95,12 @@ class QueueFullError(ConversionsError):
 class TransportError(ConversionsError):
     """Pinterest could not be reached: connection, timeout or protocol failure.
 
-    The underlying httpx exception is chained as `__cause__`.
+    The underlying httpx exception is chained as `__cause__`. Raised by a
+    transport's `send()`, it carries that call's `send_result` (see
+    `APIError`).
     """
+
+    send_result: SendResult | None = None
 
 
 class APIError(ConversionsError):
@@ -99,7 +111,12 @@ class APIError(ConversionsError):
         code: Pinterest's numeric error code from the body, when it sent one.
         message: Pinterest's message from the body, when it sent one.
         retry_after: seconds Pinterest asked us to wait, when it said so.
+        send_result: when raised by a transport's `send()`, what became of
+            every event of the call: the results of the requests before this
+            one, and the others `not_sent`. None from `send_batch()`.
     """
+
+    send_result: SendResult | None = None
 
     def __init__(
         self,

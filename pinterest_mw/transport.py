@@ -14,7 +14,8 @@
   2xx without one result per event (a captive portal's page, say) is
   `UnreadableResponseError`, retried like a 5xx;
 - a request that finally fails raises `APIError` (`RateLimitError` for
-  429) or `TransportError`, or is reported in the `SendResult` with
+  429) or `TransportError`, carrying the `SendResult` of every event so
+  far as `send_result`, or is reported in the `SendResult` with
   `raise_on_error=False`.
 
 A `Transport` may be shared between threads and an `AsyncTransport`
@@ -151,8 +152,9 @@ class EventResult:
 class SendResult:
     """The outcome of `send()`: one result per input event, in input order.
 
-    `errors` lists the requests that failed finally when the send was made
-    with `raise_on_error=False` (their events are `not_sent`).
+    `errors` lists the requests that failed finally (their events are
+    `not_sent`): every one with `raise_on_error=False`, or the one raised,
+    in the `send_result` that error carries.
     """
 
     results: list[EventResult]
@@ -485,7 +487,10 @@ class Transport(_BaseTransport):
 
         A request that finally fails raises `APIError`, `RateLimitError`,
         `UnreadableResponseError` or `TransportError`; the requests before
-        it were delivered and the ones after it are not attempted. With
+        it were delivered and the ones after it are not attempted. The
+        error's `send_result` says what became of every event: the results
+        of the earlier requests, then its own events and the later ones
+        `not_sent`, with the reason as `error_message`. With
         `raise_on_error=False` the error is listed in `SendResult.errors`
         and its events are `not_sent`; later requests still go out unless
         the error concerns the whole account (401, 403) or Pinterest stayed
@@ -686,13 +691,17 @@ class AsyncTransport(_BaseTransport):
 
 
 class _SendOutcome:
-    """Collects the results of the requests of one `send()`."""
+    """Collects the results of the requests of one `send()`.
+
+    With `raise_on_error`, the first failed request stops the send, and
+    `result()` raises its error carrying the results of every event.
+    """
 
     def __init__(self, raise_on_error: bool) -> None:
         self.raise_on_error = raise_on_error
         self.results: list[EventResult] = []
         self.errors: list[ConversionsError] = []
-        self.stopped_by: ConversionsError | None = None
+        self.stopped_by: APIError | TransportError | None = None
 
     @property
     def stopped(self) -> bool:
@@ -704,11 +713,9 @@ class _SendOutcome:
     def fail(
         self, error: APIError | TransportError, chunk: Sequence[WireEvent], offset: int
     ) -> None:
-        if self.raise_on_error:
-            raise error
         self.errors.append(error)
         self.results.extend(_not_sent(chunk, offset, f"request failed: {error}"))
-        if _stops_the_send(error):
+        if self.raise_on_error or _stops_the_send(error):
             self.stopped_by = error
 
     def skip(self, chunk: Sequence[WireEvent], offset: int) -> None:
@@ -716,7 +723,13 @@ class _SendOutcome:
         self.results.extend(_not_sent(chunk, offset, reason))
 
     def result(self) -> SendResult:
-        return SendResult(self.results, self.errors)
+        result = SendResult(self.results, self.errors)
+        error = self.stopped_by
+        if self.raise_on_error and error is not None:
+            error.send_result = result
+            raise error
+
+        return result
 
 
 @functools.cache

@@ -836,6 +836,50 @@ async def test_an_error_midway_raises_after_earlier_requests_were_delivered(
     assert len(answered) == 2
 
 
+async def test_an_error_midway_carries_what_became_of_every_event(
+    make_transport, httpx_mock
+):
+    fake = FakePinterestAPI()
+    answered: list[httpx.Request] = []
+
+    def second_request_fails(request: httpx.Request) -> httpx.Response:
+        answered.append(request)
+        if len(answered) == 2:
+            return httpx.Response(503, json={"code": 4197, "message": "down"})
+        return fake.handle(request)
+
+    httpx_mock.add_callback(second_request_fails, is_reusable=True)
+    transport = make_transport(retry=RetryPolicy(attempts=1))
+
+    with pytest.raises(APIError) as caught:
+        await resolve(transport.send(events(2500)))
+
+    result = caught.value.send_result
+    assert result is not None
+    assert [r.index for r in result.results] == list(range(2500))
+    assert [r.event_id for r in result.results] == [f"evt-{n}" for n in range(2500)]
+    assert [r.status for r in result.results] == (
+        [EventStatus.PROCESSED] * 1000 + [EventStatus.NOT_SENT] * 1500
+    )
+    assert result.errors == [caught.value]
+    assert result.results[1000].error_message.startswith("request failed:")
+    assert result.results[2000].error_message.startswith("not attempted")
+
+
+async def test_a_failed_first_request_carries_every_event_as_not_sent(
+    make_transport, fake_pinterest
+):
+    fake_pinterest.timeout_next(1)
+
+    with pytest.raises(TransportError) as caught:
+        await resolve(make_transport(retry=RetryPolicy(attempts=1)).send(events(3)))
+
+    result = caught.value.send_result
+    assert result is not None
+    assert [r.status for r in result.not_sent] == [EventStatus.NOT_SENT] * 3
+    assert not result.ok
+
+
 async def test_errors_are_conversions_errors(make_transport, fake_pinterest):
     fake_pinterest.timeout_next(1)
 
