@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from _helpers import HUGE, HugeInt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -456,24 +457,6 @@ def test_content_ids_become_strings(value, expected):
         [expected],
         expected,
     )
-
-
-class HugeInt(int):
-    """An integer with more digits than Python writes out by default (4300).
-
-    Its repr says so instead, so that pytest and hypothesis can report a
-    failing example holding one.
-    """
-
-    def __repr__(self) -> str:
-        return f"<integer of {self.bit_length()} bits>"
-
-    def __str__(self) -> str:
-        # int's own str() is its repr: keep the real digits (and their limit).
-        return int.__repr__(self)
-
-
-HUGE = HugeInt(10**5000)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from _helpers import HUGE
 
 from pinterest_mw import hashing
 from pinterest_mw.exceptions import ConfigurationError
@@ -439,16 +440,6 @@ def test_normalizers_refuse_text_with_a_lone_surrogate():
         normalize_name(LONE_SURROGATE)
 
 
-class HugeInt(int):
-    """10**5000: more digits than Python writes out by default, safely shown."""
-
-    def __repr__(self) -> str:
-        return "HugeInt(10**5000)"
-
-    def __str__(self) -> str:
-        return int.__repr__(self)
-
-
 @pytest.mark.parametrize(
     "key",
     ["phone", "date_of_birth", "zip_code", "external_id", "click_id", "partner_id"],
@@ -461,7 +452,7 @@ def test_an_integer_too_long_to_write_out_is_dropped_with_its_reason(
 ):
     caplog.set_level(logging.DEBUG, logger="pinterest_mw")
 
-    result = hash_user_data({key: shape(HugeInt(10**5000))})
+    result = hash_user_data({key: shape(HUGE)})
 
     assert result.fields == {}
     assert reasons(result) == [hashing._INTEGER_TOO_LONG]
