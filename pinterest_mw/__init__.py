@@ -72,6 +72,7 @@ from .exceptions import (
     QueueFullError,
     RateLimitError,
     TransportError,
+    UnreadableResponseError,
     UnusableValueError,
 )
 from .hashing import (
@@ -187,6 +188,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "TrustedProxies",
+    "UnreadableResponseError",
     "UnusableValueError",
     "UserData",
     "WireEvent",

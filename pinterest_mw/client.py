@@ -62,6 +62,7 @@ from .transport import (
     RetryPolicy,
     SendResult,
     Transport,
+    _check_test_mode,
 )
 
 __all__ = [
@@ -188,7 +189,8 @@ class Client:
         if sending and missing:
             raise ConfigurationError(f"sending needs {missing}")
         self._sending = sending is not False and not missing
-        self.test_mode = test_mode
+        # Checked here too: a client that does not send builds no transport.
+        self.test_mode = _check_test_mode(test_mode)
         self.default_region = check_default_region(default_region)
         self.retry = retry if retry is not None else RetryPolicy()
         self.timeout = timeout

@@ -59,8 +59,13 @@ from pydantic_core import (
     core_schema,
 )
 
-from .exceptions import ConfigurationError, EventValidationError, FieldError
-from .hashing import FieldWarning, hash_user_data
+from .exceptions import (
+    ConfigurationError,
+    EventValidationError,
+    FieldError,
+    UnusableValueError,
+)
+from .hashing import FieldWarning, _integer_text, hash_user_data
 
 __all__ = [
     "ActionSource",
@@ -113,6 +118,7 @@ _MESSAGES: dict[str, str] = {
     "missing": "is required",
     "extra_forbidden": "is not a field Pinterest accepts here",
     "string_type": "must be a string",
+    "string_unicode": "must be valid Unicode text, without lone surrogates",
     "int_type": "must be an integer",
     "int_parsing": "must be an integer",
     "int_from_float": "must be a whole number",
@@ -370,11 +376,28 @@ def _validate_event_id(value: Any) -> str:
             raise _fail("event_id_empty", "must not be empty")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _id_text(value)
     if isinstance(value, uuid.UUID):
         return str(value)
 
     raise _fail("event_id_type", "must be a string, an integer or a UUID")
+
+
+def _validate_identifier(value: Any) -> Any:
+    """Write an integer id out; other values go on to the string schema."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _id_text(value)
+
+    return value
+
+
+def _id_text(value: int) -> str:
+    try:
+        return _integer_text(value)
+    except UnusableValueError:
+        raise _fail(
+            "id_too_long", "is an integer of more than 64 digits; send it as a string"
+        ) from None
 
 
 def _validate_money(value: Any) -> str:
@@ -483,11 +506,17 @@ EventNameValue = Annotated[EventName | str, _ParsedBy(_validate_event_name)]
 EventTime = Annotated[int, _ParsedBy(_validate_event_time)]
 EventId = Annotated[str, _ParsedBy(_validate_event_id)]
 # Product and order ids: strings, or numbers kept as their decimal text.
-Identifier = Annotated[str, Field(coerce_numbers_to_str=True)]
+Identifier = Annotated[
+    str, Field(coerce_numbers_to_str=True), _ParsedBy(_validate_identifier)
+]
 Money = Annotated[str, _ParsedBy(_validate_money)]
 Currency = Annotated[str, _ParsedBy(_validate_currency)]
 Language = Annotated[str, _ParsedBy(_validate_language)]
-InstallTime = Annotated[int, Field(ge=0), _ParsedBy(_validate_install_time)]
+# Pinterest's schema gives install_time no upper bound; like event_time it is
+# a Unix time, so it is held to int64 too rather than sent with any length.
+InstallTime = Annotated[
+    int, Field(ge=0, le=_INT64_MAX), _ParsedBy(_validate_install_time)
+]
 Int64 = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)]
 ScreenPixels = Annotated[int, Field(ge=0, le=30720)]
 StorageGigabytes = Annotated[int, Field(ge=0, le=1048576)]
@@ -565,6 +594,13 @@ class _WireModel(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         hide_input_in_errors=True,
+        # A length bound, even this empty one, makes pydantic read every
+        # string as UTF-8 while validating, which refuses a lone surrogate
+        # (what JSON's "\ud800" decodes to) with a `string_unicode` error at
+        # its path. Unbounded strings are not read, so such text would pass
+        # validation and only fail in `to_json()`. The check runs in
+        # pydantic's core and costs nothing measurable.
+        str_min_length=0,
     )
 
     # Where a standalone model's error paths start (an event's are absolute).
@@ -823,7 +859,7 @@ class CustomData(_WireModel):
     content_category: str | None = None
     content_brand: str | None = None
     external_measurement_id: str | None = None
-    external_measurement_vendor_id: int | None = None
+    external_measurement_vendor_id: Int64 | None = None
     predicted_ltv: Money | None = None
 
 

@@ -7,18 +7,28 @@ ConversionsError
 ├── UnusableValueError     a personal-data value its field rule cannot use
 ├── QueueFullError         the delivery queue is full under the "raise" policy
 ├── TransportError         the network failed: connection, timeout, protocol
-└── APIError               Pinterest answered with an error status
-    └── RateLimitError     ... and that status was 429
+└── APIError               Pinterest answered with an error status, or ...
+    ├── RateLimitError     ... that status was 429
+    └── UnreadableResponseError
+                           ... a 2xx without one result per event sent
 ```
 
 No message or `repr` produced here ever holds the access token or the value
 of an event field: field errors name the path and the rule, API errors carry
 Pinterest's own code and message.
+
+`TransportError` and `APIError` raised by a transport's `send()` carry the
+`SendResult` of the whole call as `send_result`: what became of every event,
+those sent before the failure included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .transport import SendResult
 
 __all__ = [
     "APIError",
@@ -29,6 +39,7 @@ __all__ = [
     "QueueFullError",
     "RateLimitError",
     "TransportError",
+    "UnreadableResponseError",
     "UnusableValueError",
 ]
 
@@ -84,8 +95,12 @@ class QueueFullError(ConversionsError):
 class TransportError(ConversionsError):
     """Pinterest could not be reached: connection, timeout or protocol failure.
 
-    The underlying httpx exception is chained as `__cause__`.
+    The underlying httpx exception is chained as `__cause__`. Raised by a
+    transport's `send()`, it carries that call's `send_result` (see
+    `APIError`).
     """
+
+    send_result: SendResult | None = None
 
 
 class APIError(ConversionsError):
@@ -96,7 +111,12 @@ class APIError(ConversionsError):
         code: Pinterest's numeric error code from the body, when it sent one.
         message: Pinterest's message from the body, when it sent one.
         retry_after: seconds Pinterest asked us to wait, when it said so.
+        send_result: when raised by a transport's `send()`, what became of
+            every event of the call: the results of the requests before this
+            one, and the others `not_sent`. None from `send_batch()`.
     """
+
+    send_result: SendResult | None = None
 
     def __init__(
         self,
@@ -125,3 +145,30 @@ class APIError(ConversionsError):
 
 class RateLimitError(APIError):
     """Pinterest answered 429: too many requests for this ad account."""
+
+
+UNREADABLE_RESPONSE_MESSAGE = (
+    "Pinterest's answer could not be read as per-event results; "
+    "the events may or may not have been recorded"
+)
+
+
+class UnreadableResponseError(APIError):
+    """Pinterest answered 2xx, but not with one result per event sent.
+
+    A body that is not JSON (a captive portal's or a proxy's page), that
+    lacks the `events` list, or whose list does not match the request's
+    events, tells nothing of what became of them. So the request counts as
+    failed, and as retryable: Pinterest de-duplicates a resent event by its
+    `event_id`. `message` is ours and never quotes the body.
+    """
+
+    def __init__(self, status_code: int, *, retry_after: float | None = None) -> None:
+        super().__init__(
+            status_code, None, UNREADABLE_RESPONSE_MESSAGE, retry_after=retry_after
+        )
+
+    @property
+    def is_retryable(self) -> bool:
+        """Always: the events' fate is unknown, and a resend is de-duplicated."""
+        return True

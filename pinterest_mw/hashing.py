@@ -133,6 +133,11 @@ _PHONE_NO_COUNTRY: Final = (
     " country code"
 )
 _EXTRA_PLAIN_VALUE: Final = "field takes one value; this extra value was ignored"
+_NOT_UNICODE: Final = "not valid Unicode text (it holds a lone surrogate)"
+_MAX_INTEGER_DIGITS: Final = 64
+_INTEGER_TOO_LONG: Final = (
+    f"integer of more than {_MAX_INTEGER_DIGITS} digits; pass it as a string"
+)
 _INTERNAL_ERROR: Final = "value could not be normalized (internal error, logged)"
 # A configuration error, not a warning: it names the option only.
 _BAD_REGION: Final = (
@@ -147,6 +152,8 @@ _IPV4_WITH_PORT: Final = re.compile(r"([0-9.]+):[0-9]{1,5}")
 _IPV4_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_IPV4: Final = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
 _LETTER: Final = re.compile(r"[^\W\d_]")
+# What JSON's "\ud800" decodes to: no UTF-8 bytes exist for it to hash.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 # A leading + (or its full-width form) or 00, after anything that is not a
 # digit, gives the country code: "tel:+1...", "(+44) ...", "0044 ...".
 _INTERNATIONAL_PREFIX: Final = re.compile(r"[^+\uff0b\d]*(?:[+\uff0b]|00)")
@@ -292,10 +299,31 @@ def _wrong_type(value: object) -> UnusableValueError:
     return UnusableValueError(_WRONG_TYPE.format(type_name=type(value).__name__))
 
 
+_INTEGER_BOUND: Final = 10**_MAX_INTEGER_DIGITS
+
+
+def _integer_text(value: int) -> str:
+    """Write an integer in decimal digits, refusing one of more than 64.
+
+    Far beyond any real id or number, and well within what Python writes
+    out at all: past its limit (4300 digits by default) `str()` raises, and
+    below it the time taken grows with the square of the length.
+    """
+    if not -_INTEGER_BOUND < value < _INTEGER_BOUND:
+        raise UnusableValueError(_INTEGER_TOO_LONG)
+
+    return str(value)
+
+
 def _lower(text: str) -> str:
-    """Compose `text` to NFC, trim it and lowercase it: the first policy step."""
+    """Compose `text` to NFC, trim it and lowercase it: the first policy step.
+
+    Text holding a lone surrogate is refused: it has no UTF-8 form to hash.
+    """
     if text.isascii():
         return text.strip().lower()
+    if _SURROGATE.search(text) is not None:
+        raise UnusableValueError(_NOT_UNICODE)
 
     text = unicodedata.normalize("NFC", text).strip().lower()
     # Lowercasing maps code point by code point and may leave a sequence that
@@ -311,7 +339,7 @@ def _prepare(value: object, *, integers: bool = False) -> str:
     if isinstance(value, str):
         return _lower(value)
     if integers and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _integer_text(value)
 
     raise _wrong_type(value)
 
@@ -344,6 +372,20 @@ def _alphanumerics(text: str) -> str:
         return unicodedata.normalize("NFC", joined)
 
     return _keep_categories(joined, "LMN")
+
+
+def _compatibility_folded(text: str) -> str:
+    """Fold compatibility forms (NFKC), such as full-width digits and letters.
+
+    Only zip codes and states are folded: Pinterest's rules for them ask for
+    ASCII ("digits only", a two-letter code), so full-width digits or
+    letters (U+FF10 to U+FF5A, as East Asian keyboards type them) can only
+    mean `94025` or `ca`. Names and cities have no such rule, and
+    Pinterest's own tag template only trims and lowercases them: folding a
+    full-width name to ASCII could make a digest that matches nobody, so
+    they keep the policy's NFC.
+    """
+    return _lower(unicodedata.normalize("NFKC", text))
 
 
 def _fold(text: str) -> str:
@@ -439,6 +481,8 @@ def _state_codes() -> dict[str, str]:
 
 
 def _state_rule(text: str) -> str:
+    if not text.isascii():
+        text = _compatibility_folded(text)
     if len(text) == 2 and text.isascii() and text.isalpha():
         return text
     code = _state_codes().get(text)
@@ -454,6 +498,8 @@ def _state_rule(text: str) -> str:
 
 
 def _zip_rule(text: str) -> str:
+    if not text.isascii():
+        text = _compatibility_folded(text)
     if text.isascii():
         if len(text) == 5 and text.isdigit():
             return text
@@ -879,7 +925,7 @@ def _plain_text(value: object) -> str:
     if isinstance(value, str):
         return _non_empty(value.strip())
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        return _integer_text(value)
 
     raise _wrong_type(value)
 

@@ -32,6 +32,7 @@ data, plain IP and user agent). Keep them in test processes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import importlib.util
 import json
@@ -73,6 +74,7 @@ FAKE_AD_ACCOUNT_ID = "549755813888"
 """The ad account a `FakePinterestAPI` serves unless told otherwise."""
 
 _MAX_EVENTS_PER_REQUEST = 1000
+_INT64 = (-(2**63), 2**63 - 1)
 _MAX_EVENT_AGE = 7 * 24 * 3600
 _MAX_EVENT_LEAD = 5 * 60
 
@@ -243,8 +245,9 @@ _OBJECT_FIELDS: dict[str, dict[str, str]] = {
     "device_info": _DEVICE_INFO_FIELDS,
 }
 
-# Bounds of app_info and device_info: maxLength for strings, (min, max) for
-# integers, allowed values for enums.
+# Bounds as Pinterest's OpenAPI description declares them: maxLength for
+# strings, (minimum, maximum) for integers (None where it names none; the
+# `int64` format bounds both ends), allowed values for enums.
 _MAX_LENGTHS: dict[str, int] = {
     "app_info.app_id": 200,
     "app_info.app_name": 200,
@@ -266,8 +269,11 @@ _MAX_LENGTHS: dict[str, int] = {
 }
 _SCREEN = (0, 30720)
 _STORAGE = (0, 1048576)
-_RANGES: dict[str, tuple[int, int]] = {
-    "app_info.install_time": (0, 2**63 - 1),
+_RANGES: dict[str, tuple[int | None, int | None]] = {
+    "event_time": _INT64,
+    "custom_data.num_items": _INT64,
+    "contents.quantity": _INT64,
+    "app_info.install_time": (0, None),
     "app_info.window_height": _SCREEN,
     "app_info.window_width": _SCREEN,
     "device_info.battery_level": (0, 100),
@@ -300,7 +306,9 @@ class RecordedRequest:
 
     `headers` has lower-case names and never holds `Authorization`;
     `status_code` is what the fake answered, or None when it played a
-    timeout.
+    timeout that nobody saw answered: through pytest-httpx, or over a
+    socket when the client hung up before `timeout_delay` ran out (after
+    it, the fake answers and records 504).
 
     Privacy: the body holds hashed user data, IP addresses and user agents,
     so `repr` shows its size only, and the header names without values.
@@ -520,7 +528,7 @@ class FakePinterestAPI:
         A scripted timeout raises `httpx.ReadTimeout` instead of answering.
         """
         body = request.read()
-        answer = self._answer(
+        answer, _ = self._answer(
             request.method,
             request.url.path,
             dict(request.url.params),
@@ -540,7 +548,7 @@ class FakePinterestAPI:
 
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()
-        answer = self._answer(
+        answer, record = self._answer(
             request.method,
             request.url.path,
             dict(request.query_params),
@@ -550,8 +558,10 @@ class FakePinterestAPI:
         if self.latency > 0:
             await anyio.sleep(self.latency)
         if answer.status is None:
-            await _hold_until_disconnect(request, self.timeout_delay)
+            hung_up = await _hold_until_disconnect(request, self.timeout_delay)
             answer = _error_answer(504)
+            if not hung_up:
+                self._record_late_status(record, 504)
 
         return Response(
             answer.content(),
@@ -559,6 +569,16 @@ class FakePinterestAPI:
             headers=answer.headers,
             media_type="application/json",
         )
+
+    def _record_late_status(self, record: RecordedRequest, status: int) -> None:
+        """Record the status of a request answered after a scripted timeout."""
+        with self._lock:
+            for index in range(len(self._requests) - 1, -1, -1):
+                if self._requests[index] is record:
+                    self._requests[index] = dataclasses.replace(
+                        record, status_code=status
+                    )
+                    return
 
     def _add_random_fault(self, fraction: float, fault: _Fault) -> None:
         if not 0.0 <= fraction <= 1.0:
@@ -573,17 +593,16 @@ class FakePinterestAPI:
         query: dict[str, str],
         headers: dict[str, str],
         body: bytes,
-    ) -> _Answer:
+    ) -> tuple[_Answer, RecordedRequest]:
         headers = {name.lower(): value for name, value in headers.items()}
         authorization = headers.pop("authorization", "")
         with self._lock:
             answer = self._route(method, path, query, headers, authorization, body)
             answer.headers["date"] = _http_date(self._clock())
-            self._requests.append(
-                RecordedRequest(method, path, query, headers, body, answer.status)
-            )
+            record = RecordedRequest(method, path, query, headers, body, answer.status)
+            self._requests.append(record)
 
-        return answer
+        return answer, record
 
     def _route(
         self,
@@ -698,16 +717,19 @@ def _fault_answer(fault: _Fault) -> _Answer:
     return answer
 
 
-async def _hold_until_disconnect(request: Request, delay: float) -> None:
+async def _hold_until_disconnect(request: Request, delay: float) -> bool:
     """Sleep `delay` seconds, or less if the client hangs up first.
 
-    Returning early matters: uvicorn waits for running requests when it
-    shuts down, so a fake still sleeping for a gone client would hold up
-    the end of a test.
+    Returns whether it hung up. Returning early matters: uvicorn waits for
+    running requests when it shuts down, so a fake still sleeping for a gone
+    client would hold up the end of a test.
     """
     with anyio.move_on_after(delay):
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        return True
+
+    return False
 
 
 def _parse_test_flag(query: Mapping[str, str]) -> bool:
@@ -800,8 +822,10 @@ def _check_bounds(value: Any, path: str, schema_path: str) -> None:
         raise _BadRequest(f"{path} is too long")
     if schema_path in _RANGES:
         low, high = _RANGES[schema_path]
-        if not low <= value <= high:
-            raise _BadRequest(f"{path} must be between {low} and {high}")
+        if low is not None and value < low:
+            raise _BadRequest(f"{path} is less than the minimum of {low}")
+        if high is not None and value > high:
+            raise _BadRequest(f"{path} is greater than the maximum of {high}")
     if schema_path in _ENUMS and value not in _ENUMS[schema_path]:
         raise _BadRequest(f"{path} is not one of the allowed values")
     if schema_path == "device_info.languages" and len(value) > 100:

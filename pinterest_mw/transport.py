@@ -10,18 +10,22 @@
   `Retry-After` floor and a total time budget (`RetryPolicy`); 400, 401,
   403 and 422 are never retried;
 - the answer becomes one `EventResult` per input event (processed, warned,
-  failed or not sent), read from the 200 body or from the 422 `details`;
+  failed or not sent), read from the 200 body or from the 422 `details`; a
+  2xx without one result per event (a captive portal's page, say) is
+  `UnreadableResponseError`, retried like a 5xx;
 - a request that finally fails raises `APIError` (`RateLimitError` for
-  429) or `TransportError`, or is reported in the `SendResult` with
+  429) or `TransportError`, carrying the `SendResult` of every event so
+  far as `send_result`, or is reported in the `SendResult` with
   `raise_on_error=False`.
 
 A `Transport` may be shared between threads and an `AsyncTransport`
 between the tasks of one event loop.
 
 Privacy: the access token only ever goes into the `Authorization` header.
-It is in no `repr`, log record or exception message. Log records carry
-counts, event names and ids, statuses and durations; never bodies, user
-data or URLs with their query.
+It is in no `repr`, log record or exception message: every text taken from
+Pinterest's answers (error and per-event messages) has it redacted. Log
+records carry counts, event names and ids, statuses and durations; never
+bodies, user data or URLs with their query.
 
 Loggers: `pinterest_mw.transport` logs each request at DEBUG, and each
 retry and each request it gives up on at WARNING (the error then goes to the
@@ -60,6 +64,7 @@ from .exceptions import (
     FieldError,
     RateLimitError,
     TransportError,
+    UnreadableResponseError,
 )
 
 __all__ = [
@@ -147,8 +152,9 @@ class EventResult:
 class SendResult:
     """The outcome of `send()`: one result per input event, in input order.
 
-    `errors` lists the requests that failed finally when the send was made
-    with `raise_on_error=False` (their events are `not_sent`).
+    `errors` lists the requests that failed finally (their events are
+    `not_sent`): every one with `raise_on_error=False`, or the one raised,
+    in the `send_result` that error carries.
     """
 
     results: list[EventResult]
@@ -254,7 +260,7 @@ class _BaseTransport:
     ) -> None:
         self.ad_account_id = _check_ad_account_id(ad_account_id)
         self.api_url = _check_api_url(api_url or os.environ.get(API_URL_ENV))
-        self.test_mode = test_mode
+        self.test_mode = _check_test_mode(test_mode)
         self.timeout = _check_timeout(timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self._clock = clock
@@ -278,7 +284,11 @@ class _BaseTransport:
         return httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
 
     def _params(self, test: bool | None) -> dict[str, str]:
+        """The query of this call's requests; raises TypeError for `test`."""
+        if test is not None and not isinstance(test, bool):
+            raise TypeError("test must be True, False or None")
         is_test = self.test_mode if test is None else test
+
         return {"test": "true"} if is_test else {}
 
     def _check_open(self) -> None:
@@ -339,17 +349,17 @@ class _BaseTransport:
         )
         document = _json_or_none(response)
         if 200 <= status < 300:
-            return _summary_results(document, batch, offset, answered=True)
+            if not _has_a_result_per_event(document, len(batch)):
+                raise UnreadableResponseError(
+                    status, retry_after=_retry_after(response)
+                )
+            return _summary_results(document, batch, offset, self._token)
 
-        code, message = _error_fields(document)
-        if message and self._token in message:
-            # A proxy or a gateway may echo the request's Authorization
-            # header in its error text, which ends up in logs and reprs.
-            message = message.replace(self._token, _REDACTED)
+        code, message = _error_fields(document, self._token)
         if status == 422:
             details = document.get("details") if isinstance(document, dict) else None
             if _is_summary(details):
-                return _summary_results(details, batch, offset, answered=False)
+                return _summary_results(details, batch, offset, self._token)
         error_class = RateLimitError if status == 429 else APIError
         raise error_class(status, code, message, retry_after=_retry_after(response))
 
@@ -412,8 +422,9 @@ class Transport(_BaseTransport):
         clock: a monotonic clock in seconds, for the retry budget.
 
     Raises:
-        ConfigurationError: for an unusable token, ad account, URL or
-            timeout, before any request is made.
+        ConfigurationError: for an unusable token, ad account, URL,
+            timeout or `test_mode` (which must be a bool), before any
+            request is made.
     """
 
     def __init__(
@@ -474,24 +485,30 @@ class Transport(_BaseTransport):
         is invalid, `EventValidationError` lists every problem (paths start
         with `data.<index>.`) and nothing is sent.
 
-        A request that finally fails raises `APIError`, `RateLimitError` or
-        `TransportError`; the requests before it were delivered and the
-        ones after it are not attempted. With `raise_on_error=False` the
-        error is listed in `SendResult.errors` and its events are
-        `not_sent`; later requests still go out unless the error concerns
-        the whole account (401, 403) or Pinterest stayed unavailable for a
-        whole retry budget.
+        A request that finally fails raises `APIError`, `RateLimitError`,
+        `UnreadableResponseError` or `TransportError`; the requests before
+        it were delivered and the ones after it are not attempted. The
+        error's `send_result` says what became of every event: the results
+        of the earlier requests, then its own events and the later ones
+        `not_sent`, with the reason as `error_message`. With
+        `raise_on_error=False` the error is listed in `SendResult.errors`
+        and its events are `not_sent`; later requests still go out unless
+        the error concerns the whole account (401, 403) or Pinterest stayed
+        unavailable for a whole retry budget.
 
-        `test` overrides the transport's `test_mode` for this call.
+        `test` overrides the transport's `test_mode` for this call; a value
+        other than True, False or None raises TypeError before anything is
+        sent.
         """
         self._check_open()
+        params = self._params(test)
         outcome = _SendOutcome(raise_on_error)
         for offset, chunk in _chunks(_prepare(events)):
             if outcome.stopped:
                 outcome.skip(chunk, offset)
                 continue
             try:
-                outcome.add(self._send_chunk(chunk, offset, test))
+                outcome.add(self._send_chunk(chunk, offset, params))
             except (APIError, TransportError) as exc:
                 outcome.fail(exc, chunk, offset)
 
@@ -503,20 +520,21 @@ class Transport(_BaseTransport):
         """Send one request of up to 1000 events, retrying as the policy allows.
 
         Returns one result per event (a 422 is read into per-event results,
-        not raised). Raises `APIError`, `RateLimitError` or
-        `TransportError` when the request finally fails, and ValueError for
-        more than 1000 events.
+        not raised). Raises `APIError`, `RateLimitError`,
+        `UnreadableResponseError` or `TransportError` when the request
+        finally fails, ValueError for more than 1000 events, and TypeError
+        for a `test` that is not a bool or None.
         """
         self._check_open()
-        return self._send_chunk(_check_batch(batch), 0, test)
+        params = self._params(test)
+        return self._send_chunk(_check_batch(batch), 0, params)
 
     def _send_chunk(
-        self, batch: Sequence[WireEvent], offset: int, test: bool | None
+        self, batch: Sequence[WireEvent], offset: int, params: dict[str, str]
     ) -> list[EventResult]:
         if not batch:
             return []
         body = batch_body(event.payload for event in batch)
-        params = self._params(test)
         retrying = Retrying(sleep=self._sleep, **self._retry_options(batch))
         logger.debug("sending %d events (test=%s)", len(batch), bool(params))
         try:
@@ -611,13 +629,14 @@ class AsyncTransport(_BaseTransport):
         Behaves as `Transport.send`.
         """
         self._check_open()
+        params = self._params(test)
         outcome = _SendOutcome(raise_on_error)
         for offset, chunk in _chunks(_prepare(events)):
             if outcome.stopped:
                 outcome.skip(chunk, offset)
                 continue
             try:
-                outcome.add(await self._send_chunk(chunk, offset, test))
+                outcome.add(await self._send_chunk(chunk, offset, params))
             except (APIError, TransportError) as exc:
                 outcome.fail(exc, chunk, offset)
 
@@ -631,15 +650,15 @@ class AsyncTransport(_BaseTransport):
         Behaves as `Transport.send_batch`.
         """
         self._check_open()
-        return await self._send_chunk(_check_batch(batch), 0, test)
+        params = self._params(test)
+        return await self._send_chunk(_check_batch(batch), 0, params)
 
     async def _send_chunk(
-        self, batch: Sequence[WireEvent], offset: int, test: bool | None
+        self, batch: Sequence[WireEvent], offset: int, params: dict[str, str]
     ) -> list[EventResult]:
         if not batch:
             return []
         body = batch_body(event.payload for event in batch)
-        params = self._params(test)
         retrying = AsyncRetrying(sleep=self._sleep, **self._retry_options(batch))
         logger.debug("sending %d events (test=%s)", len(batch), bool(params))
         try:
@@ -672,13 +691,17 @@ class AsyncTransport(_BaseTransport):
 
 
 class _SendOutcome:
-    """Collects the results of the requests of one `send()`."""
+    """Collects the results of the requests of one `send()`.
+
+    With `raise_on_error`, the first failed request stops the send, and
+    `result()` raises its error carrying the results of every event.
+    """
 
     def __init__(self, raise_on_error: bool) -> None:
         self.raise_on_error = raise_on_error
         self.results: list[EventResult] = []
         self.errors: list[ConversionsError] = []
-        self.stopped_by: ConversionsError | None = None
+        self.stopped_by: APIError | TransportError | None = None
 
     @property
     def stopped(self) -> bool:
@@ -690,11 +713,9 @@ class _SendOutcome:
     def fail(
         self, error: APIError | TransportError, chunk: Sequence[WireEvent], offset: int
     ) -> None:
-        if self.raise_on_error:
-            raise error
         self.errors.append(error)
         self.results.extend(_not_sent(chunk, offset, f"request failed: {error}"))
-        if _stops_the_send(error):
+        if self.raise_on_error or _stops_the_send(error):
             self.stopped_by = error
 
     def skip(self, chunk: Sequence[WireEvent], offset: int) -> None:
@@ -702,7 +723,13 @@ class _SendOutcome:
         self.results.extend(_not_sent(chunk, offset, reason))
 
     def result(self) -> SendResult:
-        return SendResult(self.results, self.errors)
+        result = SendResult(self.results, self.errors)
+        error = self.stopped_by
+        if self.raise_on_error and error is not None:
+            error.send_result = result
+            raise error
+
+        return result
 
 
 @functools.cache
@@ -755,6 +782,14 @@ def _check_api_url(value: str | None) -> str:
         raise ConfigurationError(problem)
 
     return str(url).rstrip("/")
+
+
+def _check_test_mode(value: bool) -> bool:
+    # A string such as "false" would be truthy and send every request as a test.
+    if not isinstance(value, bool):
+        raise ConfigurationError("test_mode must be True or False")
+
+    return value
 
 
 def _check_timeout(value: float) -> float:
@@ -868,17 +903,28 @@ def _json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-def _error_fields(document: Any) -> tuple[int | None, str | None]:
+def _error_fields(document: Any, secret: str) -> tuple[int | None, str | None]:
     if not isinstance(document, dict):
         return None, None
     code = document.get("code")
-    message = document.get("message")
     if not isinstance(code, int) or isinstance(code, bool):
         code = None
-    if not isinstance(message, str):
-        message = None
 
-    return code, message[:_MAX_MESSAGE_LENGTH] if message else None
+    return code, _answer_text(document.get("message"), secret)
+
+
+def _answer_text(value: Any, secret: str) -> str | None:
+    """A text from Pinterest's answer, fit for our messages, logs and reprs.
+
+    Anything but a non-empty string is None. `secret` (the access token) is
+    redacted first, since a proxy or a gateway may echo the request's
+    `Authorization` header; then the text is cut to 500 characters. Cutting
+    first would leave the start of a token that straddles the cut unredacted.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+
+    return value.replace(secret, _REDACTED)[:_MAX_MESSAGE_LENGTH]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -920,58 +966,54 @@ def _is_summary(document: Any) -> bool:
     return isinstance(document, dict) and isinstance(document.get("events"), list)
 
 
+def _has_a_result_per_event(document: Any, count: int) -> bool:
+    """Whether a 2xx body is Pinterest's answer: one result object per event.
+
+    Anything else (not JSON, no `events` list, a list of another length)
+    says nothing of what became of the events.
+    """
+    if not _is_summary(document):
+        return False
+    entries = document["events"]
+
+    return len(entries) == count and all(isinstance(e, dict) for e in entries)
+
+
 def _summary_results(
-    summary: Any, batch: Sequence[WireEvent], offset: int, *, answered: bool
+    summary: Any, batch: Sequence[WireEvent], offset: int, secret: str
 ) -> list[EventResult]:
     """One result per event of `batch`, from Pinterest's per-event list.
 
-    An event the list does not cover (or a 2xx body of another shape) was
-    accepted without a verdict: it is reported as warned, since the request
-    succeeded but no per-event status confirms it.
+    An event the list does not cover (possible in a 422's `details` only: a
+    2xx must cover every event) is reported failed without a verdict.
     """
-    entries = summary.get("events") if _is_summary(summary) else []
+    entries = summary["events"]
     results = []
     for i, event in enumerate(batch):
         entry = entries[i] if i < len(entries) else None
-        results.append(_event_result(entry, offset + i, event, answered=answered))
+        results.append(_event_result(entry, offset + i, event, secret))
 
     return results
 
 
-def _event_result(
-    entry: Any, index: int, event: WireEvent, *, answered: bool
-) -> EventResult:
+def _event_result(entry: Any, index: int, event: WireEvent, secret: str) -> EventResult:
     def build(
-        status: EventStatus, error: Any = None, warning: Any = None
+        status: EventStatus, error: str | None = None, warning: str | None = None
     ) -> EventResult:
         return EventResult(
-            index,
-            event.event_id,
-            event.event_name,
-            status,
-            _text(error),
-            _text(warning),
+            index, event.event_id, event.event_name, status, error, warning
         )
 
     if not isinstance(entry, dict):
-        if answered:
-            return build(EventStatus.WARNED, warning=_NO_VERDICT)
-        return build(EventStatus.FAILED, error=_NO_VERDICT)
+        return build(EventStatus.FAILED, _NO_VERDICT)
     status = entry.get("status")
     if status == "processed":
-        warning = _text(entry.get("warning_message"))
+        warning = _answer_text(entry.get("warning_message"), secret)
         return build(
             EventStatus.WARNED if warning else EventStatus.PROCESSED, None, warning
         )
     if status == "failed":
-        error = _text(entry.get("error_message")) or _NO_REASON
+        error = _answer_text(entry.get("error_message"), secret) or _NO_REASON
         return build(EventStatus.FAILED, error)
 
     return build(EventStatus.FAILED, _UNKNOWN_STATUS)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value[:_MAX_MESSAGE_LENGTH]
-
-    return None

@@ -31,3 +31,22 @@ def event(email: str = EMAIL, **changes: Any) -> dict[str, Any]:
         "user_data": {"email": email},
         **changes,
     }
+
+
+class HugeInt(int):
+    """An integer with more digits than Python writes out by default (4300).
+
+    Its repr says so instead, so that pytest and hypothesis can report a
+    failing example holding one; `str()` still gives (or refuses) the digits.
+    """
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.bit_length()} bits>"
+
+    def __str__(self) -> str:
+        # int's own str() is its repr: keep the real digits (and their limit).
+        return int.__repr__(self)
+
+
+HUGE = HugeInt(10**5000)
+"""An integer of 5001 digits."""

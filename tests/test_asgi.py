@@ -513,6 +513,25 @@ async def test_invalid_events_are_422_with_every_path(local_client: Client) -> N
 
 
 @pytest.mark.anyio
+async def test_a_lone_surrogate_is_422_naming_its_path(local_client: Client) -> None:
+    """JSON's "\\ud800" decodes to text that no UTF-8 payload can carry."""
+    body = b'{"data": [%s, %s]}' % (
+        json.dumps(event()).encode(),
+        json.dumps(event(custom_data={"search_string": "x"}))
+        .encode()
+        .replace(b'"x"', b'"\\ud800"'),
+    )
+
+    response = await post(pinterest_app(local_client), body)
+
+    assert response.status_code == 422
+    assert [error["path"] for error in response.json()["errors"]] == [
+        "data.1.custom_data.search_string"
+    ]
+    assert (await local_client.acounters()).accepted == 0
+
+
+@pytest.mark.anyio
 async def test_invalid_events_queue_nothing(local_client: Client) -> None:
     body = {"data": [event(), event(event_time="yesterday")]}
 

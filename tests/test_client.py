@@ -254,6 +254,33 @@ def test_an_unreadable_test_mode_flag_is_refused(
         Client.from_env()
 
 
+@pytest.mark.parametrize("sending", [True, False], ids=["sending", "local"])
+@pytest.mark.parametrize("test_mode", ["false", 1, None])
+def test_a_test_mode_that_is_not_a_boolean_is_refused(
+    sending: bool, test_mode: object
+) -> None:
+    token = FAKE_ACCESS_TOKEN if sending else None
+
+    with pytest.raises(ConfigurationError, match="test_mode"):
+        Client(
+            token,
+            FAKE_AD_ACCOUNT_ID,
+            test_mode=test_mode,  # type: ignore[arg-type]
+            outbox=MemoryOutbox(),
+        )
+
+
+def test_send_refuses_a_test_argument_that_is_not_a_boolean(
+    make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI
+) -> None:
+    events = [build_event("lead", user_data={"em": "a@b.co"})]
+
+    with pytest.raises(TypeError, match="test"):
+        make_client().send(events, test="no")  # type: ignore[arg-type]
+
+    assert fake_pinterest.requests == []
+
+
 def test_the_default_client_is_built_once(
     monkeypatch: pytest.MonkeyPatch, no_default_client: None
 ) -> None:

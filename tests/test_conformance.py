@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pycountry
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,6 +37,7 @@ from pinterest_mw.events import (
     batch_body,
     parse_event,
 )
+from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 SCHEMA_FILE = REFERENCE / "pinterest-events-openapi.json"
@@ -306,6 +308,61 @@ def test_the_schema_check_rejects_what_pinterest_rejects(change, description):
     assert schema_violations({"data": [event]}), description
 
 
+# --- the fake refuses what the schema refuses, and nothing else ---
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+def contents_item(event: dict[str, Any]) -> dict[str, Any]:
+    item: dict[str, Any] = event["custom_data"]["contents"][0]
+    return item
+
+
+BOUNDARY_CHANGES = {
+    "event_time-above-int64": lambda e: e.update(event_time=INT64_MAX + 1),
+    "event_time-below-int64": lambda e: e.update(event_time=INT64_MIN - 1),
+    "num_items-int64-max": lambda e: e["custom_data"].update(num_items=INT64_MAX),
+    "num_items-int64-min": lambda e: e["custom_data"].update(num_items=INT64_MIN),
+    "num_items-above-int64": lambda e: e["custom_data"].update(num_items=INT64_MAX + 1),
+    "num_items-below-int64": lambda e: e["custom_data"].update(num_items=INT64_MIN - 1),
+    "quantity-int64-max": lambda e: contents_item(e).update(quantity=INT64_MAX),
+    "quantity-above-int64": lambda e: contents_item(e).update(quantity=INT64_MAX + 1),
+    "quantity-below-int64": lambda e: contents_item(e).update(quantity=INT64_MIN - 1),
+    "install_time-above-int64": lambda e: e["app_info"].update(
+        install_time=INT64_MAX + 1
+    ),
+    "install_time-negative": lambda e: e["app_info"].update(install_time=-1),
+    "vendor_id-above-int64": lambda e: e["custom_data"].update(
+        external_measurement_vendor_id=INT64_MAX + 1
+    ),
+    "battery-above-maximum": lambda e: e["device_info"].update(battery_level=101),
+    "window-above-maximum": lambda e: e["app_info"].update(window_width=30721),
+    "storage-below-minimum": lambda e: e["device_info"].update(storage_size=-1),
+}
+
+
+@pytest.mark.parametrize(
+    "change", BOUNDARY_CHANGES.values(), ids=BOUNDARY_CHANGES.keys()
+)
+def test_the_fake_refuses_exactly_what_the_schema_refuses(change):
+    """A 400 from the fake, and only then, for a body the schema rejects."""
+    event = body_of(parse_event(every_field_event(), now=NOW))["data"][0]
+    change(event)
+    body = {"data": [event]}
+    fake = FakePinterestAPI(clock=lambda: NOW)
+    request = httpx.Request(
+        "POST",
+        f"https://api.pinterest.com/v5/ad_accounts/{FAKE_AD_ACCOUNT_ID}/events",
+        json=body,
+        headers={"Authorization": f"Bearer {FAKE_ACCESS_TOKEN}"},
+    )
+
+    refused = fake.handle(request).status_code == 400
+
+    assert refused == bool(schema_violations(body))
+
+
 # --- the model covers the schema, bounds and enums included ---
 
 
@@ -377,8 +434,16 @@ def model_constraints(model: type[BaseModel], name: str) -> dict[str, Any]:
 )
 def test_model_enforces_every_bound_and_enum_of_the_schema(model, name):
     declared = declared_constraints(schema_for(model)["properties"][name])
+    expected = declared | OUR_EXTRA_BOUNDS.get((model, name), {})
 
-    assert model_constraints(model, name) == declared
+    assert model_constraints(model, name) == expected
+
+
+# Where our model is stricter than the schema, on purpose: install_time is a
+# Unix time like event_time, whose int64 format it is held to.
+OUR_EXTRA_BOUNDS: dict[tuple[type[BaseModel], str], dict[str, Any]] = {
+    (AppInfo, "install_time"): {"maximum": 2**63 - 1},
+}
 
 
 def test_enums_match_the_values_pinterest_documents():

@@ -30,7 +30,7 @@ from pinterest_mw.dispatch import (
     ThreadDispatcher,
     _close_all_at_exit,
 )
-from pinterest_mw.events import WireEvent
+from pinterest_mw.events import WireEvent, build_event
 from pinterest_mw.exceptions import (
     APIError,
     ConfigurationError,
@@ -39,7 +39,13 @@ from pinterest_mw.exceptions import (
     TransportError,
 )
 from pinterest_mw.outbox import MemoryOutbox, Outbox, SQLiteOutbox
-from pinterest_mw.transport import EventResult, EventStatus
+from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
+from pinterest_mw.transport import (
+    EventResult,
+    EventStatus,
+    RetryPolicy,
+    Transport,
+)
 
 FAST_BACKOFF = DeliveryBackoff(initial=0.01, maximum=0.05, jitter=0)
 SECRET_PAYLOAD = b'{"user_data":{"em":["' + b"a" * 64 + b'"]}}'
@@ -686,6 +692,29 @@ def test_a_retryable_failure_defers_and_the_retry_delivers(
 
     assert dispatcher.flush(timeout=5)
     assert sender.batches == [["event-0", "event-1"], ["event-0", "event-1"]]
+    assert dispatcher.counters == Counters(accepted=2, sent=4, processed=2, retried=2)
+
+
+def test_an_unreadable_success_answer_keeps_the_events_for_a_retry(
+    make_thread: Callable[..., ThreadDispatcher], httpx_mock: Any
+) -> None:
+    """A 2xx that is not Pinterest's answer (a captive portal's page, say) is
+    no verdict on the events: they stay queued and go out again."""
+    fake = FakePinterestAPI()
+    httpx_mock.add_response(text="<html>Sign in to the Wi-Fi</html>")
+    httpx_mock.add_callback(fake.handle, is_reusable=True)
+    transport = Transport(
+        FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, retry=RetryPolicy(attempts=1)
+    )
+    events = [
+        build_event("lead", user_data={"em": "a@b.co"}, event_id=f"e-{n}")
+        for n in range(2)
+    ]
+    dispatcher = make_thread(transport)
+    dispatcher.submit([event.to_wire_event() for event in events])
+
+    assert dispatcher.flush(timeout=5)
+    assert [event["event_id"] for event in fake.events] == ["e-0", "e-1"]
     assert dispatcher.counters == Counters(accepted=2, sent=4, processed=2, retried=2)
 
 

@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from _helpers import HUGE
 
 from pinterest_mw import hashing
 from pinterest_mw.exceptions import ConfigurationError
@@ -145,6 +146,11 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("state", "British Columbia", {}, "bc"),
     ("state", "US-TX", {}, "tx"),
     ("state", "Bavaria", {}, "bavaria"),
+    # Full-width (compatibility) forms, as East Asian keyboards type them.
+    ("state", "\uff23\uff21", {}, "ca"),
+    ("state", "\uff43\uff41", {}, "ca"),
+    ("state", "\uff2e\uff39", {}, "ny"),
+    ("state", "\uff23\uff41\uff4c\uff49\uff46\uff4f\uff52\uff4e\uff49\uff41", {}, "ca"),
     # zp: five digits for US ZIP and ZIP+4; other postcodes lowercase, no
     # spaces or punctuation.
     ("zip_code", "94025", {}, "94025"),
@@ -160,6 +166,15 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("zip_code", "K1A 0B1", {}, "k1a0b1"),
     ("zip_code", "1010", {}, "1010"),
     ("zip_code", "01310-100", {}, "01310100"),
+    ("zip_code", "\uff19\uff14\uff10\uff12\uff15", {}, "94025"),
+    (
+        "zip_code",
+        "\uff19\uff14\uff10\uff12\uff15\uff0d\uff11\uff12\uff13\uff14",
+        {},
+        "94025",
+    ),
+    ("zip_code", "\uff11\uff10\uff10\uff0d\uff10\uff10\uff10\uff11", {}, "1000001"),
+    ("zip_code", "\uff33\uff37\uff11\uff21\u3000\uff11\uff21\uff21", {}, "sw1a1aa"),
     # country: ISO 3166-1 alpha-2, lowercase, from codes and English names.
     ("country", "US", {}, "us"),
     ("country", "usa", {}, "us"),
@@ -242,6 +257,33 @@ def test_composed_and_decomposed_input_give_the_same_digest(key, composed):
     decomposed = unicodedata.normalize("NFD", composed)
     assert decomposed != composed
     assert hashed(key, decomposed) == hashed(key, composed) != []
+
+
+@pytest.mark.parametrize(
+    ("key", "full_width", "ascii_form"),
+    [
+        ("zip_code", "\uff19\uff14\uff10\uff12\uff15", "94025"),
+        ("zip_code", "\uff11\uff10\uff10\uff0d\uff10\uff10\uff10\uff11", "100-0001"),
+        ("state", "\uff23\uff21", "CA"),
+    ],
+)
+def test_full_width_zip_and_state_hash_like_their_ascii_form(
+    key, full_width, ascii_form
+):
+    assert hashed(key, full_width) == hashed(key, ascii_form) != []
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        ("first_name", "\uff21\uff4e\uff4e", "\uff41\uff4e\uff4e"),
+        ("last_name", "\ufb01nch", "\ufb01nch"),
+        ("city", "\uff34\uff4f\uff4b\uff59\uff4f", "\uff54\uff4f\uff4b\uff59\uff4f"),
+    ],
+)
+def test_names_and_cities_keep_compatibility_forms(key, raw, expected):
+    """Names and cities follow the policy's NFC rule, not NFKC: see hashing."""
+    assert hashed(key, raw) == [digest(expected)]
 
 
 def test_decomposed_name_is_hashed_in_composed_form():
@@ -373,6 +415,52 @@ def test_value_the_rule_cannot_use_is_dropped_with_its_reason(key, raw, reason):
     result = hash_user_data({key: raw})
     assert result.fields == {}
     assert reasons(result) == [reason]
+
+
+LONE_SURROGATE = "Ann\ud800"
+
+
+@pytest.mark.parametrize("key", sorted(HASHED_FIELDS))
+@pytest.mark.parametrize(
+    "shape", [lambda value: value, lambda value: [value]], ids=["one", "list"]
+)
+def test_text_with_a_lone_surrogate_is_dropped_with_its_reason(key, shape, caplog):
+    """Such text has no UTF-8 bytes to hash: it is unusable, not a bug."""
+    caplog.set_level(logging.DEBUG, logger="pinterest_mw")
+
+    result = hash_user_data({key: shape(LONE_SURROGATE)})
+
+    assert result.fields == {}
+    assert reasons(result) == [hashing._NOT_UNICODE]
+    assert caplog.records == []
+
+
+def test_normalizers_refuse_text_with_a_lone_surrogate():
+    with pytest.raises(UnusableValueError, match="surrogate"):
+        normalize_name(LONE_SURROGATE)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["phone", "date_of_birth", "zip_code", "external_id", "click_id", "partner_id"],
+)
+@pytest.mark.parametrize(
+    "shape", [lambda value: value, lambda value: [value]], ids=["one", "list"]
+)
+def test_an_integer_too_long_to_write_out_is_dropped_with_its_reason(
+    key, shape, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="pinterest_mw")
+
+    result = hash_user_data({key: shape(HUGE)})
+
+    assert result.fields == {}
+    assert reasons(result) == [hashing._INTEGER_TOO_LONG]
+    assert caplog.records == []
+
+
+def test_an_integer_of_64_digits_is_still_read():
+    assert hash_user_data({"click_id": 10**64 - 1}).fields == {"click_id": "9" * 64}
 
 
 def test_ambiguous_date_is_dropped_unless_a_format_is_named():

@@ -624,6 +624,40 @@ def test_a_served_timeout_holds_the_request_past_the_client_timeout():
 
 
 @pytest.mark.e2e
+def test_a_served_timeout_that_ends_in_a_504_is_recorded_as_504():
+    fake = FakePinterestAPI(timeout_delay=0.05)
+    fake.timeout_next(1)
+    body = {"data": [wire_event(event_time=int(time.time()))]}
+
+    with serve_fake_api(fake) as url:
+        response = httpx.post(
+            f"{url}{PATH}",
+            json=body,
+            headers={"Authorization": f"Bearer {FAKE_ACCESS_TOKEN}"},
+            timeout=10,
+        )
+
+    assert response.status_code == 504
+    assert [request.status_code for request in fake.requests] == [504]
+
+
+@pytest.mark.e2e
+def test_a_served_timeout_the_client_gave_up_on_is_recorded_without_status():
+    fake = FakePinterestAPI(timeout_delay=5.0)
+    fake.timeout_next(1)
+
+    with serve_fake_api(fake) as url, pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{url}{PATH}",
+            json={"data": [wire_event()]},
+            headers={"Authorization": f"Bearer {FAKE_ACCESS_TOKEN}"},
+            timeout=0.2,
+        )
+
+    assert [request.status_code for request in fake.requests] == [None]
+
+
+@pytest.mark.e2e
 def test_serving_picks_a_free_port_each_time():
     with serve_fake_api() as first, serve_fake_api() as second:
         assert first != second

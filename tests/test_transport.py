@@ -26,6 +26,7 @@ from pinterest_mw.exceptions import (
     EventValidationError,
     RateLimitError,
     TransportError,
+    UnreadableResponseError,
 )
 from pinterest_mw.testing import (
     FAKE_ACCESS_TOKEN,
@@ -40,6 +41,7 @@ from pinterest_mw.transport import (
     RetryPolicy,
     SendResult,
     Transport,
+    _answer_text,
 )
 
 pytestmark = pytest.mark.anyio
@@ -225,14 +227,79 @@ async def test_a_200_listing_failed_events_is_reported_as_failure(
     assert [r.event_id for r in result.processed] == ["evt-1"]
 
 
-async def test_a_200_without_per_event_results_reports_events_warned(
+PROCESSED_ENTRY = {"status": "processed", "error_message": "", "warning_message": ""}
+PORTAL_PAGE = b"<html><body>Sign in to Hotel Wi-Fi to continue</body></html>"
+UNREADABLE_ANSWERS = {
+    "html": {"content": PORTAL_PAGE, "headers": {"content-type": "text/html"}},
+    "not-json": {"text": "OK"},
+    "empty-204": {"status_code": 204},
+    "json-list": {"json": [PROCESSED_ENTRY, PROCESSED_ENTRY]},
+    "no-events": {"json": {"num_events_received": 2, "num_events_processed": 2}},
+    "events-not-a-list": {"json": {"events": "processed"}},
+    "too-few-events": {"json": {"events": [PROCESSED_ENTRY]}},
+    "too-many-events": {"json": {"events": [PROCESSED_ENTRY] * 3}},
+    "entries-not-objects": {"json": {"events": ["processed", "processed"]}},
+}
+
+
+@pytest.mark.parametrize(
+    "answer", UNREADABLE_ANSWERS.values(), ids=UNREADABLE_ANSWERS.keys()
+)
+async def test_a_2xx_that_is_not_a_per_event_answer_raises_a_retryable_error(
+    make_transport, httpx_mock, answer
+):
+    """Such an answer says nothing of the events: they must not count as sent."""
+    httpx_mock.add_response(**{"status_code": 200, **answer})
+    transport = make_transport(retry=RetryPolicy(attempts=1))
+
+    with pytest.raises(UnreadableResponseError) as caught:
+        await resolve(transport.send(events(2)))
+
+    error = caught.value
+    assert isinstance(error, APIError)
+    assert (error.status_code, error.code) == (answer.get("status_code", 200), None)
+    assert error.is_retryable
+    assert "could not be read" in str(error)
+
+
+async def test_an_unreadable_answers_message_quotes_nothing_of_its_body(
     make_transport, httpx_mock
 ):
-    httpx_mock.add_response(status_code=200, text="OK")
+    httpx_mock.add_response(content=PORTAL_PAGE, headers={"content-type": "text/html"})
+
+    with pytest.raises(UnreadableResponseError) as caught:
+        await resolve(make_transport(retry=RetryPolicy(attempts=1)).send(events(1)))
+
+    for text in (str(caught.value), repr(caught.value), caught.value.message or ""):
+        assert "Hotel" not in text
+        assert "html" not in text
+
+
+async def test_an_unreadable_2xx_is_retried_and_the_retry_delivers(
+    make_transport, httpx_mock, clock
+):
+    fake = FakePinterestAPI()
+    httpx_mock.add_response(content=PORTAL_PAGE, headers={"content-type": "text/html"})
+    httpx_mock.add_callback(fake.handle)
 
     result = await resolve(make_transport().send(events(2)))
 
-    assert [r.status for r in result.results] == [EventStatus.WARNED] * 2
+    assert [r.status for r in result.results] == [EventStatus.PROCESSED] * 2
+    assert [e["event_id"] for e in fake.events] == ["evt-0", "evt-1"]
+    assert clock.sleeps == [0.1]
+
+
+async def test_with_raise_on_error_off_an_unreadable_2xx_leaves_events_not_sent(
+    make_transport, httpx_mock
+):
+    httpx_mock.add_response(json={"events": [PROCESSED_ENTRY]})
+    transport = make_transport(retry=RetryPolicy(attempts=1))
+
+    result = await resolve(transport.send(events(2), raise_on_error=False))
+
+    assert [type(e) for e in result.errors] == [UnreadableResponseError]
+    assert [r.status for r in result.results] == [EventStatus.NOT_SENT] * 2
+    assert not result.ok
 
 
 async def test_mappings_are_validated_and_hashed_before_sending(
@@ -262,6 +329,22 @@ async def test_invalid_mappings_are_all_reported_and_nothing_is_sent(
 
     paths = {error.path.split(".", 2)[1] for error in caught.value.errors}
     assert paths == {"1", "2"}
+    assert fake_pinterest.requests == []
+
+
+async def test_a_lone_surrogate_in_a_mapping_is_reported_and_nothing_is_sent(
+    make_transport, fake_pinterest
+):
+    data = {
+        "event_name": "lead",
+        "action_source": "web",
+        "user_data": {"email": EMAIL, "click_id": json.loads('"\\udc00"')},
+    }
+
+    with pytest.raises(EventValidationError) as caught:
+        await resolve(make_transport().send([event(0), data]))
+
+    assert [e.path for e in caught.value.errors] == ["data.1.user_data.click_id"]
     assert fake_pinterest.requests == []
 
 
@@ -575,6 +658,73 @@ async def test_a_token_echoed_in_an_error_message_is_redacted(
     assert error.message == "Invalid header: Authorization: Bearer <redacted>"
 
 
+def test_answer_text_redacts_the_token_before_cutting_the_text():
+    """Cut first, a token across the cut would be left half visible."""
+    text = "x" * 490 + FAKE_ACCESS_TOKEN
+
+    cleaned = _answer_text(text, FAKE_ACCESS_TOKEN)
+
+    assert cleaned == ("x" * 490 + "<redacted>")[:500]
+    assert FAKE_ACCESS_TOKEN[:5] not in cleaned
+
+
+@pytest.mark.parametrize("value", [None, "", 42, ["message"]])
+def test_answer_text_is_none_for_anything_but_a_non_empty_string(value):
+    assert _answer_text(value, FAKE_ACCESS_TOKEN) is None
+
+
+async def test_a_token_across_the_cut_of_a_long_error_message_is_redacted(
+    make_transport, httpx_mock
+):
+    message = "Invalid header: " + "x" * 470 + f" Bearer {FAKE_ACCESS_TOKEN}"
+    assert len(message) > 500 > message.index(FAKE_ACCESS_TOKEN)
+    httpx_mock.add_response(status_code=400, json={"code": 1, "message": message})
+
+    with pytest.raises(APIError) as caught:
+        await resolve(make_transport().send(events(1)))
+
+    error = caught.value
+    assert error.message is not None
+    assert len(error.message) <= 500
+    for text in (str(error), repr(error), error.message):
+        assert FAKE_ACCESS_TOKEN[:5] not in text
+
+
+@pytest.mark.parametrize("status", [200, 422])
+async def test_a_token_in_per_event_messages_is_redacted(
+    make_transport, httpx_mock, status
+):
+    echo = f"Authorization: Bearer {FAKE_ACCESS_TOKEN}"
+    long_echo = "y" * 490 + FAKE_ACCESS_TOKEN
+    summary = {
+        "num_events_received": 3,
+        "num_events_processed": 1,
+        "events": [
+            {"status": "processed", "error_message": "", "warning_message": echo},
+            {"status": "failed", "error_message": echo, "warning_message": ""},
+            {"status": "failed", "error_message": long_echo, "warning_message": ""},
+        ],
+    }
+    body = (
+        summary if status == 200 else {"code": 953, "message": "no", "details": summary}
+    )
+    httpx_mock.add_response(status_code=status, json=body)
+
+    result = await resolve(make_transport().send(events(3)))
+
+    messages = [
+        text
+        for r in result.results
+        for text in (r.error_message, r.warning_message)
+        if text
+    ]
+    assert messages == [
+        "Authorization: Bearer <redacted>",
+        "Authorization: Bearer <redacted>",
+        ("y" * 490 + "<redacted>")[:500],
+    ]
+
+
 async def test_a_429_error_carries_retry_after(make_transport, fake_pinterest):
     fake_pinterest.fail_next(1, status=429, retry_after=12)
 
@@ -686,6 +836,50 @@ async def test_an_error_midway_raises_after_earlier_requests_were_delivered(
     assert len(answered) == 2
 
 
+async def test_an_error_midway_carries_what_became_of_every_event(
+    make_transport, httpx_mock
+):
+    fake = FakePinterestAPI()
+    answered: list[httpx.Request] = []
+
+    def second_request_fails(request: httpx.Request) -> httpx.Response:
+        answered.append(request)
+        if len(answered) == 2:
+            return httpx.Response(503, json={"code": 4197, "message": "down"})
+        return fake.handle(request)
+
+    httpx_mock.add_callback(second_request_fails, is_reusable=True)
+    transport = make_transport(retry=RetryPolicy(attempts=1))
+
+    with pytest.raises(APIError) as caught:
+        await resolve(transport.send(events(2500)))
+
+    result = caught.value.send_result
+    assert result is not None
+    assert [r.index for r in result.results] == list(range(2500))
+    assert [r.event_id for r in result.results] == [f"evt-{n}" for n in range(2500)]
+    assert [r.status for r in result.results] == (
+        [EventStatus.PROCESSED] * 1000 + [EventStatus.NOT_SENT] * 1500
+    )
+    assert result.errors == [caught.value]
+    assert result.results[1000].error_message.startswith("request failed:")
+    assert result.results[2000].error_message.startswith("not attempted")
+
+
+async def test_a_failed_first_request_carries_every_event_as_not_sent(
+    make_transport, fake_pinterest
+):
+    fake_pinterest.timeout_next(1)
+
+    with pytest.raises(TransportError) as caught:
+        await resolve(make_transport(retry=RetryPolicy(attempts=1)).send(events(3)))
+
+    result = caught.value.send_result
+    assert result is not None
+    assert [r.status for r in result.not_sent] == [EventStatus.NOT_SENT] * 3
+    assert not result.ok
+
+
 async def test_errors_are_conversions_errors(make_transport, fake_pinterest):
     fake_pinterest.timeout_next(1)
 
@@ -713,6 +907,27 @@ async def test_test_mode_follows_the_call_then_the_transport(
     await resolve(transport.send(events(1), test=test))
 
     assert fake_pinterest.requests[0].query == expected
+
+
+@pytest.mark.parametrize("test_mode", ["false", "true", 0, 1, None])
+async def test_a_test_mode_that_is_not_a_boolean_is_refused_at_construction(
+    make_transport, test_mode
+):
+    with pytest.raises(ConfigurationError, match="test_mode"):
+        make_transport(test_mode=test_mode)
+
+
+@pytest.mark.parametrize("test", ["false", "true", 0, 1])
+async def test_a_test_argument_that_is_not_a_boolean_is_refused(
+    make_transport, fake_pinterest, test
+):
+    transport = make_transport()
+
+    with pytest.raises(TypeError, match="test"):
+        await resolve(transport.send(events(1), test=test))
+    with pytest.raises(TypeError, match="test"):
+        await resolve(transport.send_batch(events(1), test=test))
+    assert fake_pinterest.requests == []
 
 
 async def test_test_requests_are_validated_but_not_recorded(

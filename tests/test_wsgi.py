@@ -339,6 +339,16 @@ def test_host_flask_routes_still_answer(local_client: Client) -> None:
 # --- what only WSGI has to care about ----------------------------------------------
 
 
+def test_a_lone_surrogate_is_422_naming_its_path(local_client: Client) -> None:
+    body = json.dumps(event(event_id="x")).encode().replace(b'"x"', b'"\\udfff"')
+
+    response = post(pinterest_wsgi_app(local_client), body)
+
+    assert response.status_code == 422
+    assert [error["path"] for error in response.json()["errors"]] == ["event_id"]
+    assert local_client.counters.accepted == 0
+
+
 def test_body_without_length_is_411(local_client: Client) -> None:
     environ = environ_for(json.dumps(event()).encode())
 
