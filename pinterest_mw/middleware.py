@@ -49,10 +49,12 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._hooks import (
+    NOT_VISIT_METHODS,
     Emitter,
     ErrorHook,
     check_action_source,
     check_event_name,
+    is_visit_method,
     served_by_middleware,
 )
 from .client import Client, EventInput
@@ -100,13 +102,20 @@ class RouteRule:
     `methods`, its path (the full path, mount points included) matches one
     `include` pattern and no `exclude` pattern, and the response's media
     type is in `content_types`. Patterns are shell-style (`fnmatch`): `*`
-    matches any characters, `/` included. `methods` or `content_types` of
-    None match anything.
+    matches any characters, `/` included. By default a rule acts on `GET`
+    requests answered with `text/html`; `methods` or `content_types` of
+    None match any method or media type, except that `HEAD`, `OPTIONS`,
+    `TRACE` and `CONNECT` requests never emit (they are not visits: link
+    checkers, prefetchers, preflights), and naming one in `methods` is a
+    `ConfigurationError`.
 
     The event carries what the request tells (IP, user agent, click id,
     page URL, language) and a random event id: the Pinterest tag on the
     page cannot know that id, so do not fire the same event from the tag
     too, or use `@track_conversion` where deduplication matters.
+
+    .. versionchanged:: 0.2
+       `HEAD` and `OPTIONS` requests never match.
     """
 
     __slots__ = (
@@ -133,6 +142,12 @@ class RouteRule:
         self.event_name = check_event_name(event_name, "RouteRule")
         self.action_source = check_action_source(str(action_source), "RouteRule")
         self.methods = _upper_set(methods, "methods")
+        if self.methods is not None and self.methods & NOT_VISIT_METHODS:
+            raise ConfigurationError(
+                "RouteRule: methods may not include "
+                f"{', '.join(sorted(self.methods & NOT_VISIT_METHODS))}:"
+                " such requests are not visits and never emit"
+            )
         self.content_types = _lower_set(content_types, "content_types")
         self.include = _pattern_list(include, "include")
         self.exclude = _pattern_list(exclude, "exclude")
@@ -148,7 +163,10 @@ class RouteRule:
 
     def matches_request(self, method: str, path: str) -> bool:
         """Whether the request's method and path are this rule's."""
-        if self.methods is not None and method not in self.methods:
+        if self.methods is None:
+            if not is_visit_method(method):
+                return False
+        elif method not in self.methods:
             return False
         if self._include_re is None or not self._include_re.match(path):
             return False

@@ -99,7 +99,7 @@ def asgi_shop(client: Client | None, **options: Any) -> Starlette:
         return PlainTextResponse("thanks")
 
     routes = [
-        Route("/products/{name:path}", product, methods=["GET", "POST"]),
+        Route("/products/{name:path}", product, methods=["GET", "POST", "OPTIONS"]),
         Route("/api/products/1", product_json),
         Route("/missing", missing),
         Route("/own-cookie", own_cookie),
@@ -506,6 +506,27 @@ def test_every_matching_rule_emits_its_event(
 
     names = sorted(e["event_name"] for e in sent_events(client, fake_pinterest))
     assert names == ["page_visit", "view_category"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_route_rule_for_any_method_ignores_head_and_options(
+    kind: str, method: str, client: Client
+) -> None:
+    """Both reach the HTML page with a 2xx (Flask answers OPTIONS itself)."""
+    rule = RouteRule("page_visit", methods=None, include=["/products/*"])
+
+    reply = fetch(kind, client, "/products/shoes", method=method, route_rules=[rule])
+    client.flush(timeout=5)
+
+    assert reply.status == 200
+    assert client.counters.accepted == 0
+
+
+@pytest.mark.parametrize("method", ["HEAD", "options", "TRACE"])
+def test_route_rule_naming_a_method_that_is_no_visit_is_refused(method: str) -> None:
+    with pytest.raises(ConfigurationError, match="not visits"):
+        RouteRule("page_visit", methods=["GET", method])
 
 
 @pytest.mark.parametrize("kind", KINDS)
