@@ -19,12 +19,17 @@ Two options do more:
 
 - `epik_cookie=True` stores Pinterest's click id on landing pages: a
   successful HTML response to a URL with an `epik` query parameter gets a
-  first-party `_epik` cookie (one year, `SameSite=Lax`, `Secure`, not
-  `HttpOnly` so that the Pinterest tag can read it). The URL's value
-  replaces an older cookie. The cookie is an advertising identifier: set it
-  only where your consent rules allow.
+  first-party `_epik` cookie (one year, `SameSite=Lax`, not `HttpOnly` so
+  that the Pinterest tag can read it). It is `Secure` when the request's
+  scheme is https as the server reports it (ASGI `scope["scheme"]`, WSGI
+  `wsgi.url_scheme`): browsers drop a `Secure` cookie set over plain http.
+  Behind a proxy that ends TLS, the server reports https only when told to
+  (uvicorn's `--forwarded-allow-ips`, werkzeug's `ProxyFix`). The URL's
+  value replaces an older cookie. The cookie is an advertising identifier:
+  set it only where your consent rules allow.
 - `route_rules` emit events without touching views, for example a
-  `page_visit` for every successful HTML page: see `RouteRule`. Each rule
+  `page_visit` for every successful HTML page (by default a rule acts on
+  `GET` requests answered with `text/html`): see `RouteRule`. Each rule
   that matches emits one event, after the response has been sent.
 
 Tracking never breaks a request: a rule's event that cannot be queued is
@@ -257,7 +262,8 @@ class _Hooks:
         if not all(isinstance(rule, RouteRule) for rule in self.rules):
             raise ConfigurationError("route_rules must be RouteRule objects")
         self.epik_cookie = epik_cookie
-        self.cookie_attributes = _cookie_attributes(cookie_domain)
+        self.cookie_attributes = _cookie_attributes(cookie_domain, secure=False)
+        self.secure_cookie_attributes = _cookie_attributes(cookie_domain, secure=True)
         self.emitter = Emitter(origin, client, on_error, logger)
 
     def rules_for(self, method: str, path: str) -> tuple[RouteRule, ...]:
@@ -265,15 +271,23 @@ class _Hooks:
             return ()
         return tuple(rule for rule in self.rules if rule.matches_request(method, path))
 
-    def epik_cookie_for(self, query_string: str) -> str | None:
-        """The `Set-Cookie` value for the URL's `epik`, if any and acceptable."""
+    def epik_cookie_for(self, query_string: str, scheme: object) -> str | None:
+        """The `Set-Cookie` value for the URL's `epik`, if any and acceptable.
+
+        `Secure` only for a request the server reports as https.
+        """
         if not self.epik_cookie or _EPIK not in query_string:
             return None
         for key, value in parse_qsl(query_string):
             if key != _EPIK:
                 continue
             if _EPIK_VALUE.fullmatch(value):
-                return f"{_EPIK_COOKIE}={value}{self.cookie_attributes}"
+                attributes = (
+                    self.secure_cookie_attributes
+                    if scheme == "https"
+                    else self.cookie_attributes
+                )
+                return f"{_EPIK_COOKIE}={value}{attributes}"
             logger.debug("epik query parameter not stored: not a valid cookie value")
         return None
 
@@ -302,8 +316,10 @@ class _Hooks:
             await self.emitter.atrack(rule.event_name, self.preparer(rule, context))
 
 
-def _cookie_attributes(domain: str | None) -> str:
-    attributes = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax; Secure"
+def _cookie_attributes(domain: str | None, *, secure: bool) -> str:
+    attributes = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
+    if secure:
+        attributes += "; Secure"
     if domain is None:
         return attributes
     if not _COOKIE_DOMAIN.fullmatch(domain):
@@ -340,7 +356,8 @@ class PinterestMiddleware:
             and rules as the mounted sub-app (`pinterest_mw.context`).
         route_rules: `RouteRule`s emitting events for matching responses.
         epik_cookie: store the `epik` query parameter as the `_epik` cookie
-            on successful HTML responses (off by default: consent).
+            on successful HTML responses (off by default: consent); `Secure`
+            on https requests only.
         cookie_domain: the cookie's `Domain`, to share it with subdomains.
         on_error: called with the exception when a rule's event could not
             be queued.
@@ -380,7 +397,9 @@ class PinterestMiddleware:
         hooks = self._hooks
         context = RequestContext.from_scope(scope, trusted_proxies=hooks.proxies)
         rules = hooks.rules_for(scope["method"], scope_path(scope))
-        cookie = hooks.epik_cookie_for(scope.get("query_string", b"").decode("latin-1"))
+        cookie = hooks.epik_cookie_for(
+            scope.get("query_string", b"").decode("latin-1"), scope.get("scheme")
+        )
         if not rules and cookie is None:
             with use_context(context), served_by_middleware(scope, hooks.client):
                 await self.app(scope, receive, send)
@@ -472,7 +491,9 @@ class PinterestWSGIMiddleware:
         rules = hooks.rules_for(
             environ.get("REQUEST_METHOD", ""), environ_path(environ)
         )
-        cookie = hooks.epik_cookie_for(environ.get("QUERY_STRING", ""))
+        cookie = hooks.epik_cookie_for(
+            environ.get("QUERY_STRING", ""), environ.get("wsgi.url_scheme")
+        )
         if not rules and cookie is None:
             with use_context(context), served_by_middleware(None, hooks.client):
                 return self.app(environ, start_response)

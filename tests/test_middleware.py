@@ -371,6 +371,39 @@ def test_epik_query_sets_the_cookie_on_a_successful_html_page(kind: str) -> None
     assert reply.set_cookies == [f"_epik=dj0yJnU9abc{COOKIE_ATTRIBUTES}"]
 
 
+def plain_http_set_cookies(kind: str, path: str, **options: Any) -> list[str]:
+    """The `Set-Cookie` headers of a GET over plain http (not localhost)."""
+    app = shop(kind, None, **options)
+    base_url = "http://shop.example"
+    if isinstance(app, flask.Flask):
+        response = app.test_client().get(path, base_url=base_url)
+        return response.headers.getlist("Set-Cookie")
+    with TestClient(app, base_url=base_url) as test_client:
+        return test_client.get(path).headers.get_list("set-cookie")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_over_plain_http_is_not_secure(kind: str) -> None:
+    """Browsers drop a Secure cookie set over http: it would never be stored."""
+    cookies = plain_http_set_cookies(kind, "/products/1?epik=abc", epik_cookie=True)
+
+    assert cookies == [
+        f"_epik=abc; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_over_plain_http_keeps_its_domain(kind: str) -> None:
+    cookies = plain_http_set_cookies(
+        kind,
+        "/products/1?epik=abc",
+        epik_cookie=True,
+        cookie_domain=".shop.example",
+    )
+
+    assert cookies[0].endswith("; SameSite=Lax; Domain=.shop.example")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_epik_cookie_is_readable_by_the_tag(kind: str) -> None:
     """Not HttpOnly: the Pinterest tag's JavaScript reads the cookie."""
