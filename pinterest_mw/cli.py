@@ -535,6 +535,8 @@ if _missing_extra is None:
     RegionOption = Annotated[
         str | None,
         typer.Option(
+            "--default-region",
+            "--region",
             envvar=_ENV_DEFAULT_REGION,
             help="Region of phone numbers without a country code, such as US.",
             show_default=False,
@@ -1603,9 +1605,15 @@ def _wire_code(field: str) -> str:
 
 def hash_value(
     field: Annotated[
-        str, typer.Argument(help="email, phone, first_name, ... or em, ph, fn, ...")
+        str,
+        typer.Argument(
+            help="email, phone, first_name, ... or em, ph, fn, ...", metavar="FIELD"
+        ),
     ],
-    value: Annotated[str, typer.Argument(help="The value, as another system has it.")],
+    value: Annotated[
+        str,
+        typer.Argument(help="The value, as another system has it.", metavar="VALUE"),
+    ],
     default_region: RegionOption = None,
     date_format: Annotated[
         str | None,
@@ -1618,8 +1626,9 @@ def hash_value(
     """Show the normalized form of a user data value and its SHA-256 digest.
 
     For comparing with what a browser tag or another system sends. The
-    digest is the one `send` and `serve` would send. Exit status 1 when the
-    value is unusable (and would be dropped).
+    digest is the one `send` and `serve` would send, and every warning the
+    hasher gives (a phone number without a country code or region) goes to
+    stderr. Exit status 1 when the value is unusable (and would be dropped).
     """
     region = _check_region(default_region)
     wire = _wire_code(field)
@@ -1636,6 +1645,10 @@ def hash_value(
         print(f"normalized: {normalized}")
         return
     sent = hash_user_data({wire: value}, default_region=region, date_format=date_format)
+    for warning in sent.warnings:
+        # The hasher's reasons never hold the value; the field is named as
+        # the command line named it.
+        _warning_line(f"{label}: {warning.reason}")
     digest = sent.fields[wire][0]
     if is_sha256_hex(value.strip()):
         print(f"{label}: already hashed, sent as it is (lowercased)")

@@ -138,6 +138,32 @@ def test_hash_prints_the_normalized_value_and_its_sha256(cli, args, normalized):
     assert f"sha256: {sha256(normalized)}" in result.stdout
 
 
+def test_hash_of_a_phone_without_a_region_warns_on_stderr(cli):
+    """`validate` warns about it; `hash` must too, or the digest misleads."""
+    result = cli("hash", "phone", "415 555 0100")
+
+    assert result.exit_code == EXIT_OK
+    assert result.stderr.startswith("pinterest-mw: warning: phone (ph): ")
+    assert "country code" in result.stderr
+    assert "415" not in result.stderr
+    assert "sha256: " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--region", "US"], {}),
+        (["--default-region", "us"], {}),
+        ([], {"PINTEREST_DEFAULT_REGION": "US"}),
+    ],
+)
+def test_hash_of_a_phone_with_a_region_does_not_warn(cli, args, env):
+    result = cli("hash", "phone", "415 555 0100", *args, env=env)
+
+    assert result.stderr == ""
+    assert "normalized: 14155550100" in result.stdout
+
+
 def test_hash_of_an_unusable_value_says_why_and_exits_1(cli):
     result = cli("hash", "email", "not-an-email")
 
