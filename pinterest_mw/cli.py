@@ -49,6 +49,7 @@ import json
 import logging
 import logging.config
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -257,13 +258,31 @@ def _failure_line(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__} (run with --debug for details)"
 
 
+_POSSIBLE_OPTIONS: Final = re.compile(r"\s*\(Possible options: ([^)]*)\)")
+_DID_YOU_MEAN: Final = re.compile(r"\.?\s*Did you mean (.*?)\?$")
+_NOT_PARSED: Final = re.compile(
+    r"Input should be a valid (\w+), unable to parse string as an? \w+"
+)
+
+
 def _usage_line(exc: typer.TyperException) -> str:
-    """A usage error in one line, pointing at the command's help."""
+    """A usage error in one line: click's message, a suggestion, the help to see.
+
+    `No such option: --dryrun (did you mean --dry-run?); see 'pinterest-mw
+    send --help'`.
+    """
     message = " ".join(exc.format_message().split())
+    message = _POSSIBLE_OPTIONS.sub(
+        lambda match: f" (did you mean {' or '.join(match[1].split(', '))}?)",
+        message,
+    )
+    message = _DID_YOU_MEAN.sub(r" (did you mean \1?)", message)
+    message = _NOT_PARSED.sub(r"not a valid \1", message)
+    message = message.replace("Value error, ", "").rstrip(".")
     ctx = getattr(exc, "ctx", None)
     if ctx is None:
         return message
-    return f"{message} (see '{ctx.command_path} --help')"
+    return f"{message}; see '{ctx.command_path} --help'"
 
 
 if _missing_extra is None:
@@ -343,8 +362,9 @@ def _root(
         print(f"pinterest-mw {__version__}")
         raise typer.Exit
     if ctx.invoked_subcommand is None:
-        print(ctx.get_help())
-        raise typer.Exit
+        # A command is needed: the help goes where usage errors go.
+        print(ctx.get_help(), file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR)
     if _owns_logging(ctx):
         _log_to_terminal()
 
@@ -572,6 +592,7 @@ if _missing_extra is None:
     OutboxPathOption = Annotated[
         Path | None,
         typer.Option(
+            "--outbox",
             "--path",
             envvar=_ENV_OUTBOX,
             help=f"The outbox file [default: {DEFAULT_OUTBOX_PATH}].",
@@ -1686,7 +1707,7 @@ _OUTBOX_PATH_KEY: Final = "pinterest_mw.outbox_path"
 def _existing_outbox(path: Path | None) -> SQLiteOutbox:
     path = path or DEFAULT_OUTBOX_PATH
     if not path.is_file():
-        _fail(f"no outbox at {str(path)!r} (set --path or {_ENV_OUTBOX})")
+        _fail(f"no outbox at {str(path)!r} (set --outbox or {_ENV_OUTBOX})")
     return SQLiteOutbox(path)
 
 

@@ -1203,6 +1203,15 @@ def test_outbox_shows_no_user_data(cli, outbox_file):
     assert sha256("buyer0@example.com") not in result.stdout
 
 
+@pytest.mark.parametrize("option", ["--outbox", "--path"])
+def test_outbox_takes_the_same_option_as_serve(cli, outbox_file, option):
+    summary = cli("outbox", option, str(outbox_file))
+    retried = cli("outbox", "retry", option, str(outbox_file))
+
+    assert "rejected:  3" in summary.stdout
+    assert retried.stdout == "re-queued 3 rejected events\n"
+
+
 def test_outbox_path_comes_from_the_environment(cli, outbox_file):
     result = cli("outbox", env={"PINTEREST_OUTBOX": str(outbox_file)})
 
@@ -1266,13 +1275,25 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(cli, good_csv, broken_
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["send"], "Missing argument 'FILE'. (see 'pinterest-mw send --help')"),
-        (["--bogus"], "No such option: --bogus (see 'pinterest-mw --help')"),
-        (["outbox", "retry", "--bogus"], "(see 'pinterest-mw outbox retry --help')"),
+        (["send"], "Missing argument 'FILE'; see 'pinterest-mw send --help'\n"),
+        (["--bogus"], "No such option: --bogus; see 'pinterest-mw --help'\n"),
+        (["outbox", "retry", "--bogus"], "; see 'pinterest-mw outbox retry --help'"),
         (
             ["serve", "--port", "70000"],
             "--port': Input should be less than or equal to 65535",
         ),
+        (
+            ["send", "x.csv", "--dryrun"],
+            "No such option: --dryrun (did you mean --dry-run?);"
+            " see 'pinterest-mw send --help'\n",
+        ),
+        (
+            ["servee"],
+            "No such command 'servee' (did you mean 'serve'?);"
+            " see 'pinterest-mw --help'\n",
+        ),
+        (["serve", "--port", "x"], "Invalid value for '--port': not a valid integer;"),
+        (["hash", "email"], "Missing argument 'VALUE';"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exits_2(cli, args, message):
@@ -1282,6 +1303,22 @@ def test_a_usage_error_is_one_line_and_exits_2(cli, args, message):
     assert result.stderr.startswith("pinterest-mw: error: ")
     assert result.stderr.count("\n") == 1
     assert message in result.stderr
+
+
+def test_no_command_prints_the_help_on_stderr_and_exits_2(cli):
+    """A usage error like any other: a script that forgot its command fails."""
+    result = cli()
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stdout == ""
+    assert "Usage: pinterest-mw [OPTIONS] COMMAND" in result.stderr
+
+
+def test_help_asked_for_goes_to_stdout_and_exits_0(cli):
+    result = cli("--help")
+
+    assert result.exit_code == EXIT_OK
+    assert "Usage: pinterest-mw [OPTIONS] COMMAND" in result.stdout
 
 
 def test_an_interrupted_command_exits_130_in_one_line(cli, good_csv, monkeypatch):
