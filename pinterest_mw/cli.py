@@ -18,12 +18,15 @@ over its variable; yes/no variables take 1, true, yes, on, 0, false, no, off.
 
 Exit statuses: 0 success; 1 some rows failed (invalid, or rejected by
 Pinterest), or `hash` found the value unusable; 2 an error (bad option or
-configuration, a file without rows, unreadable file, failed authentication
-or request, an address `serve` cannot listen on); 130 interrupted (`serve`
-after SIGINT too). Errors, usage errors included, are one line on stderr;
-`--debug` adds the traceback of an unexpected one. Library warnings go to
-stderr once each: through rich on a terminal, as `pinterest-mw: warning:
-...` lines otherwise.
+configuration, no command, a file without rows, unreadable file, failed
+authentication or request, an address `serve` cannot listen on); 130
+interrupted. `serve` flushes on SIGTERM and SIGINT, then logs
+"pinterest-mw stopped" and exits 0 after SIGTERM, 130 after SIGINT, with
+or without `--workers`. Errors, usage errors included, are one line on
+stderr; `--debug` adds the traceback of an unexpected one. Library
+warnings go to stderr once each: through rich on a terminal, as
+`pinterest-mw: warning: ...` lines otherwise; the command's own warnings
+are always such lines.
 
 Privacy: the token is never printed or logged. Reports name rows by line
 and fields by path, never by value. `serve` logs no request (no IP address,
@@ -50,6 +53,7 @@ import logging
 import logging.config
 import os
 import re
+import signal
 import socket
 import sqlite3
 import sys
@@ -62,9 +66,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
 
+import anyio.to_thread
+
 from ._env import env_flag
 from ._version import __version__
-from .client import DEFAULT_OUTBOX_PATH, NOT_SENDING_MESSAGE, Client
+from .client import (
+    DEFAULT_OUTBOX_PATH,
+    NOT_SENDING_MESSAGE,
+    Client,
+)
 from .events import (
     ActionSource,
     AppInfo,
@@ -154,6 +164,13 @@ _ENV_ALLOW_ORIGINS: Final = "PINTEREST_ALLOW_ORIGINS"
 _ENV_TRUSTED_PROXIES: Final = "PINTEREST_TRUSTED_PROXIES"
 _ENV_DEFAULT_REGION: Final = "PINTEREST_DEFAULT_REGION"
 _ENV_TEST_ENDPOINT: Final = "PINTEREST_TEST_ENDPOINT"
+# Read by `serve` only (the library takes these as Client/SQLiteOutbox options).
+_ENV_MAX_QUEUE_SIZE: Final = "PINTEREST_MAX_QUEUE_SIZE"
+_ENV_MAX_QUEUE_BYTES: Final = "PINTEREST_MAX_QUEUE_BYTES"
+_ENV_OVERFLOW: Final = "PINTEREST_OVERFLOW"
+_ENV_BLOCK_TIMEOUT: Final = "PINTEREST_BLOCK_TIMEOUT"
+_ENV_MAX_REJECTED: Final = "PINTEREST_MAX_REJECTED"
+_ENV_REJECTED_RETENTION: Final = "PINTEREST_REJECTED_RETENTION"
 # How `serve --workers N` hands its options to the worker processes (never
 # the token: that stays in PINTEREST_ACCESS_TOKEN, inherited as it is).
 _ENV_SERVE_OPTIONS: Final = "_PINTEREST_MW_SERVE_OPTIONS"
@@ -451,6 +468,14 @@ class FileFormat(StrEnum):
 
     CSV = "csv"
     JSONL = "jsonl"
+
+
+class Overflow(StrEnum):
+    """What `serve` does with an event when the outbox is full."""
+
+    DROP_NEWEST = "drop_newest"
+    BLOCK = "block"
+    RAISE = "raise"
 
 
 class LogLevel(StrEnum):
@@ -1848,6 +1873,12 @@ class _ServeOptions:
     api_url: str | None
     default_region: str | None
     flush_interval: float
+    max_queue_size: int
+    max_queue_bytes: int
+    overflow: str
+    block_timeout: float
+    max_rejected: int
+    rejected_retention: float
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -1865,6 +1896,13 @@ class _ServeOptions:
         return f"POST /track-event,{test} GET /health"
 
 
+# The outbox bounds `serve` starts from: SQLiteOutbox's own defaults.
+_OUTBOX_DEFAULTS: Final = {
+    name: parameter.default
+    for name, parameter in inspect.signature(SQLiteOutbox).parameters.items()
+}
+
+
 class _HideNotSending(logging.Filter):
     """Drops the client's own not-sending warning: `serve` says it its way."""
 
@@ -1875,11 +1913,35 @@ class _HideNotSending(logging.Filter):
 _ENV_OPTIONS: Final = ("test_mode", "ad_account_id", "api_url", "default_region")
 
 
+def _serve_outbox(options: _ServeOptions) -> SQLiteOutbox:
+    """The outbox of `serve`, with its bounds; the caller closes it."""
+    try:
+        return SQLiteOutbox(
+            options.outbox,
+            options.max_queue_size,
+            options.max_queue_bytes,
+            max_rejected=options.max_rejected,
+            rejected_retention=options.rejected_retention,
+        )
+    except (ConfigurationError, OSError, sqlite3.Error) as exc:
+        raise _CommandError(
+            f"cannot use the outbox {options.outbox!r}: {_describe_error(exc)}"
+            f" (set --outbox or {_ENV_OUTBOX})"
+        ) from None
+
+
 def _serve_client(options: _ServeOptions) -> Client:
-    """The client of `serve`: options win, the environment fills in the rest."""
+    """The client of `serve`: options win, the environment fills in the rest.
+
+    The client does not own the outbox it is given: `_close_served` closes
+    both.
+    """
+    outbox = _serve_outbox(options)
     overrides: dict[str, Any] = {
-        "outbox": options.outbox,
+        "outbox": outbox,
         "flush_interval": options.flush_interval,
+        "overflow": options.overflow,
+        "block_timeout": options.block_timeout,
     }
     for name in _ENV_OPTIONS:
         if getattr(options, name) is not None:
@@ -1889,13 +1951,19 @@ def _serve_client(options: _ServeOptions) -> Client:
     client_logger.addFilter(hide)
     try:
         return Client.from_env(**overrides)
-    except (OSError, sqlite3.Error) as exc:
-        raise _CommandError(
-            f"cannot use the outbox {options.outbox!r}: {_describe_error(exc)}"
-            f" (set --outbox or {_ENV_OUTBOX})"
-        ) from None
+    except BaseException:
+        outbox.close()
+        raise
     finally:
         client_logger.removeFilter(hide)
+
+
+def _close_served(client: Client) -> None:
+    """Close the client of `serve`, then the outbox it was given."""
+    try:
+        client.close()
+    finally:
+        client.outbox.close()
 
 
 def _serve_app(options: _ServeOptions) -> tuple[Any, Client]:
@@ -1937,6 +2005,7 @@ class _Served:
                 started = True
                 await receive()  # lifespan.shutdown
             await self.client.aclose()
+            await anyio.to_thread.run_sync(self.client.outbox.close)
         except Exception as exc:  # noqa: BLE001 - the lifespan protocol reports any failure
             # Reported to uvicorn, which logs it and exits.
             step = "shutdown" if started else "startup"
@@ -2079,6 +2148,64 @@ if _missing_extra is None:
         float,
         typer.Option(help="Seconds between deliveries of partial batches.", min=0),
     ]
+    MaxQueueSizeOption = Annotated[
+        int,
+        typer.Option(
+            metavar="EVENTS",
+            envvar=_ENV_MAX_QUEUE_SIZE,
+            min=1,
+            help="The most events waiting in the outbox; past it, --overflow decides.",
+        ),
+    ]
+    MaxQueueBytesOption = Annotated[
+        int,
+        typer.Option(
+            metavar="BYTES",
+            envvar=_ENV_MAX_QUEUE_BYTES,
+            min=1,
+            help="The most bytes of events waiting in the outbox.",
+        ),
+    ]
+    OverflowOption = Annotated[
+        Overflow,
+        typer.Option(
+            envvar=_ENV_OVERFLOW,
+            case_sensitive=False,
+            help="When the outbox is full: drop_newest and raise refuse the new"
+            " events at once (the endpoint answers 503 naming them; drop_newest"
+            " counts them as dropped), block first waits up to --block-timeout"
+            " for room.",
+        ),
+    ]
+    BlockTimeoutOption = Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            envvar=_ENV_BLOCK_TIMEOUT,
+            min=0,
+            help="How long --overflow block waits for room.",
+        ),
+    ]
+    MaxRejectedOption = Annotated[
+        int,
+        typer.Option(
+            metavar="EVENTS",
+            envvar=_ENV_MAX_REJECTED,
+            min=0,
+            help="The most events Pinterest rejected kept for `outbox retry`"
+            " (the oldest go first).",
+        ),
+    ]
+    RejectedRetentionOption = Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            envvar=_ENV_REJECTED_RETENTION,
+            min=0,
+            help="How long rejected events are kept [default: 604800, 7 days].",
+            show_default=False,
+        ),
+    ]
     LogLevelOption = Annotated[
         LogLevel, typer.Option(help="Log level.", case_sensitive=False)
     ]
@@ -2105,6 +2232,14 @@ def serve(
     api_url: ApiUrlOption = None,
     default_region: RegionOption = None,
     flush_interval: FlushIntervalOption = 1.0,
+    max_queue_size: MaxQueueSizeOption = _OUTBOX_DEFAULTS["max_events"],
+    max_queue_bytes: MaxQueueBytesOption = _OUTBOX_DEFAULTS["max_bytes"],
+    overflow: OverflowOption = Overflow.DROP_NEWEST,
+    block_timeout: BlockTimeoutOption = 1.0,
+    max_rejected: MaxRejectedOption = _OUTBOX_DEFAULTS["max_rejected"],
+    rejected_retention: RejectedRetentionOption = _OUTBOX_DEFAULTS[
+        "rejected_retention"
+    ],
     log_level: LogLevelOption = LogLevel.INFO,
     access_log: AccessLogOption = False,
 ) -> None:
@@ -2114,7 +2249,8 @@ def serve(
     before the endpoint answers, then delivered in batches. Without
     PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID nothing is sent: events
     are kept in the outbox until a run with credentials. SIGTERM and SIGINT
-    flush waiting events before the server exits (status 130 after SIGINT).
+    flush waiting events before the server exits, with status 0 after
+    SIGTERM and 130 after SIGINT, with or without --workers.
     Client IPs come from the connection, or from X-Forwarded-For sent by a
     --trusted-proxy.
     """
@@ -2130,6 +2266,12 @@ def serve(
         api_url=api_url,
         default_region=_check_region(default_region),
         flush_interval=flush_interval,
+        max_queue_size=max_queue_size,
+        max_queue_bytes=max_queue_bytes,
+        overflow=overflow.value,
+        block_timeout=block_timeout,
+        max_rejected=max_rejected,
+        rejected_retention=rejected_retention,
     )
     log_config = _log_config(log_level) if _owns_logging(ctx) else None
     if log_config is not None:
@@ -2149,6 +2291,23 @@ def serve(
         _serve_one(options, host, port, server_options)
 
 
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_status(received: Sequence[int]) -> int:
+    """The exit status after a clean stop: 130 if SIGINT was among the signals.
+
+    SIGTERM is how service managers stop a server: a clean stop, status 0.
+    SIGINT is a person's Ctrl-C: status 130, as for any interrupted command.
+    """
+    return EXIT_INTERRUPTED if signal.SIGINT in received else EXIT_OK
+
+
+def _stopped(received: Sequence[int]) -> NoReturn:
+    logger.info(STOPPED_LINE)
+    raise typer.Exit(_stop_status(received))
+
+
 def _serve_one(
     options: _ServeOptions, host: str, port: int, server_options: dict[str, Any]
 ) -> None:
@@ -2158,25 +2317,60 @@ def _serve_one(
     try:
         sock = _listen(host, port)
     except _CommandError:
-        client.close()
+        _close_served(client)
         raise
     _log_start(client, options)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **server_options))
     logger.info(SERVING_LINE, _url(sock), options.endpoints)
+    received: list[int] = []
+
+    def note(signal_number: int, frame: object) -> None:
+        # uvicorn handles the signals while it runs, then restores this
+        # handler and raises them again: noted here instead of ending the
+        # process (SIGTERM's default) or raising KeyboardInterrupt.
+        received.append(signal_number)
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, note) for sig in _STOP_SIGNALS}
     started = False
     try:
         server.run(sockets=[sock])
         started = server.started
     except KeyboardInterrupt:
-        # uvicorn re-raises the SIGINT it handled, after the shutdown flush.
-        logger.info(STOPPED_LINE)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        received.append(signal.SIGINT)
     except SystemExit:
         logger.debug("uvicorn exited during start-up")
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
+    if received:
+        _stopped(received)
     if not started:
         _fail("the server stopped at start-up (see the log above)")
+
+
+@contextlib.contextmanager
+def _signals_received() -> Iterator[list[int]]:
+    """The numbers of the signals this process receives inside the block.
+
+    Read from a `signal.set_wakeup_fd` pipe, which Python writes each
+    signal's number to whatever handler runs: the block's code (uvicorn's
+    worker supervisor) installs its own handlers, and they stay untouched.
+    """
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    os.set_blocking(writer, False)
+    received: list[int] = []
+    previous = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(reader, 1024))
+        os.close(reader)
+        os.close(writer)
 
 
 def _serve_workers(
@@ -2190,7 +2384,7 @@ def _serve_workers(
     import uvicorn
 
     _, client = _serve_app(options)
-    client.close()
+    _close_served(client)
     # uvicorn binds the address itself: try it first for a one-line error
     # (and a free port for --port 0).
     with _listen(host, port) as probe:
@@ -2199,15 +2393,20 @@ def _serve_workers(
     os.environ[_ENV_SERVE_OPTIONS] = options.to_json()
     _log_start(client, options)
     logger.info(SERVING_LINE, url, options.endpoints)
-    uvicorn.run(
-        # By name: under `python -m`, this module's __name__ is __main__.
-        "pinterest_mw.cli:_worker_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        **server_options,
-    )
+    with _signals_received() as received:
+        uvicorn.run(
+            # By name: under `python -m`, this module's __name__ is __main__.
+            "pinterest_mw.cli:_worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            **server_options,
+        )
+    stops = [sig for sig in received if sig in _STOP_SIGNALS]
+    if not stops:
+        _fail("the workers stopped (see the log above)")
+    _stopped(stops)
 
 
 if __name__ == "__main__":

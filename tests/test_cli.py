@@ -40,6 +40,8 @@ from pinterest_mw.cli import (
     EXIT_ROWS_FAILED,
     NOT_SENDING_LINE,
     ROW_ID_NAMESPACE,
+    _close_served,
+    _serve_client,
     build_app,
 )
 from pinterest_mw.events import WireEvent, build_event
@@ -1377,6 +1379,71 @@ def test_serve_with_an_unusable_outbox_is_one_line(cli, tmp_path, where):
     assert where in result.stderr
 
 
+@pytest.fixture
+def serve_options(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What `serve` would run with, its server replaced by a recorder."""
+    recorded: list[Any] = []
+    monkeypatch.setattr(
+        "pinterest_mw.cli._serve_one", lambda options, *args: recorded.append(options)
+    )
+    return recorded
+
+
+def test_serve_passes_the_outbox_bounds_to_its_outbox(cli, tmp_path, serve_options):
+    result = cli(
+        *("serve", "--outbox", str(tmp_path / "o.sqlite3")),
+        *("--max-queue-size", "50", "--max-queue-bytes", "4096"),
+        *("--max-rejected", "7", "--rejected-retention", "60"),
+        *("--overflow", "block", "--block-timeout", "0.5"),
+    )
+    [options] = serve_options
+    client = _serve_client(options)
+    _close_served(client)
+
+    assert result.exit_code == EXIT_OK
+    outbox = client.outbox
+    assert isinstance(outbox, SQLiteOutbox)
+    assert (outbox.max_events, outbox.max_bytes) == (50, 4096)
+    assert (outbox.max_rejected, outbox.rejected_retention) == (7, 60)
+    assert (options.overflow, options.block_timeout) == ("block", 0.5)
+
+
+def test_serve_reads_the_outbox_bounds_from_the_environment(cli, serve_options):
+    env = {
+        "PINTEREST_MAX_QUEUE_SIZE": "5",
+        "PINTEREST_MAX_QUEUE_BYTES": "9000",
+        "PINTEREST_OVERFLOW": "RAISE",
+        "PINTEREST_BLOCK_TIMEOUT": "2",
+        "PINTEREST_MAX_REJECTED": "3",
+        "PINTEREST_REJECTED_RETENTION": "30",
+    }
+
+    cli("serve", env=env)
+
+    [options] = serve_options
+    assert (options.max_queue_size, options.max_queue_bytes) == (5, 9000)
+    assert (options.overflow, options.block_timeout) == ("raise", 2)
+    assert (options.max_rejected, options.rejected_retention) == (3, 30)
+
+
+def test_serve_outbox_bounds_default_to_the_outboxs_own(cli, serve_options):
+    cli("serve")
+
+    [options] = serve_options
+    assert (options.max_queue_size, options.max_rejected) == (100_000, 100_000)
+    assert options.rejected_retention == 7 * DAY
+
+
+@pytest.mark.parametrize(
+    "args", [["--max-queue-size", "0"], ["--overflow", "sometimes"]]
+)
+def test_serve_refuses_unusable_outbox_bounds(cli, args):
+    result = cli("serve", *args)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
+
+
 def test_serve_refuses_a_bad_test_endpoint_variable(cli):
     result = cli("serve", "--port", "0", env={"PINTEREST_TEST_ENDPOINT": "sometimes"})
 
@@ -1622,11 +1689,41 @@ def test_serve_with_two_workers_shares_one_outbox(tmp_path):
 
 
 @pytest.mark.e2e
-def test_sigint_stops_serve_with_status_130(tmp_path):
-    with serving(tmp_path) as server:
-        status = server.stop(signal.SIGINT)
+def test_serve_refuses_events_past_its_max_queue_size(tmp_path):
+    """Not sending, events stay in the outbox: the third finds it full."""
+    outbox = tmp_path / "kept.sqlite3"
+    body = {"event_name": "checkout", "user_data": {"email": "ann@example.com"}}
 
-    assert status == EXIT_INTERRUPTED
+    with serving(tmp_path, "--outbox", str(outbox), "--max-queue-size", "2") as s:
+        statuses = [
+            httpx.post(f"{s.url}/track-event", json=body, timeout=10).status_code
+            for _ in range(3)
+        ]
+
+    assert statuses == [202, 202, 503]
+    assert outbox_stats(outbox).pending == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    ("stop_signal", "status"),
+    [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_OK)],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_stop_signal_ends_serve_with_its_documented_status(
+    tmp_path, workers, stop_signal, status
+):
+    """0 after SIGTERM, 130 after SIGINT, one process or several."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    with serving(tmp_path, "--workers", workers, port=port) as server:
+        returned = server.stop(stop_signal)
+
+    assert returned == status
+    assert any("pinterest-mw stopped" in line for line in server.log)
     assert not any("Traceback" in line for line in server.log)
 
 
