@@ -18,7 +18,8 @@ through.
 Two options do more:
 
 - `epik_cookie=True` stores Pinterest's click id on landing pages: a
-  successful HTML response to a URL with an `epik` query parameter gets a
+  successful HTML response to a GET of a URL with an `epik` query parameter
+  gets a
   first-party `_epik` cookie (one year, `SameSite=Lax`, not `HttpOnly` so
   that the Pinterest tag can read it). It is `Secure` when the request's
   scheme is https as the server reports it (ASGI `scope["scheme"]`, WSGI
@@ -271,12 +272,15 @@ class _Hooks:
             return ()
         return tuple(rule for rule in self.rules if rule.matches_request(method, path))
 
-    def epik_cookie_for(self, query_string: str, scheme: object) -> str | None:
+    def epik_cookie_for(
+        self, method: str, query_string: str, scheme: object
+    ) -> str | None:
         """The `Set-Cookie` value for the URL's `epik`, if any and acceptable.
 
-        `Secure` only for a request the server reports as https.
+        Only for a GET, the request a click on a pin makes; `Secure` only
+        for a request the server reports as https.
         """
-        if not self.epik_cookie or _EPIK not in query_string:
+        if not self.epik_cookie or method != "GET" or _EPIK not in query_string:
             return None
         for key, value in parse_qsl(query_string):
             if key != _EPIK:
@@ -356,8 +360,8 @@ class PinterestMiddleware:
             and rules as the mounted sub-app (`pinterest_mw.context`).
         route_rules: `RouteRule`s emitting events for matching responses.
         epik_cookie: store the `epik` query parameter as the `_epik` cookie
-            on successful HTML responses (off by default: consent); `Secure`
-            on https requests only.
+            on successful HTML responses to GET requests (off by default:
+            consent); `Secure` on https requests only.
         cookie_domain: the cookie's `Domain`, to share it with subdomains.
         on_error: called with the exception when a rule's event could not
             be queued.
@@ -398,7 +402,9 @@ class PinterestMiddleware:
         context = RequestContext.from_scope(scope, trusted_proxies=hooks.proxies)
         rules = hooks.rules_for(scope["method"], scope_path(scope))
         cookie = hooks.epik_cookie_for(
-            scope.get("query_string", b"").decode("latin-1"), scope.get("scheme")
+            scope["method"],
+            scope.get("query_string", b"").decode("latin-1"),
+            scope.get("scheme"),
         )
         if not rules and cookie is None:
             with use_context(context), served_by_middleware(scope, hooks.client):
@@ -492,7 +498,9 @@ class PinterestWSGIMiddleware:
             environ.get("REQUEST_METHOD", ""), environ_path(environ)
         )
         cookie = hooks.epik_cookie_for(
-            environ.get("QUERY_STRING", ""), environ.get("wsgi.url_scheme")
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("QUERY_STRING", ""),
+            environ.get("wsgi.url_scheme"),
         )
         if not rules and cookie is None:
             with use_context(context), served_by_middleware(None, hooks.client):

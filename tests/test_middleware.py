@@ -463,6 +463,15 @@ def test_epik_cookie_is_not_set(kind: str, path: str, options: dict[str, Any]) -
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_is_set_on_get_requests_only(kind: str) -> None:
+    """A landing page is a GET: a form posted to a URL with `epik` sets nothing."""
+    reply = fetch(kind, None, "/products/1?epik=abc", method="POST", epik_cookie=True)
+
+    assert reply.status == 200
+    assert reply.set_cookies == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_apps_own_epik_cookie_is_left_alone(kind: str) -> None:
     reply = fetch(kind, None, "/own-cookie?epik=abc", epik_cookie=True)
 
