@@ -70,11 +70,7 @@ import anyio.to_thread
 
 from ._env import env_flag
 from ._version import __version__
-from .client import (
-    DEFAULT_OUTBOX_PATH,
-    NOT_SENDING_MESSAGE,
-    Client,
-)
+from .client import DEFAULT_OUTBOX_PATH, NOT_SENDING_MESSAGE, Client
 from .events import (
     ActionSource,
     AppInfo,
@@ -665,9 +661,9 @@ _UNKNOWN_COLUMN_HINT: Final = (
     "rename it with --map 'HEADER=FIELD' or leave it out with --map 'HEADER='"
 )
 _NOT_A_HEADER: Final = (
-    "line 1 is not a header: none of its cells names an event field; the"
-    " first line must name the columns (event_name, event_time, email, ...),"
-    " or --map them"
+    "the first line is not a header: none of its cells names an event field;"
+    " it must name the columns (event_name, event_time, email, ...), or"
+    " --map them"
 )
 _UNKNOWN_KEY: Final = (
     "key {position} is an unknown key, not an event field: rename it with"
@@ -1501,10 +1497,10 @@ _SEND_HELP: Final = """
 Rows without an event_id are sent with one derived from their line number
 and normalized content (a UUID5): a re-run of the same file sends the same
 ids, so Pinterest counts each conversion once. A file that cannot be read
-to its end (a line that is not UTF-8, a broken CSV quote) stops at that
-line, after sending the rows before it; a failed request or Ctrl-C stops
-too. Each says how many rows were sent and the --start-line that skips
-them on a re-run."""
+to its end (a line that is not UTF-8, a CSV cell over the field limit)
+stops at that line, after sending the rows before it; a failed request or
+Ctrl-C stops too. Each says how many rows were sent and the --start-line
+that skips them on a re-run."""
 
 
 def _row_options(

@@ -1060,7 +1060,7 @@ def test_a_file_without_a_header_row_says_so_without_quoting_it(cli, tmp_path):
     result = cli("validate", str(path))
 
     assert result.exit_code == EXIT_ERROR
-    assert "line 1 is not a header" in result.stderr
+    assert "the first line is not a header" in result.stderr
     assert "ann@" not in result.output
 
 
