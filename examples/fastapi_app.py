@@ -7,11 +7,18 @@
   (`pintrk("track", "checkout", {event_id, ...})`) so Pinterest counts the
   conversion once.
 
-Run it from the repository root, with `uvicorn examples.fastapi_app:app` or
+Run it from the repository root, with
+`uvicorn --no-proxy-headers examples.fastapi_app:app` or
 `python examples/fastapi_app.py` (port `$PORT`, default 8000), then open
 http://127.0.0.1:8000/docs. It is configured from the environment
 (`Client.from_env`); without credentials, events are kept in
 ./pinterest-mw-data/outbox.sqlite3 instead of being sent.
+
+`--no-proxy-headers`: uvicorn otherwise rewrites the client address from
+`X-Forwarded-For` sent by any peer on 127.0.0.1, before the trusted-proxy
+rules of `pinterest_mw` see it. Behind a proxy, set `trusted_proxies` (or
+`PINTEREST_TRUSTED_PROXIES`) instead, or give uvicorn
+`--forwarded-allow-ips` with the same addresses.
 """
 
 from __future__ import annotations
@@ -89,4 +96,11 @@ async def checkout(order: Annotated[Order, Depends(find_order)]) -> Receipt:
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+    # uvicorn's own X-Forwarded-For handling would believe any local peer;
+    # behind a proxy, give PinterestMiddleware and the sub-app trusted_proxies.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(os.environ.get("PORT", "8000")),
+        proxy_headers=False,
+    )

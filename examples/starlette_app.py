@@ -6,10 +6,17 @@
   It renders the event's id into the Pinterest tag's call, so the tag and
   the server report one conversion under one id and Pinterest counts it once.
 
-Run it from the repository root, with `uvicorn examples.starlette_app:app`
-or `python examples/starlette_app.py` (port `$PORT`, default 8000). It is
+Run it from the repository root, with
+`uvicorn --no-proxy-headers examples.starlette_app:app` or
+`python examples/starlette_app.py` (port `$PORT`, default 8000). It is
 configured from the environment (`Client.from_env`); without credentials,
 events are kept in ./pinterest-mw-data/outbox.sqlite3 instead of being sent.
+
+`--no-proxy-headers`: uvicorn otherwise rewrites the client address from
+`X-Forwarded-For` sent by any peer on 127.0.0.1, before the trusted-proxy
+rules of `pinterest_mw` see it. Behind a proxy, set `trusted_proxies` (or
+`PINTEREST_TRUSTED_PROXIES`) instead, or give uvicorn
+`--forwarded-allow-ips` with the same addresses.
 """
 
 from __future__ import annotations
@@ -105,4 +112,11 @@ app.mount("/pinterest", pinterest_app(client, allow_origins=["https://shop.examp
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+    # uvicorn's own X-Forwarded-For handling would believe any local peer;
+    # behind a proxy, give PinterestMiddleware and the sub-app trusted_proxies.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(os.environ.get("PORT", "8000")),
+        proxy_headers=False,
+    )

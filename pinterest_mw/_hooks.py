@@ -37,6 +37,19 @@ ErrorHook = Callable[[Exception], None]
 
 NOT_QUEUED_MESSAGE = "%s: %s event not queued (%s)"
 
+NOT_VISIT_METHODS = frozenset({"CONNECT", "HEAD", "OPTIONS", "TRACE"})
+"""Request methods that never emit an event.
+
+Starlette and Flask run a GET view for `HEAD`, and link checkers,
+prefetchers and CORS preflights send `HEAD` and `OPTIONS`: none of them is
+a visit or an action of the person behind the browser.
+"""
+
+
+def is_visit_method(method: str | None) -> bool:
+    """Whether a request with this method may emit an event (None: unknown)."""
+    return method not in NOT_VISIT_METHODS
+
 
 # --- counters -------------------------------------------------------------------
 

@@ -18,12 +18,15 @@ over its variable; yes/no variables take 1, true, yes, on, 0, false, no, off.
 
 Exit statuses: 0 success; 1 some rows failed (invalid, or rejected by
 Pinterest), or `hash` found the value unusable; 2 an error (bad option or
-configuration, a file without rows, unreadable file, failed authentication
-or request, an address `serve` cannot listen on); 130 interrupted (`serve`
-after SIGINT too). Errors, usage errors included, are one line on stderr;
-`--debug` adds the traceback of an unexpected one. Library warnings go to
-stderr once each: through rich on a terminal, as `pinterest-mw: warning:
-...` lines otherwise.
+configuration, no command, a file without rows, unreadable file, failed
+authentication or request, an address `serve` cannot listen on); 130
+interrupted. `serve` flushes on SIGTERM and SIGINT, then logs
+"pinterest-mw stopped" and exits 0 after SIGTERM, 130 after SIGINT, with
+or without `--workers`. Errors, usage errors included, are one line on
+stderr; `--debug` adds the traceback of an unexpected one. Library
+warnings go to stderr once each: through rich on a terminal, as
+`pinterest-mw: warning: ...` lines otherwise; the command's own warnings
+are always such lines.
 
 Privacy: the token is never printed or logged. Reports name rows by line
 and fields by path, never by value. `serve` logs no request (no IP address,
@@ -49,16 +52,21 @@ import json
 import logging
 import logging.config
 import os
+import re
+import signal
 import socket
 import sqlite3
 import sys
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any, Final, NoReturn, ParamSpec, TextIO, TypeVar
+from typing import IO, Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
+
+import anyio.to_thread
 
 from ._env import env_flag
 from ._version import __version__
@@ -66,6 +74,7 @@ from .client import DEFAULT_OUTBOX_PATH, NOT_SENDING_MESSAGE, Client
 from .events import (
     ActionSource,
     AppInfo,
+    ContentItem,
     CustomData,
     DeviceInfo,
     Event,
@@ -151,6 +160,13 @@ _ENV_ALLOW_ORIGINS: Final = "PINTEREST_ALLOW_ORIGINS"
 _ENV_TRUSTED_PROXIES: Final = "PINTEREST_TRUSTED_PROXIES"
 _ENV_DEFAULT_REGION: Final = "PINTEREST_DEFAULT_REGION"
 _ENV_TEST_ENDPOINT: Final = "PINTEREST_TEST_ENDPOINT"
+# Read by `serve` only (the library takes these as Client/SQLiteOutbox options).
+_ENV_MAX_QUEUE_SIZE: Final = "PINTEREST_MAX_QUEUE_SIZE"
+_ENV_MAX_QUEUE_BYTES: Final = "PINTEREST_MAX_QUEUE_BYTES"
+_ENV_OVERFLOW: Final = "PINTEREST_OVERFLOW"
+_ENV_BLOCK_TIMEOUT: Final = "PINTEREST_BLOCK_TIMEOUT"
+_ENV_MAX_REJECTED: Final = "PINTEREST_MAX_REJECTED"
+_ENV_REJECTED_RETENTION: Final = "PINTEREST_REJECTED_RETENTION"
 # How `serve --workers N` hands its options to the worker processes (never
 # the token: that stays in PINTEREST_ACCESS_TOKEN, inherited as it is).
 _ENV_SERVE_OPTIONS: Final = "_PINTEREST_MW_SERVE_OPTIONS"
@@ -199,6 +215,11 @@ def _describe_error(exc: BaseException) -> str:
 
 def _error_line(message: str) -> None:
     print(f"pinterest-mw: error: {message}", file=sys.stderr)
+
+
+def _warning_line(message: str) -> None:
+    """A warning of the command itself, on stderr; never holds a value."""
+    print(f"pinterest-mw: warning: {message}", file=sys.stderr)
 
 
 _debug: contextvars.ContextVar[bool] = contextvars.ContextVar("debug", default=False)
@@ -250,13 +271,31 @@ def _failure_line(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__} (run with --debug for details)"
 
 
+_POSSIBLE_OPTIONS: Final = re.compile(r"\s*\(Possible options: ([^)]*)\)")
+_DID_YOU_MEAN: Final = re.compile(r"\.?\s*Did you mean (.*?)\?$")
+_NOT_PARSED: Final = re.compile(
+    r"Input should be a valid (\w+), unable to parse string as an? \w+"
+)
+
+
 def _usage_line(exc: typer.TyperException) -> str:
-    """A usage error in one line, pointing at the command's help."""
+    """A usage error in one line: click's message, a suggestion, the help to see.
+
+    `No such option: --dryrun (did you mean --dry-run?); see 'pinterest-mw
+    send --help'`.
+    """
     message = " ".join(exc.format_message().split())
+    message = _POSSIBLE_OPTIONS.sub(
+        lambda match: f" (did you mean {' or '.join(match[1].split(', '))}?)",
+        message,
+    )
+    message = _DID_YOU_MEAN.sub(r" (did you mean \1?)", message)
+    message = _NOT_PARSED.sub(r"not a valid \1", message)
+    message = message.replace("Value error, ", "").rstrip(".")
     ctx = getattr(exc, "ctx", None)
     if ctx is None:
         return message
-    return f"{message} (see '{ctx.command_path} --help')"
+    return f"{message}; see '{ctx.command_path} --help'"
 
 
 if _missing_extra is None:
@@ -336,8 +375,9 @@ def _root(
         print(f"pinterest-mw {__version__}")
         raise typer.Exit
     if ctx.invoked_subcommand is None:
-        print(ctx.get_help())
-        raise typer.Exit
+        # A command is needed: the help goes where usage errors go.
+        print(ctx.get_help(), file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR)
     if _owns_logging(ctx):
         _log_to_terminal()
 
@@ -424,6 +464,14 @@ class FileFormat(StrEnum):
 
     CSV = "csv"
     JSONL = "jsonl"
+
+
+class Overflow(StrEnum):
+    """What `serve` does with an event when the outbox is full."""
+
+    DROP_NEWEST = "drop_newest"
+    BLOCK = "block"
+    RAISE = "raise"
 
 
 class LogLevel(StrEnum):
@@ -528,6 +576,8 @@ if _missing_extra is None:
     RegionOption = Annotated[
         str | None,
         typer.Option(
+            "--default-region",
+            "--region",
             envvar=_ENV_DEFAULT_REGION,
             help="Region of phone numbers without a country code, such as US.",
             show_default=False,
@@ -563,6 +613,7 @@ if _missing_extra is None:
     OutboxPathOption = Annotated[
         Path | None,
         typer.Option(
+            "--outbox",
             "--path",
             envvar=_ENV_OUTBOX,
             help=f"The outbox file [default: {DEFAULT_OUTBOX_PATH}].",
@@ -593,13 +644,31 @@ _EVENT_FIELDS: Final = frozenset(Event.model_fields) - set(_NESTED_OBJECTS)
 # Bare column names that belong in a nested object: user data first (their
 # names never clash with event fields), custom data last.
 _SHORTCUTS: Final = ("user_data", "custom_data")
+# Every name of ours a field path may hold; anything else in a path came
+# from the file and may be a value (a headerless file's email), so it is
+# never shown.
+_KNOWN_NAMES: Final = frozenset(
+    {
+        *_EVENT_FIELDS,
+        *_NESTED_OBJECTS,
+        *(name for names in _NESTED_OBJECTS.values() for name in names),
+        *ContentItem.model_fields,
+    }
+)
+_UNKNOWN_NAME: Final = "<unknown key>"
 
-
-def _unknown_column(name: str) -> str:
-    return (
-        f"is not an event field: rename it with --map '{name}=FIELD'"
-        f" or leave it out with --map '{name}='"
-    )
+_UNKNOWN_COLUMN_HINT: Final = (
+    "rename it with --map 'HEADER=FIELD' or leave it out with --map 'HEADER='"
+)
+_NOT_A_HEADER: Final = (
+    "the first line is not a header: none of its cells names an event field;"
+    " it must name the columns (event_name, event_time, email, ...), or"
+    " --map them"
+)
+_UNKNOWN_KEY: Final = (
+    "key {position} is an unknown key, not an event field: rename it with"
+    " --map 'KEY=FIELD' or leave it out with --map 'KEY='"
+)
 
 
 def _column_path(name: str) -> Path_ | None:
@@ -627,17 +696,52 @@ def _column_path(name: str) -> Path_ | None:
     return None
 
 
+def _safe_path(path: str) -> str:
+    """A field path with every part that is not one of our names hidden.
+
+    A key of the file's own may hold dots (an email does): the parts it
+    splits into are hidden behind one marker.
+    """
+    parts = path.split(".")
+    if all(part in _KNOWN_NAMES or part.isdigit() for part in parts):
+        return path
+    shown: list[str] = []
+    for part in parts:
+        if part in _KNOWN_NAMES or part.isdigit():
+            shown.append(part)
+        elif not shown or shown[-1] != _UNKNOWN_NAME:
+            shown.append(_UNKNOWN_NAME)
+
+    return ".".join(shown)
+
+
+def _positions(numbers: Sequence[int]) -> str:
+    """`column 4`, `columns 4 and 6`, `columns 2, 4 and 6`."""
+    if len(numbers) == 1:
+        return f"column {numbers[0]}"
+    listed = ", ".join(str(number) for number in numbers[:-1])
+    return f"columns {listed} and {numbers[-1]}"
+
+
+def _column_key(name: str) -> str:
+    """How `--map` matches a column: case and surrounding spaces ignored."""
+    return name.strip().casefold()
+
+
 def _parse_mapping(items: Sequence[str] | None) -> dict[str, str | None]:
-    """`--map 'Their Header=email'` items: their name -> ours (None: drop it)."""
+    """`--map 'Their Header=email'` items: their name -> ours (None: drop it).
+
+    Their names are matched ignoring case and surrounding spaces, as ours are.
+    """
     mapping: dict[str, str | None] = {}
     for item in items or ():
         theirs, equals, ours = item.rpartition("=")
-        if not equals or not theirs:
+        if not equals or not theirs.strip():
             _fail(f"--map {item!r} must be written THEIR_COLUMN=field")
         ours = ours.strip()
         if ours and _column_path(ours) is None:
             _fail(f"--map {item!r}: {ours!r} is not an event field")
-        mapping[theirs] = ours or None
+        mapping[_column_key(theirs)] = ours or None
 
     return mapping
 
@@ -647,7 +751,8 @@ _DROPPED: Final[Path_] = ()
 
 def _mapped_path(name: str, mapping: Mapping[str, str | None]) -> Path_ | None:
     """The path of a column after `--map`: `_DROPPED` (empty) if mapped to nothing."""
-    for key in (name, name.strip()):
+    if mapping:
+        key = _column_key(name)
         if key in mapping:
             ours = mapping[key]
             return _DROPPED if ours is None else _column_path(ours)
@@ -693,11 +798,18 @@ def _with_lists(value: Any) -> Any:
 
 @dataclasses.dataclass(slots=True)
 class _Row:
-    """One row of a file: its line, the event mapping, and reading problems."""
+    """One row of a file: its line, the event mapping, and reading problems.
+
+    `skipped` rows come before `--start-line` and are only counted.
+    `has_id_column` says whether the file has an event_id column (None for
+    JSON Lines, which has no columns).
+    """
 
     line: int
     data: dict[str, Any]
     errors: list[FieldError] = dataclasses.field(default_factory=list)
+    skipped: bool = False
+    has_id_column: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -706,6 +818,32 @@ class _RowOptions:
     event_name: str | None
     action_source: ActionSource
     delimiter: str
+    start_line: int = 1
+
+
+class _ReadStop(Exception):
+    """The file cannot be read past `line`; `reason` never holds a value."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+def _utf8_lines(text: Iterator[str]) -> Iterator[str]:
+    """The file's lines, up to the first one holding a byte that is not UTF-8.
+
+    The file is decoded with `surrogateescape`: such a byte becomes a lone
+    surrogate in its own line instead of failing the decoding of a whole
+    block of lines, so every line before it is read.
+    """
+    for number, line in enumerate(text, start=1):
+        if not line.isascii():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _ReadStop(number, "the line is not UTF-8 text") from None
+        yield line
 
 
 def _finish_row(row: _Row, options: _RowOptions) -> _Row:
@@ -724,16 +862,17 @@ def _finish_row(row: _Row, options: _RowOptions) -> _Row:
     return row
 
 
-def _csv_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
-    reader = csv.reader(text, delimiter=options.delimiter)
+def _csv_rows(text: Iterator[str], options: _RowOptions) -> Iterator[_Row]:
+    reader = csv.reader(_utf8_lines(text), delimiter=options.delimiter)
     try:
         # Blank lines before the header are skipped, like blank rows after it.
         header = next((r for r in reader if any(c.strip() for c in r)), None)
     except csv.Error as exc:
-        _fail(f"line 1: not a valid CSV header ({exc})")
+        _fail(f"line {reader.line_num}: not a valid CSV header ({exc})")
     if header is None:
         return
     paths = _header_paths(header, options)
+    has_id_column = ("event_id",) in paths
     while True:
         line = reader.line_num + 1
         try:
@@ -741,10 +880,13 @@ def _csv_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
         except StopIteration:
             return
         except csv.Error as exc:
-            _fail(f"line {reader.line_num}: not valid CSV ({exc})")
+            raise _ReadStop(line, f"not valid CSV ({exc})") from None
         if not any(cell.strip() for cell in record):
             continue
-        row = _Row(line, {})
+        if line < options.start_line:
+            yield _Row(line, {}, skipped=True)
+            continue
+        row = _Row(line, {}, has_id_column=has_id_column)
         if len(record) > len(paths) and any(c.strip() for c in record[len(paths) :]):
             row.errors.append(
                 FieldError("", f"has {len(record)} cells; the header has {len(paths)}")
@@ -756,20 +898,30 @@ def _csv_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
 
 
 def _header_paths(header: list[str], options: _RowOptions) -> list[Path_ | None]:
-    """Where each column goes; a column that goes nowhere stops the command."""
+    """Where each column goes; a column that goes nowhere stops the command.
+
+    Columns are named by position, never by their header: a file without a
+    header row has data there.
+    """
+    found = [_mapped_path(name, options.mapping) for name in header]
+    unknown = [number for number, path in enumerate(found, 1) if path is None]
+    if unknown and len(unknown) == len(found):
+        _fail(_NOT_A_HEADER)
+    if unknown:
+        are = "is not an event field" if len(unknown) == 1 else "are not event fields"
+        _fail(f"{_positions(unknown)} of the header {are}: {_UNKNOWN_COLUMN_HINT}")
+
     paths: list[Path_ | None] = []
-    seen: dict[Path_, str] = {}
-    for name in header:
-        path = _mapped_path(name, options.mapping)
-        if path is None:
-            _fail(f"column {name!r} {_unknown_column(name)}")
-        if path == _DROPPED:
+    seen: dict[Path_, int] = {}
+    for number, path in enumerate(found, 1):
+        if path is None or path == _DROPPED:
             paths.append(None)
             continue
         clash = next((other for p, other in seen.items() if _overlaps(p, path)), None)
         if clash is not None:
-            _fail(f"columns {clash!r} and {name!r} set the same field")
-        seen[path] = name
+            field = ".".join(str(key) for key in path)
+            _fail(f"columns {clash} and {number} set the same field ({field})")
+        seen[path] = number
         paths.append(path)
     has = {path[0] for path in seen}
     if "event_time" not in has:
@@ -785,9 +937,12 @@ def _overlaps(first: Path_, second: Path_) -> bool:
     return first[:shorter] == second[:shorter]
 
 
-def _jsonl_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
-    for line, content in enumerate(text, start=1):
+def _jsonl_rows(text: Iterator[str], options: _RowOptions) -> Iterator[_Row]:
+    for line, content in enumerate(_utf8_lines(text), start=1):
         if not content.strip():
+            continue
+        if line < options.start_line:
+            yield _Row(line, {}, skipped=True)
             continue
         row = _Row(line, {})
         try:
@@ -800,27 +955,36 @@ def _jsonl_rows(text: TextIO, options: _RowOptions) -> Iterator[_Row]:
             row.errors.append(FieldError("", "is not a JSON object"))
             yield row
             continue
-        for key, value in document.items():
-            _add_json_value(row, str(key), value, options.mapping)
+        for position, (key, value) in enumerate(document.items(), 1):
+            _add_json_value(row, str(key), value, options.mapping, position)
         yield _finish_row(row, options)
 
 
 def _add_json_value(
-    row: _Row, key: str, value: Any, mapping: Mapping[str, str | None]
+    row: _Row,
+    key: str,
+    value: Any,
+    mapping: Mapping[str, str | None],
+    position: int,
 ) -> None:
     if value is None:
         return
-    if key in _NESTED_OBJECTS and key not in mapping and isinstance(value, dict):
+    if (
+        key in _NESTED_OBJECTS
+        and _column_key(key) not in mapping
+        and isinstance(value, dict)
+    ):
         path: Path_ | None = (key,)
     else:
         path = _mapped_path(key, mapping)
     if path == _DROPPED:
         return
     if path is None:
-        row.errors.append(FieldError(key, _unknown_column(key)))
+        row.errors.append(FieldError("", _UNKNOWN_KEY.format(position=position)))
         return
     if not _set_path(row.data, path, value):
-        row.errors.append(FieldError(key, "sets a field another key already set"))
+        field = ".".join(str(part) for part in path)
+        row.errors.append(FieldError(field, "sets a field another key already set"))
 
 
 _READERS: Final = {FileFormat.CSV: _csv_rows, FileFormat.JSONL: _jsonl_rows}
@@ -838,19 +1002,34 @@ def _file_format(path: Path, given: FileFormat | None) -> FileFormat:
 
 
 @contextlib.contextmanager
-def _open_input(path: Path) -> Iterator[tuple[TextIO, Callable[[], int], int | None]]:
-    """The file as text, how many bytes were read so far, and its size.
+def _open_input(
+    path: Path,
+) -> Iterator[tuple[Iterator[str], Callable[[], int], int | None]]:
+    """The file's lines, how many bytes were read so far, and its size.
 
-    `-` is standard input. Text is UTF-8, a byte-order mark skipped.
+    `-` is standard input. Text is UTF-8, a byte-order mark skipped; a byte
+    that is not UTF-8 stops the reading at its line (see `_utf8_lines`).
     """
     if str(path) == "-":
-        yield sys.stdin, lambda: 0, None
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:
+            yield iter(sys.stdin), lambda: 0, None
+            return
+        text = io.TextIOWrapper(
+            buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+        try:
+            yield iter(text), lambda: 0, None
+        finally:
+            text.detach()  # standard input stays open
         return
     raw = path.open("rb")
     try:
         size = os.fstat(raw.fileno()).st_size
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        yield text, raw.tell, size
+        text = io.TextIOWrapper(
+            raw, encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+        yield iter(text), raw.tell, size
     finally:
         raw.close()
 
@@ -869,22 +1048,36 @@ class _Report:
     """What went wrong, row by row: the first problems on the terminal, all in the file.
 
     Holds counts and a bounded list, never the rows, so memory stays flat.
+    `by_status` counts the report's lines, so the summary agrees with the
+    file. The file is opened by `open()`, once the input is open.
     """
 
     def __init__(self, path: Path | None, console: Console) -> None:
         self.path = path
         self.console = console
         self.counts: Counter[str] = Counter()
+        self.by_status: Counter[_Status] = Counter()
         self.problems = 0
         self._file: IO[str] | None = None
         self._writer: Any = None
-        if path is not None:
-            self._file = path.open("w", encoding="utf-8", newline="")
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(["line", "status", "field", "message"])
+
+    def open(self, source: Path) -> None:
+        """Create the report file; refuse one that is the input itself."""
+        if self.path is None:
+            return
+        if str(source) != "-" and self.path.exists() and self.path.samefile(source):
+            _fail(
+                f"--report {str(self.path)!r} is the input file: "
+                "write the report to another file"
+            )
+        self._file = self.path.open("w", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(["line", "status", "field", "message"])
 
     def add(self, line: int, status: _Status, field: str, message: str) -> None:
         self.problems += 1
+        self.by_status[status] += 1
+        field = _safe_path(field) if field else field
         if self._writer is not None:
             self._writer.writerow([line, status.value, field, message])
         if self.problems <= _SHOWN_PROBLEMS:
@@ -916,29 +1109,96 @@ class _Report:
 
 # --- send and validate --------------------------------------------------------
 
+ROW_ID_NAMESPACE: Final = uuid.UUID("5d1b3c1e-6f0e-4b8e-9a55-0c7d2f1e9b43")
+"""The uuid5 namespace of the event ids `send` derives for rows without one."""
 
-@dataclasses.dataclass(slots=True)
+NO_EVENT_ID_COLUMN: Final = (
+    "the file has no event_id column: each row is sent with an id derived"
+    " from its line number and content, the same on every run of this file,"
+    " so Pinterest counts a re-sent row once; give the file an event_id"
+    " column (such as the order id) for ids that survive edits to the file"
+)
+NO_EVENT_ID_ROW: Final = (
+    "line {line} has no event_id: rows without one are sent with an id"
+    " derived from their line number and content, the same on every run of"
+    " this file"
+)
+
+
+def _with_row_event_id(line: int, event: Event) -> WireEvent:
+    """The event as sent, with an id derived from the row instead of a random one.
+
+    The id is a UUID5 (namespace `ROW_ID_NAMESPACE`) over the line number, a
+    newline and the event's JSON as sent with an empty event_id: a re-run of
+    the same file sends the same ids. It is computed from the normalized,
+    hashed event, never from a raw value, and identifies the row, not the
+    person: two rows of one person get unrelated ids.
+    """
+    wire = event.to_wire_event()
+    # The payload is compact JSON holding the random id once, in exactly
+    # this form: swapping it spares serializing the event a second time.
+    random_id = _event_id_member(wire.event_id)
+    content = wire.payload.replace(random_id, _event_id_member(""), 1)
+    if content == wire.payload:  # pragma: no cover - a serializer that changed
+        raise AssertionError("the event's JSON does not hold its event_id")
+    event_id = str(uuid.uuid5(ROW_ID_NAMESPACE, f"{line}\n{content.decode()}"))
+    payload = wire.payload.replace(random_id, _event_id_member(event_id), 1)
+
+    return WireEvent(event_id, wire.event_name, payload)
+
+
+def _event_id_member(event_id: str) -> bytes:
+    return b'"event_id":' + json.dumps(event_id).encode()
+
+
 class _Run:
-    """One pass over a file: what to do with its events."""
+    """One pass over a file: what to do with its events, and how far it got."""
 
-    transport: Transport | None
-    test: bool
-    default_region: str | None
-    report: _Report
+    def __init__(
+        self,
+        transport: Transport | None,
+        test: bool,
+        default_region: str | None,
+        report: _Report,
+        *,
+        derive_ids: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.test = test
+        self.default_region = default_region
+        self.report = report
+        self.derive_ids = derive_ids
+        self.stopped: _ReadStop | None = None
+        self.last_line = 0
+        self.sent_rows = 0
+        self.last_sent_line = 0
+        self.in_flight = 0
+        self._warned_event_id = False
 
     def events(self, rows: Iterator[_Row]) -> Iterator[tuple[int, WireEvent]]:
+        """The rows' events; a file that breaks ends them at the break."""
         counts = self.report.counts
-        for row in rows:
-            counts["rows"] += 1
-            event = self._event(row)
-            if event is None:
-                counts["invalid"] += 1
-                continue
-            counts["valid"] += 1
-            for warning in event.warnings:
-                counts["warnings"] += 1
-                self.report.add(row.line, _Status.WARNING, warning.path, warning.reason)
-            yield row.line, event.to_wire_event()
+        try:
+            for row in rows:
+                if row.skipped:
+                    counts["skipped"] += 1
+                    continue
+                counts["rows"] += 1
+                self.last_line = row.line
+                event = self._event(row)
+                if event is None:
+                    counts["invalid"] += 1
+                    continue
+                counts["valid"] += 1
+                for warning in event.warnings:
+                    self.report.add(
+                        row.line, _Status.WARNING, warning.path, warning.reason
+                    )
+                yield row.line, self._wire_event(row, event)
+        except _ReadStop as stop:
+            # Ends the events normally, so the rows read before the break
+            # still make their (last, partial) chunk.
+            self.stopped = stop
 
     def _event(self, row: _Row) -> Event | None:
         if row.errors:
@@ -950,6 +1210,18 @@ class _Run:
             self.report.add_errors(row.line, _Status.INVALID, exc.errors)
             self._dropped_values(row, exc.errors)
             return None
+
+    def _wire_event(self, row: _Row, event: Event) -> WireEvent:
+        if not self.derive_ids or "event_id" in row.data:
+            return event.to_wire_event()
+        if not self._warned_event_id:
+            self._warned_event_id = True
+            if row.has_id_column is False:
+                _warning_line(NO_EVENT_ID_COLUMN)
+            else:
+                _warning_line(NO_EVENT_ID_ROW.format(line=row.line))
+
+        return _with_row_event_id(row.line, event)
 
     def _dropped_values(self, row: _Row, errors: Sequence[FieldError]) -> None:
         """Say which user data values were dropped when user data is at fault.
@@ -967,20 +1239,29 @@ class _Run:
             self.report.add(row.line, _Status.WARNING, warning.path, warning.reason)
 
     def deliver(self, chunk: list[tuple[int, WireEvent]]) -> None:
-        counts = self.report.counts
+        """Send one chunk; a request that fails finally stops the command."""
         if self.transport is None:
             return
+        counts = self.report.counts
         lines = [line for line, _ in chunk]
+        counts["requests"] += 1
+        self.in_flight = len(chunk)
         try:
             results = self.transport.send_batch(
                 [event for _, event in chunk], test=self.test
             )
         except (APIError, TransportError) as exc:
+            self.in_flight = 0
             counts["not_sent"] += len(chunk)
             for line in lines:
                 self.report.add(line, _Status.NOT_SENT, "", f"request failed: {exc}")
-            raise
-        counts["requests"] += 1
+            raise _CommandError(
+                f"stopped at line {lines[-1]}, rows after it were not read:"
+                f" {_describe_error(exc)}; {self.sent_so_far()}"
+            ) from exc
+        self.in_flight = 0
+        self.sent_rows += len(chunk)
+        self.last_sent_line = lines[-1]
         for result in results:
             self._count(lines[result.index], result)
 
@@ -989,13 +1270,45 @@ class _Run:
         if result.is_processed:
             counts["processed"] += 1
             if result.status is EventStatus.WARNED:
-                counts["warnings"] += 1
                 message = result.warning_message or "warned without a message"
                 self.report.add(line, _Status.WARNING, "", f"Pinterest: {message}")
         else:
             counts["rejected"] += 1
             message = result.error_message or "rejected without a message"
             self.report.add(line, _Status.REJECTED, "", f"Pinterest: {message}")
+
+    def sent_so_far(self) -> str:
+        """How much of the file reached Pinterest, and how to skip it next time."""
+        if not self.sent_rows:
+            return "nothing was sent"
+        rows = _plural(self.sent_rows, "row")
+        verb = "was" if self.sent_rows == 1 else "were"
+        return (
+            f"{rows} {verb} sent, the last from line {self.last_sent_line}:"
+            f" re-run with --start-line {self.last_sent_line + 1} to skip them"
+        )
+
+    def stop_message(self, stop: _ReadStop) -> str:
+        """Why the file was read no further, and what was done before."""
+        where = f"stopped at line {stop.line}: {stop.reason}"
+        if self.transport is not None:
+            return f"{where}; {self.sent_so_far()}"
+        before = self.report.counts["rows"]
+        if not before:
+            return f"{where}; no row came before it"
+        verb = "was" if before == 1 else "were"
+        return f"{where}; the {_plural(before, 'row')} before it {verb} checked"
+
+    def interrupted_message(self) -> str:
+        """What an interrupted `send` had done, for a re-run."""
+        message = f"interrupted at line {self.last_line}; {self.sent_so_far()}"
+        if self.in_flight:
+            message += (
+                f"; the {_plural(self.in_flight, 'row')} of the request under way"
+                " may have reached Pinterest (a re-run sends them with the same"
+                " event ids)"
+            )
+        return message
 
 
 def _chunks(
@@ -1030,27 +1343,40 @@ def _process_file(
 ) -> _Report:
     """Read, validate and (with a transport) send a file; return its report.
 
-    A request that fails after its retries stops the command: what was done
-    until then is summed up, then the error is raised. A file without rows
-    is an error too.
+    A request that fails after its retries, or a file that cannot be read
+    further, stops the command: what was done until then is summed up, then
+    the error is raised, saying what was sent. A file without rows is an
+    error too.
     """
     file_format = _file_format(file, file_format)
     console = _stderr_console()
     report = _Report(report_path, console)
-    run = _Run(transport, test, default_region, report)
+    run = _Run(
+        transport,
+        test,
+        default_region,
+        report,
+        derive_ids=transport is not None or dry_run,
+    )
     stopped: _CommandError | None = None
     try:
         _run_file(run, file, _READERS[file_format], options)
     except UnicodeDecodeError:
-        stopped = _CommandError(f"{str(file)!r} is not UTF-8 text")
+        # Only standard input without a byte stream under it gets here.
+        stopped = _CommandError(f"{_input_name(file)} is not UTF-8 text")
     except _CommandError as exc:
         stopped = exc
+    except KeyboardInterrupt:
+        if transport is None:
+            raise
+        stopped = _CommandError(run.interrupted_message(), EXIT_INTERRUPTED)
     finally:
         report.close()
-    if stopped is None and not report.counts["rows"]:
-        stopped = _CommandError(_no_rows(file, sending=transport is not None))
-    if report.counts["rows"]:
-        _print_summary(report, transport, test=test, dry_run=dry_run)
+    counts = report.counts
+    if stopped is None and not counts["rows"]:
+        stopped = _CommandError(_no_rows(file, options, sending=transport is not None))
+    if counts["rows"]:
+        _print_summary(report, transport, test=test, dry_run=dry_run, options=options)
     if stopped is not None:
         raise stopped
 
@@ -1060,7 +1386,7 @@ def _process_file(
 def _run_file(
     run: _Run,
     file: Path,
-    reader: Callable[[TextIO, _RowOptions], Iterator[_Row]],
+    reader: Callable[[Iterator[str], _RowOptions], Iterator[_Row]],
     options: _RowOptions,
 ) -> None:
     """Stream the rows of `file` through `run`, with a progress bar."""
@@ -1069,24 +1395,30 @@ def _run_file(
         _open_input(file) as (text, position, size),
         _progress(console, size) as progress,
     ):
+        run.report.open(file)
         task = progress.add_task(
             "sending" if run.transport is not None else "checking", total=size
         )
         rows = reader(text, options)
         events = run.events(_tracked(rows, progress, task, position))
         for chunk in _chunks(events):
-            try:
-                run.deliver(chunk)
-            except (APIError, TransportError) as exc:
-                raise _CommandError(
-                    f"stopped at line {chunk[-1][0]}, rows after it were not"
-                    f" read: {_describe_error(exc)}"
-                ) from exc
+            run.deliver(chunk)
+    if run.stopped is not None:
+        raise _CommandError(run.stop_message(run.stopped))
 
 
-def _no_rows(file: Path, *, sending: bool) -> str:
-    name = "standard input" if str(file) == "-" else repr(str(file))
-    return f"{name} has no rows: nothing to {'send' if sending else 'check'}"
+def _input_name(file: Path) -> str:
+    return "standard input" if str(file) == "-" else repr(str(file))
+
+
+def _no_rows(file: Path, options: _RowOptions, *, sending: bool) -> str:
+    what = "send" if sending else "check"
+    if options.start_line > 1:
+        return (
+            f"{_input_name(file)} has no rows from line {options.start_line} on:"
+            f" nothing to {what}"
+        )
+    return f"{_input_name(file)} has no rows: nothing to {what}"
 
 
 def _progress(console: Console, size: int | None) -> Progress:
@@ -1104,7 +1436,12 @@ def _progress(console: Console, size: int | None) -> Progress:
 
 
 def _print_summary(
-    report: _Report, transport: Transport | None, *, test: bool, dry_run: bool
+    report: _Report,
+    transport: Transport | None,
+    *,
+    test: bool,
+    dry_run: bool,
+    options: _RowOptions,
 ) -> None:
     tail = report.tail()
     if tail is not None:
@@ -1114,6 +1451,8 @@ def _print_summary(
         f"{_plural(counts['rows'], 'row')}: {counts['valid']} valid,"
         f" {counts['invalid']} invalid"
     ]
+    if counts["skipped"]:
+        parts.append(f"{counts['skipped']} skipped before line {options.start_line}")
     if transport is not None:
         parts.append(
             f"{counts['processed']} processed, {counts['rejected']} rejected by"
@@ -1124,8 +1463,9 @@ def _print_summary(
             parts.append("test mode: Pinterest validated them and recorded nothing")
     elif dry_run:
         parts.append("dry run: nothing sent")
-    if counts["warnings"]:
-        parts.append(f"warnings: {counts['warnings']}")
+    warnings = report.by_status[_Status.WARNING]
+    if warnings:
+        parts.append(f"warnings: {warnings}")
     print("; ".join(parts))
 
 
@@ -1144,12 +1484,23 @@ Pinterest's code (email or em, phone or ph, first_name or fn, ...,
 client_ip_address, client_user_agent), hashed here before anything is sent;
 custom data by name (value, currency, order_id, num_items, content_ids,
 ...); anything nested as a dotted path, with numbers for list items
-(user_data.em.1, custom_data.contents.0.item_price). Names ignore case;
-empty cells are left out. Every row needs an event_time (Unix seconds,
-milliseconds, or ISO 8601 with an offset), within the last 7 days.
+(user_data.em.1, custom_data.contents.0.item_price). Names ignore case, and
+so does --map; empty cells are left out. Every row needs an event_time
+(Unix seconds, milliseconds, or ISO 8601 with an offset), within the last 7
+days.
 
 Problems are reported by line and field, never by value. Exit status: 0 all
-rows processed, 1 some rows invalid or rejected, 2 error."""
+rows processed, 1 some rows invalid or rejected, 2 error, 130 interrupted."""
+
+_SEND_HELP: Final = """
+
+Rows without an event_id are sent with one derived from their line number
+and normalized content (a UUID5): a re-run of the same file sends the same
+ids, so Pinterest counts each conversion once. A file that cannot be read
+to its end (a line that is not UTF-8, a CSV cell over the field limit)
+stops at that line, after sending the rows before it; a failed request or
+Ctrl-C stops too. Each says how many rows were sent and the --start-line
+that skips them on a re-run."""
 
 
 def _row_options(
@@ -1158,12 +1509,15 @@ def _row_options(
     event_name: str | None,
     action_source: ActionSource,
     delimiter: str | None,
+    start_line: int = 1,
 ) -> _RowOptions:
     if delimiter is None:
         delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
     if len(delimiter) != 1:
         _fail("--delimiter must be one character")
-    return _RowOptions(_parse_mapping(mapping), event_name, action_source, delimiter)
+    return _RowOptions(
+        _parse_mapping(mapping), event_name, action_source, delimiter, start_line
+    )
 
 
 def send(
@@ -1192,13 +1546,26 @@ def send(
     delimiter: DelimiterOption = None,
     ad_account_id: AdAccountOption = None,
     api_url: ApiUrlOption = None,
+    start_line: Annotated[
+        int,
+        typer.Option(
+            "--start-line",
+            metavar="LINE",
+            min=1,
+            help="Begin at this line: rows on earlier lines are skipped, neither"
+            " checked nor sent (the header is still read). To resume a send that"
+            " stopped.",
+        ),
+    ] = 1,
 ) -> None:
     """Send offline conversions from a CSV or JSON Lines file, 1000 per request.
 
     The file is streamed, so its length does not matter. Needs
     PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID (or --ad-account-id).
     """
-    options = _row_options(file, mapping, event_name, action_source, delimiter)
+    options = _row_options(
+        file, mapping, event_name, action_source, delimiter, start_line
+    )
     region = _check_region(default_region)
     test_mode = _env_flag(_ENV_TEST_MODE) if test is None else test
     token, account = _credentials(ad_account_id)
@@ -1240,7 +1607,7 @@ def validate(
     raise typer.Exit(_exit_status(result))
 
 
-send.__doc__ = inspect.cleandoc(send.__doc__ or "") + _FILE_HELP
+send.__doc__ = inspect.cleandoc(send.__doc__ or "") + _SEND_HELP + _FILE_HELP
 validate.__doc__ = inspect.cleandoc(validate.__doc__ or "") + _FILE_HELP
 
 
@@ -1280,9 +1647,15 @@ def _wire_code(field: str) -> str:
 
 def hash_value(
     field: Annotated[
-        str, typer.Argument(help="email, phone, first_name, ... or em, ph, fn, ...")
+        str,
+        typer.Argument(
+            help="email, phone, first_name, ... or em, ph, fn, ...", metavar="FIELD"
+        ),
     ],
-    value: Annotated[str, typer.Argument(help="The value, as another system has it.")],
+    value: Annotated[
+        str,
+        typer.Argument(help="The value, as another system has it.", metavar="VALUE"),
+    ],
     default_region: RegionOption = None,
     date_format: Annotated[
         str | None,
@@ -1295,8 +1668,9 @@ def hash_value(
     """Show the normalized form of a user data value and its SHA-256 digest.
 
     For comparing with what a browser tag or another system sends. The
-    digest is the one `send` and `serve` would send. Exit status 1 when the
-    value is unusable (and would be dropped).
+    digest is the one `send` and `serve` would send, and every warning the
+    hasher gives (a phone number without a country code or region) goes to
+    stderr. Exit status 1 when the value is unusable (and would be dropped).
     """
     region = _check_region(default_region)
     wire = _wire_code(field)
@@ -1313,6 +1687,10 @@ def hash_value(
         print(f"normalized: {normalized}")
         return
     sent = hash_user_data({wire: value}, default_region=region, date_format=date_format)
+    for warning in sent.warnings:
+        # The hasher's reasons never hold the value; the field is named as
+        # the command line named it.
+        _warning_line(f"{label}: {warning.reason}")
     digest = sent.fields[wire][0]
     if is_sha256_hex(value.strip()):
         print(f"{label}: already hashed, sent as it is (lowercased)")
@@ -1350,7 +1728,7 @@ _OUTBOX_PATH_KEY: Final = "pinterest_mw.outbox_path"
 def _existing_outbox(path: Path | None) -> SQLiteOutbox:
     path = path or DEFAULT_OUTBOX_PATH
     if not path.is_file():
-        _fail(f"no outbox at {str(path)!r} (set --path or {_ENV_OUTBOX})")
+        _fail(f"no outbox at {str(path)!r} (set --outbox or {_ENV_OUTBOX})")
     return SQLiteOutbox(path)
 
 
@@ -1491,6 +1869,12 @@ class _ServeOptions:
     api_url: str | None
     default_region: str | None
     flush_interval: float
+    max_queue_size: int
+    max_queue_bytes: int
+    overflow: str
+    block_timeout: float
+    max_rejected: int
+    rejected_retention: float
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -1508,6 +1892,13 @@ class _ServeOptions:
         return f"POST /track-event,{test} GET /health"
 
 
+# The outbox bounds `serve` starts from: SQLiteOutbox's own defaults.
+_OUTBOX_DEFAULTS: Final = {
+    name: parameter.default
+    for name, parameter in inspect.signature(SQLiteOutbox).parameters.items()
+}
+
+
 class _HideNotSending(logging.Filter):
     """Drops the client's own not-sending warning: `serve` says it its way."""
 
@@ -1518,11 +1909,35 @@ class _HideNotSending(logging.Filter):
 _ENV_OPTIONS: Final = ("test_mode", "ad_account_id", "api_url", "default_region")
 
 
+def _serve_outbox(options: _ServeOptions) -> SQLiteOutbox:
+    """The outbox of `serve`, with its bounds; the caller closes it."""
+    try:
+        return SQLiteOutbox(
+            options.outbox,
+            options.max_queue_size,
+            options.max_queue_bytes,
+            max_rejected=options.max_rejected,
+            rejected_retention=options.rejected_retention,
+        )
+    except (ConfigurationError, OSError, sqlite3.Error) as exc:
+        raise _CommandError(
+            f"cannot use the outbox {options.outbox!r}: {_describe_error(exc)}"
+            f" (set --outbox or {_ENV_OUTBOX})"
+        ) from None
+
+
 def _serve_client(options: _ServeOptions) -> Client:
-    """The client of `serve`: options win, the environment fills in the rest."""
+    """The client of `serve`: options win, the environment fills in the rest.
+
+    The client does not own the outbox it is given: `_close_served` closes
+    both.
+    """
+    outbox = _serve_outbox(options)
     overrides: dict[str, Any] = {
-        "outbox": options.outbox,
+        "outbox": outbox,
         "flush_interval": options.flush_interval,
+        "overflow": options.overflow,
+        "block_timeout": options.block_timeout,
     }
     for name in _ENV_OPTIONS:
         if getattr(options, name) is not None:
@@ -1532,13 +1947,19 @@ def _serve_client(options: _ServeOptions) -> Client:
     client_logger.addFilter(hide)
     try:
         return Client.from_env(**overrides)
-    except (OSError, sqlite3.Error) as exc:
-        raise _CommandError(
-            f"cannot use the outbox {options.outbox!r}: {_describe_error(exc)}"
-            f" (set --outbox or {_ENV_OUTBOX})"
-        ) from None
+    except BaseException:
+        outbox.close()
+        raise
     finally:
         client_logger.removeFilter(hide)
+
+
+def _close_served(client: Client) -> None:
+    """Close the client of `serve`, then the outbox it was given."""
+    try:
+        client.close()
+    finally:
+        client.outbox.close()
 
 
 def _serve_app(options: _ServeOptions) -> tuple[Any, Client]:
@@ -1580,6 +2001,7 @@ class _Served:
                 started = True
                 await receive()  # lifespan.shutdown
             await self.client.aclose()
+            await anyio.to_thread.run_sync(self.client.outbox.close)
         except Exception as exc:  # noqa: BLE001 - the lifespan protocol reports any failure
             # Reported to uvicorn, which logs it and exits.
             step = "shutdown" if started else "startup"
@@ -1722,6 +2144,64 @@ if _missing_extra is None:
         float,
         typer.Option(help="Seconds between deliveries of partial batches.", min=0),
     ]
+    MaxQueueSizeOption = Annotated[
+        int,
+        typer.Option(
+            metavar="EVENTS",
+            envvar=_ENV_MAX_QUEUE_SIZE,
+            min=1,
+            help="The most events waiting in the outbox; past it, --overflow decides.",
+        ),
+    ]
+    MaxQueueBytesOption = Annotated[
+        int,
+        typer.Option(
+            metavar="BYTES",
+            envvar=_ENV_MAX_QUEUE_BYTES,
+            min=1,
+            help="The most bytes of events waiting in the outbox.",
+        ),
+    ]
+    OverflowOption = Annotated[
+        Overflow,
+        typer.Option(
+            envvar=_ENV_OVERFLOW,
+            case_sensitive=False,
+            help="When the outbox is full: drop_newest and raise refuse the new"
+            " events at once (the endpoint answers 503 naming them; drop_newest"
+            " counts them as dropped), block first waits up to --block-timeout"
+            " for room.",
+        ),
+    ]
+    BlockTimeoutOption = Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            envvar=_ENV_BLOCK_TIMEOUT,
+            min=0,
+            help="How long --overflow block waits for room.",
+        ),
+    ]
+    MaxRejectedOption = Annotated[
+        int,
+        typer.Option(
+            metavar="EVENTS",
+            envvar=_ENV_MAX_REJECTED,
+            min=0,
+            help="The most events Pinterest rejected kept for `outbox retry`"
+            " (the oldest go first).",
+        ),
+    ]
+    RejectedRetentionOption = Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            envvar=_ENV_REJECTED_RETENTION,
+            min=0,
+            help="How long rejected events are kept [default: 604800, 7 days].",
+            show_default=False,
+        ),
+    ]
     LogLevelOption = Annotated[
         LogLevel, typer.Option(help="Log level.", case_sensitive=False)
     ]
@@ -1748,6 +2228,14 @@ def serve(
     api_url: ApiUrlOption = None,
     default_region: RegionOption = None,
     flush_interval: FlushIntervalOption = 1.0,
+    max_queue_size: MaxQueueSizeOption = _OUTBOX_DEFAULTS["max_events"],
+    max_queue_bytes: MaxQueueBytesOption = _OUTBOX_DEFAULTS["max_bytes"],
+    overflow: OverflowOption = Overflow.DROP_NEWEST,
+    block_timeout: BlockTimeoutOption = 1.0,
+    max_rejected: MaxRejectedOption = _OUTBOX_DEFAULTS["max_rejected"],
+    rejected_retention: RejectedRetentionOption = _OUTBOX_DEFAULTS[
+        "rejected_retention"
+    ],
     log_level: LogLevelOption = LogLevel.INFO,
     access_log: AccessLogOption = False,
 ) -> None:
@@ -1757,7 +2245,8 @@ def serve(
     before the endpoint answers, then delivered in batches. Without
     PINTEREST_ACCESS_TOKEN and PINTEREST_AD_ACCOUNT_ID nothing is sent: events
     are kept in the outbox until a run with credentials. SIGTERM and SIGINT
-    flush waiting events before the server exits (status 130 after SIGINT).
+    flush waiting events before the server exits, with status 0 after
+    SIGTERM and 130 after SIGINT, with or without --workers.
     Client IPs come from the connection, or from X-Forwarded-For sent by a
     --trusted-proxy.
     """
@@ -1773,6 +2262,12 @@ def serve(
         api_url=api_url,
         default_region=_check_region(default_region),
         flush_interval=flush_interval,
+        max_queue_size=max_queue_size,
+        max_queue_bytes=max_queue_bytes,
+        overflow=overflow.value,
+        block_timeout=block_timeout,
+        max_rejected=max_rejected,
+        rejected_retention=rejected_retention,
     )
     log_config = _log_config(log_level) if _owns_logging(ctx) else None
     if log_config is not None:
@@ -1792,6 +2287,23 @@ def serve(
         _serve_one(options, host, port, server_options)
 
 
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_status(received: Sequence[int]) -> int:
+    """The exit status after a clean stop: 130 if SIGINT was among the signals.
+
+    SIGTERM is how service managers stop a server: a clean stop, status 0.
+    SIGINT is a person's Ctrl-C: status 130, as for any interrupted command.
+    """
+    return EXIT_INTERRUPTED if signal.SIGINT in received else EXIT_OK
+
+
+def _stopped(received: Sequence[int]) -> NoReturn:
+    logger.info(STOPPED_LINE)
+    raise typer.Exit(_stop_status(received))
+
+
 def _serve_one(
     options: _ServeOptions, host: str, port: int, server_options: dict[str, Any]
 ) -> None:
@@ -1801,25 +2313,60 @@ def _serve_one(
     try:
         sock = _listen(host, port)
     except _CommandError:
-        client.close()
+        _close_served(client)
         raise
     _log_start(client, options)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **server_options))
     logger.info(SERVING_LINE, _url(sock), options.endpoints)
+    received: list[int] = []
+
+    def note(signal_number: int, frame: object) -> None:
+        # uvicorn handles the signals while it runs, then restores this
+        # handler and raises them again: noted here instead of ending the
+        # process (SIGTERM's default) or raising KeyboardInterrupt.
+        received.append(signal_number)
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, note) for sig in _STOP_SIGNALS}
     started = False
     try:
         server.run(sockets=[sock])
         started = server.started
     except KeyboardInterrupt:
-        # uvicorn re-raises the SIGINT it handled, after the shutdown flush.
-        logger.info(STOPPED_LINE)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        received.append(signal.SIGINT)
     except SystemExit:
         logger.debug("uvicorn exited during start-up")
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
+    if received:
+        _stopped(received)
     if not started:
         _fail("the server stopped at start-up (see the log above)")
+
+
+@contextlib.contextmanager
+def _signals_received() -> Iterator[list[int]]:
+    """The numbers of the signals this process receives inside the block.
+
+    Read from a `signal.set_wakeup_fd` pipe, which Python writes each
+    signal's number to whatever handler runs: the block's code (uvicorn's
+    worker supervisor) installs its own handlers, and they stay untouched.
+    """
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    os.set_blocking(writer, False)
+    received: list[int] = []
+    previous = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous)
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(reader, 1024))
+        os.close(reader)
+        os.close(writer)
 
 
 def _serve_workers(
@@ -1833,7 +2380,7 @@ def _serve_workers(
     import uvicorn
 
     _, client = _serve_app(options)
-    client.close()
+    _close_served(client)
     # uvicorn binds the address itself: try it first for a one-line error
     # (and a free port for --port 0).
     with _listen(host, port) as probe:
@@ -1842,15 +2389,20 @@ def _serve_workers(
     os.environ[_ENV_SERVE_OPTIONS] = options.to_json()
     _log_start(client, options)
     logger.info(SERVING_LINE, url, options.endpoints)
-    uvicorn.run(
-        # By name: under `python -m`, this module's __name__ is __main__.
-        "pinterest_mw.cli:_worker_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        **server_options,
-    )
+    with _signals_received() as received:
+        uvicorn.run(
+            # By name: under `python -m`, this module's __name__ is __main__.
+            "pinterest_mw.cli:_worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            **server_options,
+        )
+    stops = [sig for sig in received if sig in _STOP_SIGNALS]
+    if not stops:
+        _fail("the workers stopped (see the log above)")
+    _stopped(stops)
 
 
 if __name__ == "__main__":

@@ -198,11 +198,15 @@ class RequestContext:
 
         The epik query parameter of the page URL wins over the `_epik` cookie:
         it comes from the click that brought the visitor here.
+
+        A header sent on several lines is read as WSGI servers join it:
+        values in order, separated by `, ` (`; ` for `Cookie`), so that two
+        `X-Forwarded-For` lines give the same client IP under ASGI and WSGI.
+
+        .. versionchanged:: 0.2
+           Repeated headers are joined; only the last one was read.
         """
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope.get("headers", ())
-        }
+        headers = _scope_headers(scope.get("headers", ()))
         client = scope.get("client")
         peer = client[0] if client else None
         if page == "url":
@@ -220,12 +224,13 @@ class RequestContext:
         trusted_proxies: TrustedProxies | None = None,
         page: PageSource = "url",
     ) -> RequestContext:
-        """Read the context of a WSGI request, with the same rules as ASGI."""
-        headers = {
-            key[5:].replace("_", "-").lower(): value
-            for key, value in environ.items()
-            if key.startswith("HTTP_") and isinstance(value, str)
-        }
+        """Read the context of a WSGI request, with the same rules as ASGI.
+
+        The server has already joined a repeated header into one value
+        (`Cookie` lines with `,` by some servers: both `;` and `,` separate
+        cookies here, since a cookie value cannot hold a comma).
+        """
+        headers = _environ_headers(environ)
         if page == "url":
             page_url = _environ_url(environ)
         else:
@@ -371,10 +376,60 @@ def _forwarded_for_hops(header: str) -> list[str]:
     return hops
 
 
+# The request headers a context reads: their ASGI names (lower-case bytes)
+# and their WSGI environ keys. Nothing else is decoded.
+_HEADER_NAMES: dict[bytes, str] = {
+    b"accept-language": "accept-language",
+    b"cookie": "cookie",
+    b"forwarded": "forwarded",
+    b"host": "host",
+    b"referer": "referer",
+    b"user-agent": "user-agent",
+    b"x-forwarded-for": "x-forwarded-for",
+}
+_ENVIRON_KEYS = tuple(
+    (name, "HTTP_" + name.upper().replace("-", "_")) for name in _HEADER_NAMES.values()
+)
+
+
+def _scope_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers a context reads, repeated ones joined as WSGI servers do."""
+    found: dict[str, str] = {}
+    for name, value in raw:
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            # ASGI servers send lower-case names; anything else is looked up
+            # again, lowered, rather than missed.
+            if name.islower():
+                continue
+            key = _HEADER_NAMES.get(name.lower())
+            if key is None:
+                continue
+        text = value.decode("latin-1")
+        previous = found.get(key)
+        if previous is not None:
+            text = f"{previous}{'; ' if key == 'cookie' else ', '}{text}"
+        found[key] = text
+
+    return found
+
+
+def _environ_headers(environ: Environ) -> dict[str, str]:
+    """The headers a context reads, as the WSGI server handed them over."""
+    found: dict[str, str] = {}
+    for name, key in _ENVIRON_KEYS:
+        value = environ.get(key)
+        if isinstance(value, str):
+            found[name] = value
+
+    return found
+
+
 def _cookie(header: str | None, name: str) -> str | None:
-    if not header:
+    """The value of cookie `name`, whether pairs are split by `;` or `,`."""
+    if not header or name not in header:
         return None
-    for pair in header.split(";"):
+    for pair in header.replace(",", ";").split(";"):
         key, sep, value = pair.strip().partition("=")
         if sep and key == name:
             return value.strip().strip('"') or None

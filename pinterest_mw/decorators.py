@@ -15,7 +15,10 @@ The decorated view runs as before. When it returns a successful (2xx)
 response, the event is queued on the client (never sent from the request:
 a background worker delivers it); an exception, an `abort()`, a redirect
 or an error status emits nothing and reaches the framework unchanged. The
-view's return value is handed back untouched.
+view's return value is handed back untouched. A `HEAD` or `OPTIONS`
+request (which Starlette and Flask may route to a GET view, for link
+checkers, prefetchers and preflights) emits nothing either, nor do `TRACE`
+and `CONNECT`.
 
 What goes into the event:
 
@@ -79,6 +82,7 @@ from ._hooks import (
     count,
     hook_counters,
     is_async_callable,
+    is_visit_method,
     serving_var,
 )
 from .client import Client, EventInput
@@ -436,6 +440,11 @@ class _Tracker:
         kwargs: Mapping[str, Any],
     ) -> bool:
         """Whether the view's outcome calls for the event (never raises)."""
+        if not is_visit_method(getattr(request, "method", None)):
+            logger.debug(
+                "%s: no event for a %s request", self.emitter.origin, request.method
+            )
+            return False
         if not _is_success(result, kwargs, request, is_flask):
             logger.debug("%s: no event, the view did not succeed", self.emitter.origin)
             return False
@@ -531,7 +540,12 @@ def track_conversion(
     a Flask `(body, status)` tuple's; for a plain value (a dict, a string,
     a model) the status FastAPI would use (a `response: Response`
     parameter's, else the route's `status_code`), or 200. An exception, a
-    redirect or an error status emits nothing.
+    redirect or an error status emits nothing, and so does a `HEAD`,
+    `OPTIONS`, `TRACE` or `CONNECT` request (when the request is known:
+    see the module docs).
+
+    .. versionchanged:: 0.2
+       `HEAD` and `OPTIONS` requests emit nothing.
 
     See the module docs for what goes into the event and how the request
     is found. The event is queued with `client.track` from a sync view and

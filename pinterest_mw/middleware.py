@@ -18,13 +18,19 @@ through.
 Two options do more:
 
 - `epik_cookie=True` stores Pinterest's click id on landing pages: a
-  successful HTML response to a URL with an `epik` query parameter gets a
-  first-party `_epik` cookie (one year, `SameSite=Lax`, `Secure`, not
-  `HttpOnly` so that the Pinterest tag can read it). The URL's value
-  replaces an older cookie. The cookie is an advertising identifier: set it
-  only where your consent rules allow.
+  successful HTML response to a GET of a URL with an `epik` query parameter
+  gets a
+  first-party `_epik` cookie (one year, `SameSite=Lax`, not `HttpOnly` so
+  that the Pinterest tag can read it). It is `Secure` when the request's
+  scheme is https as the server reports it (ASGI `scope["scheme"]`, WSGI
+  `wsgi.url_scheme`): browsers drop a `Secure` cookie set over plain http.
+  Behind a proxy that ends TLS, the server reports https only when told to
+  (uvicorn's `--forwarded-allow-ips`, werkzeug's `ProxyFix`). The URL's
+  value replaces an older cookie. The cookie is an advertising identifier:
+  set it only where your consent rules allow.
 - `route_rules` emit events without touching views, for example a
-  `page_visit` for every successful HTML page: see `RouteRule`. Each rule
+  `page_visit` for every successful HTML page (by default a rule acts on
+  `GET` requests answered with `text/html`): see `RouteRule`. Each rule
   that matches emits one event, after the response has been sent.
 
 Tracking never breaks a request: a rule's event that cannot be queued is
@@ -49,10 +55,12 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._hooks import (
+    NOT_VISIT_METHODS,
     Emitter,
     ErrorHook,
     check_action_source,
     check_event_name,
+    is_visit_method,
     served_by_middleware,
 )
 from .client import Client, EventInput
@@ -100,13 +108,20 @@ class RouteRule:
     `methods`, its path (the full path, mount points included) matches one
     `include` pattern and no `exclude` pattern, and the response's media
     type is in `content_types`. Patterns are shell-style (`fnmatch`): `*`
-    matches any characters, `/` included. `methods` or `content_types` of
-    None match anything.
+    matches any characters, `/` included. By default a rule acts on `GET`
+    requests answered with `text/html`; `methods` or `content_types` of
+    None match any method or media type, except that `HEAD`, `OPTIONS`,
+    `TRACE` and `CONNECT` requests never emit (they are not visits: link
+    checkers, prefetchers, preflights), and naming one in `methods` is a
+    `ConfigurationError`.
 
     The event carries what the request tells (IP, user agent, click id,
     page URL, language) and a random event id: the Pinterest tag on the
     page cannot know that id, so do not fire the same event from the tag
     too, or use `@track_conversion` where deduplication matters.
+
+    .. versionchanged:: 0.2
+       `HEAD` and `OPTIONS` requests never match.
     """
 
     __slots__ = (
@@ -133,6 +148,12 @@ class RouteRule:
         self.event_name = check_event_name(event_name, "RouteRule")
         self.action_source = check_action_source(str(action_source), "RouteRule")
         self.methods = _upper_set(methods, "methods")
+        if self.methods is not None and self.methods & NOT_VISIT_METHODS:
+            raise ConfigurationError(
+                "RouteRule: methods may not include "
+                f"{', '.join(sorted(self.methods & NOT_VISIT_METHODS))}:"
+                " such requests are not visits and never emit"
+            )
         self.content_types = _lower_set(content_types, "content_types")
         self.include = _pattern_list(include, "include")
         self.exclude = _pattern_list(exclude, "exclude")
@@ -148,7 +169,10 @@ class RouteRule:
 
     def matches_request(self, method: str, path: str) -> bool:
         """Whether the request's method and path are this rule's."""
-        if self.methods is not None and method not in self.methods:
+        if self.methods is None:
+            if not is_visit_method(method):
+                return False
+        elif method not in self.methods:
             return False
         if self._include_re is None or not self._include_re.match(path):
             return False
@@ -239,7 +263,8 @@ class _Hooks:
         if not all(isinstance(rule, RouteRule) for rule in self.rules):
             raise ConfigurationError("route_rules must be RouteRule objects")
         self.epik_cookie = epik_cookie
-        self.cookie_attributes = _cookie_attributes(cookie_domain)
+        self.cookie_attributes = _cookie_attributes(cookie_domain, secure=False)
+        self.secure_cookie_attributes = _cookie_attributes(cookie_domain, secure=True)
         self.emitter = Emitter(origin, client, on_error, logger)
 
     def rules_for(self, method: str, path: str) -> tuple[RouteRule, ...]:
@@ -247,15 +272,26 @@ class _Hooks:
             return ()
         return tuple(rule for rule in self.rules if rule.matches_request(method, path))
 
-    def epik_cookie_for(self, query_string: str) -> str | None:
-        """The `Set-Cookie` value for the URL's `epik`, if any and acceptable."""
-        if not self.epik_cookie or _EPIK not in query_string:
+    def epik_cookie_for(
+        self, method: str, query_string: str, scheme: object
+    ) -> str | None:
+        """The `Set-Cookie` value for the URL's `epik`, if any and acceptable.
+
+        Only for a GET, the request a click on a pin makes; `Secure` only
+        for a request the server reports as https.
+        """
+        if not self.epik_cookie or method != "GET" or _EPIK not in query_string:
             return None
         for key, value in parse_qsl(query_string):
             if key != _EPIK:
                 continue
             if _EPIK_VALUE.fullmatch(value):
-                return f"{_EPIK_COOKIE}={value}{self.cookie_attributes}"
+                attributes = (
+                    self.secure_cookie_attributes
+                    if scheme == "https"
+                    else self.cookie_attributes
+                )
+                return f"{_EPIK_COOKIE}={value}{attributes}"
             logger.debug("epik query parameter not stored: not a valid cookie value")
         return None
 
@@ -284,8 +320,10 @@ class _Hooks:
             await self.emitter.atrack(rule.event_name, self.preparer(rule, context))
 
 
-def _cookie_attributes(domain: str | None) -> str:
-    attributes = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax; Secure"
+def _cookie_attributes(domain: str | None, *, secure: bool) -> str:
+    attributes = f"; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
+    if secure:
+        attributes += "; Secure"
     if domain is None:
         return attributes
     if not _COOKIE_DOMAIN.fullmatch(domain):
@@ -322,7 +360,8 @@ class PinterestMiddleware:
             and rules as the mounted sub-app (`pinterest_mw.context`).
         route_rules: `RouteRule`s emitting events for matching responses.
         epik_cookie: store the `epik` query parameter as the `_epik` cookie
-            on successful HTML responses (off by default: consent).
+            on successful HTML responses to GET requests (off by default:
+            consent); `Secure` on https requests only.
         cookie_domain: the cookie's `Domain`, to share it with subdomains.
         on_error: called with the exception when a rule's event could not
             be queued.
@@ -362,7 +401,11 @@ class PinterestMiddleware:
         hooks = self._hooks
         context = RequestContext.from_scope(scope, trusted_proxies=hooks.proxies)
         rules = hooks.rules_for(scope["method"], scope_path(scope))
-        cookie = hooks.epik_cookie_for(scope.get("query_string", b"").decode("latin-1"))
+        cookie = hooks.epik_cookie_for(
+            scope["method"],
+            scope.get("query_string", b"").decode("latin-1"),
+            scope.get("scheme"),
+        )
         if not rules and cookie is None:
             with use_context(context), served_by_middleware(scope, hooks.client):
                 await self.app(scope, receive, send)
@@ -454,7 +497,11 @@ class PinterestWSGIMiddleware:
         rules = hooks.rules_for(
             environ.get("REQUEST_METHOD", ""), environ_path(environ)
         )
-        cookie = hooks.epik_cookie_for(environ.get("QUERY_STRING", ""))
+        cookie = hooks.epik_cookie_for(
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("QUERY_STRING", ""),
+            environ.get("wsgi.url_scheme"),
+        )
         if not rules and cookie is None:
             with use_context(context), served_by_middleware(None, hooks.client):
                 return self.app(environ, start_response)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ from pinterest_mw.cli import (
     EXIT_OK,
     EXIT_ROWS_FAILED,
     NOT_SENDING_LINE,
+    ROW_ID_NAMESPACE,
+    _close_served,
+    _serve_client,
     build_app,
 )
 from pinterest_mw.events import WireEvent, build_event
@@ -48,6 +52,7 @@ from pinterest_mw.testing import (
     FakePinterestAPI,
     serve_fake_api,
 )
+from pinterest_mw.transport import Transport
 
 DAY = 24 * 3600
 CREDENTIALS = {
@@ -104,12 +109,13 @@ def mixed_csv(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def good_csv(tmp_path: Path) -> Path:
+    """Two good rows, each with its event_id, as the README asks."""
     now = int(time.time())
     return write_csv(
         tmp_path / "good.csv",
-        "event_name,event_time,email",
-        f"checkout,{now},ann@example.com",
-        f"lead,{now - DAY},bob@example.com",
+        "event_name,event_time,event_id,email",
+        f"checkout,{now},order-1,ann@example.com",
+        f"lead,{now - DAY},lead-1,bob@example.com",
     )
 
 
@@ -132,6 +138,32 @@ def test_hash_prints_the_normalized_value_and_its_sha256(cli, args, normalized):
     assert result.exit_code == EXIT_OK
     assert f"normalized: {normalized}" in result.stdout
     assert f"sha256: {sha256(normalized)}" in result.stdout
+
+
+def test_hash_of_a_phone_without_a_region_warns_on_stderr(cli):
+    """`validate` warns about it; `hash` must too, or the digest misleads."""
+    result = cli("hash", "phone", "415 555 0100")
+
+    assert result.exit_code == EXIT_OK
+    assert result.stderr.startswith("pinterest-mw: warning: phone (ph): ")
+    assert "country code" in result.stderr
+    assert "415" not in result.stderr
+    assert "sha256: " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--region", "US"], {}),
+        (["--default-region", "us"], {}),
+        ([], {"PINTEREST_DEFAULT_REGION": "US"}),
+    ],
+)
+def test_hash_of_a_phone_with_a_region_does_not_warn(cli, args, env):
+    result = cli("hash", "phone", "415 555 0100", *args, env=env)
+
+    assert result.stderr == ""
+    assert "normalized: 14155550100" in result.stdout
 
 
 def test_hash_of_an_unusable_value_says_why_and_exits_1(cli):
@@ -279,7 +311,10 @@ def test_validate_reads_json_lines_with_nested_and_dotted_keys(cli, tmp_path):
 
     assert result.exit_code == EXIT_ROWS_FAILED
     assert "5 rows: 2 valid, 3 invalid" in result.stdout
-    assert "line 3: invalid: shoe_size: is not an event field" in result.stderr
+    assert "line 3: invalid: key 3 is an unknown key, not an event field" in (
+        result.stderr
+    )
+    assert "shoe_size" not in result.stderr
     assert "line 4: invalid: is not a JSON object" in result.stderr
     assert "line 5: invalid: is not valid JSON" in result.stderr
 
@@ -362,12 +397,16 @@ def test_json_keys_that_set_one_field_twice_make_the_row_invalid(cli, tmp_path):
 
 
 def test_an_unknown_column_stops_with_the_map_option_to_use(cli, tmp_path):
+    """The column is named by position: a header cell may be data."""
     path = write_csv(tmp_path / "x.csv", "event_name,event_time,Shoe Size", "a,1,2")
 
     result = cli("validate", str(path))
 
     assert result.exit_code == EXIT_ERROR
-    assert "--map 'Shoe Size='" in result.stderr
+    assert result.stderr == (
+        "pinterest-mw: error: column 3 of the header is not an event field:"
+        " rename it with --map 'HEADER=FIELD' or leave it out with --map 'HEADER='\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -722,6 +761,389 @@ def test_send_never_prints_or_logs_user_data(cli, tmp_path, fake_pinterest, capl
         assert value not in everything
 
 
+# --- a file that breaks, resuming, event ids ------------------------------------
+
+
+def rows_then(tmp_path: Path, count: int, tail: bytes, *, name: str = "x.csv") -> Path:
+    """A CSV file of `count` good rows (lines 2 to count + 1), then `tail`."""
+    now = int(time.time())
+    lines = ["event_name,event_time,email"]
+    lines += [f"checkout,{now},buyer{i}@example.com" for i in range(count)]
+    path = tmp_path / name
+    path.write_bytes(("\n".join(lines) + "\n").encode() + tail)
+    return path
+
+
+BREAKS = {
+    "over-the-field-limit": b'checkout,1,"' + b"x" * 200_000 + b'"\n',
+    "not-utf8": b"checkout,1,j\xe9@example.com\n",
+}
+
+
+@pytest.mark.parametrize("tail", BREAKS.values(), ids=BREAKS.keys())
+def test_send_of_a_file_that_breaks_sends_every_row_before_the_break(
+    cli, tmp_path, fake_pinterest, tail
+):
+    """1500 rows: the last 500 would be lost with a chunk thrown away."""
+    path = rows_then(tmp_path, 1500, tail + b"checkout,1,after@example.com\n")
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert [len(r.event_ids()) for r in fake_pinterest.requests] == [1000, 500]
+    assert result.stdout.startswith("1500 rows: 1500 valid, 0 invalid; 1500 processed")
+    assert result.stderr.splitlines()[-1].startswith(
+        "pinterest-mw: error: stopped at line 1502: "
+    )
+    assert result.stderr.endswith(
+        "; 1500 rows were sent, the last from line 1501:"
+        " re-run with --start-line 1502 to skip them\n"
+    )
+
+
+def test_a_jsonl_file_that_breaks_sends_every_row_before_the_break(
+    cli, tmp_path, fake_pinterest
+):
+    now = int(time.time())
+    good = [
+        json.dumps({"event_name": "lead", "event_time": now, "email": f"b{i}@x.co"})
+        for i in range(3)
+    ]
+    path = tmp_path / "x.jsonl"
+    path.write_bytes("\n".join(good).encode() + b'\n{"email": "\xff"}\n')
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert len(fake_pinterest.events) == 3
+    assert "stopped at line 4: the line is not UTF-8 text; 3 rows were sent" in (
+        result.stderr
+    )
+
+
+def test_validate_of_a_file_that_breaks_says_where_and_what_it_checked(cli, tmp_path):
+    path = rows_then(tmp_path, 2, BREAKS["not-utf8"])
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stdout == "2 rows: 2 valid, 0 invalid\n"
+    assert result.stderr == (
+        "pinterest-mw: error: stopped at line 4: the line is not UTF-8 text;"
+        " the 2 rows before it were checked\n"
+    )
+
+
+def test_a_failed_request_says_what_was_sent_and_how_to_skip_it(
+    cli, tmp_path, httpx_mock: HTTPXMock
+):
+    """The second request is refused: the first 1000 rows went out."""
+    fake = FakePinterestAPI()
+    answered: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        answered.append(1)
+        if len(answered) == 2:
+            fake.fail_next(1, status=400)
+        return fake.handle(request)
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    path = rows_then(tmp_path, 1001, b"")
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert len(fake.events) == 1000
+    assert "1000 processed, 0 rejected by Pinterest, 1 not sent (2 requests)" in (
+        result.stdout
+    )
+    assert result.stderr.endswith(
+        "; 1000 rows were sent, the last from line 1001:"
+        " re-run with --start-line 1002 to skip them\n"
+    )
+
+
+def test_an_interrupted_send_says_what_was_sent(
+    cli, tmp_path, fake_pinterest, monkeypatch
+):
+    """Ctrl-C during the second request: its rows may or may not have arrived."""
+    send_batch = Transport.send_batch
+    calls: list[int] = []
+
+    def interrupt_the_second(self: Transport, batch: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return send_batch(self, batch, **kwargs)
+
+    monkeypatch.setattr(Transport, "send_batch", interrupt_the_second)
+    path = rows_then(tmp_path, 1001, b"")
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_INTERRUPTED
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: interrupted at line 1002; 1000 rows were sent, the"
+        " last from line 1001: re-run with --start-line 1002 to skip them; the"
+        " 1 row of the request under way may have reached Pinterest (a re-run"
+        " sends them with the same event ids)"
+    )
+
+
+def test_start_line_skips_the_rows_before_it(cli, tmp_path, fake_pinterest):
+    path = rows_then(tmp_path, 3, b"")
+
+    result = cli("send", str(path), "--start-line", "3", env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_OK
+    assert [e["user_data"]["em"] for e in fake_pinterest.events] == [
+        [sha256("buyer1@example.com")],
+        [sha256("buyer2@example.com")],
+    ]
+    assert result.stdout.startswith(
+        "2 rows: 2 valid, 0 invalid; 1 skipped before line 3;"
+    )
+
+
+def test_a_resumed_send_sends_what_a_whole_one_would_have(
+    cli, tmp_path, fake_pinterest
+):
+    """The same ids, whether the file is sent at once or in two runs."""
+    path = rows_then(tmp_path, 4, b"")
+    cli("send", str(path), env=CREDENTIALS)
+    whole = [e["event_id"] for e in fake_pinterest.events]
+    fake_pinterest.reset()
+
+    cli("send", str(path), "--start-line", "4", env=CREDENTIALS)
+
+    assert [e["event_id"] for e in fake_pinterest.events] == whole[2:]
+
+
+def test_start_line_past_the_last_row_is_an_error(cli, tmp_path, fake_pinterest):
+    path = rows_then(tmp_path, 2, b"")
+
+    result = cli("send", str(path), "--start-line", "9", env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert "has no rows from line 9 on: nothing to send" in result.stderr
+    assert fake_pinterest.requests == []
+
+
+def test_rows_without_an_event_id_get_the_same_id_on_every_run(
+    cli, tmp_path, fake_pinterest
+):
+    path = rows_then(tmp_path, 3, b"")
+
+    first = cli("send", str(path), env=CREDENTIALS)
+    ids = [e["event_id"] for e in fake_pinterest.events]
+    cli("send", str(path), env=CREDENTIALS)
+
+    assert [e["event_id"] for e in fake_pinterest.events] == ids + ids
+    assert len(set(ids)) == 3
+    assert first.stderr.count("no event_id column") == 1
+
+
+def test_identical_rows_on_two_lines_get_two_ids(cli, tmp_path, fake_pinterest):
+    now = int(time.time())
+    row = f"checkout,{now},ann@example.com"
+    path = write_csv(tmp_path / "x.csv", "event_name,event_time,email", row, row)
+
+    cli("send", str(path), env=CREDENTIALS)
+
+    assert len({e["event_id"] for e in fake_pinterest.events}) == 2
+
+
+def test_a_derived_event_id_is_a_uuid5_of_line_and_hashed_content(
+    cli, tmp_path, fake_pinterest
+):
+    """Documented, so other tools can compute it: it never sees a raw value."""
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv", "event_name,event_time,email", f"lead,{now},a@b.co"
+    )
+
+    cli("send", str(path), env=CREDENTIALS)
+
+    [request] = fake_pinterest.requests
+    [event_id] = request.event_ids()
+    payload = request.body.removeprefix(b'{"data":[').removesuffix(b"]}")
+    content = payload.replace(f'"event_id":"{event_id}"'.encode(), b'"event_id":""')
+    expected = uuid.uuid5(ROW_ID_NAMESPACE, "2\n" + content.decode())
+    assert event_id == str(expected)
+    assert b"a@b.co" not in content
+
+
+def test_rows_with_an_event_id_keep_it(cli, tmp_path, fake_pinterest):
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,event_time,event_id,email",
+        f"lead,{now},order-1,a@b.co",
+        f"lead,{now},,b@b.co",
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    [kept, derived] = [e["event_id"] for e in fake_pinterest.events]
+    assert kept == "order-1"
+    assert uuid.UUID(derived).version == 5
+    assert "line 3 has no event_id" in result.stderr
+    assert "no event_id column" not in result.stderr
+
+
+def test_validate_does_not_warn_about_event_ids(cli, tmp_path):
+    path = rows_then(tmp_path, 1, b"")
+
+    result = cli("validate", str(path))
+
+    assert result.stderr == ""
+
+
+# --- the report and the summary ------------------------------------------------------
+
+
+def test_a_report_naming_the_input_is_refused_and_the_input_kept(cli, tmp_path):
+    path = rows_then(tmp_path, 2, b"")
+    content = path.read_bytes()
+    (tmp_path / "same.csv").symlink_to(path)
+
+    result = cli("validate", str(path), "--report", str(tmp_path / "same.csv"))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
+    assert "is the input file" in result.stderr
+    assert path.read_bytes() == content
+
+
+def test_the_report_is_not_created_when_the_input_cannot_be_opened(cli, tmp_path):
+    result = cli("validate", "missing.csv", "--report", str(tmp_path / "r.csv"))
+
+    assert result.exit_code == EXIT_ERROR
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_the_summary_counts_the_warnings_the_report_lists(cli, tmp_path):
+    """One warning on a valid row, one on an invalid row (its dropped email)."""
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,event_time,email,phone",
+        f"lead,{now},a@b.co,6505551212",
+        f"lead,{now},not-an-email,",
+    )
+    report = tmp_path / "r.csv"
+
+    result = cli("validate", str(path), "--report", str(report))
+
+    listed = [line for line in report.read_text().splitlines() if ",warning," in line]
+    assert len(listed) == 2
+    assert result.stdout.rstrip().endswith("; warnings: 2")
+
+
+def test_a_refused_request_is_counted_as_a_request(cli, good_csv, fake_pinterest):
+    env = {**CREDENTIALS, "PINTEREST_ACCESS_TOKEN": "pina_wrong-token"}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert "2 not sent (1 request)" in result.stdout
+    assert len(fake_pinterest.requests) == 1
+
+
+# --- what a message may quote ----------------------------------------------------
+
+
+def test_a_file_without_a_header_row_says_so_without_quoting_it(cli, tmp_path):
+    now = int(time.time())
+    path = tmp_path / "x.csv"
+    path.write_text(f"checkout,{now},ann@example.com\n", encoding="utf-8")
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert "the first line is not a header" in result.stderr
+    assert "ann@" not in result.output
+
+
+def test_unknown_columns_are_named_by_position(cli, tmp_path):
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,ann@example.com,event_time,+1 650 555 0100",
+        "a,b,1,c",
+    )
+
+    result = cli("validate", str(path))
+
+    assert "columns 2 and 4 of the header are not event fields" in result.stderr
+    assert "ann@" not in result.output
+    assert "555" not in result.output
+
+
+def test_unknown_nested_keys_are_not_quoted(cli, tmp_path):
+    now = int(time.time())
+    document = {
+        "event_name": "lead",
+        "event_time": now,
+        "user_data": {"em": "a@b.co", "ann@example.com": "x"},
+    }
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
+
+    result = cli("validate", str(path))
+
+    assert "line 1: invalid: user_data.<unknown key>: is not a field" in result.stderr
+    assert "ann@" not in result.output
+
+
+def test_an_unknown_json_key_is_named_by_position(cli, tmp_path):
+    now = int(time.time())
+    document = {"event_name": "lead", "event_time": now, "ann@example.com": 1}
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
+
+    result = cli("validate", str(path))
+
+    assert "line 1: invalid: key 3 is an unknown key" in result.stderr
+    assert "ann@" not in result.output
+
+
+# --- --map ignores case ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "item"),
+    [("KIND,When,Mail", "kind=EVENT_NAME"), ("kind,when,mail", "Kind=event_name")],
+)
+def test_map_matches_their_columns_ignoring_case(cli, tmp_path, header, item):
+    now = int(time.time())
+    path = write_csv(tmp_path / "x.csv", header, f"lead,{now},a@b.co")
+
+    result = cli(
+        "validate",
+        str(path),
+        "--map",
+        item,
+        "--map",
+        "WHEN=event_time",
+        "--map",
+        " mail =email",
+    )
+
+    assert result.exit_code == EXIT_OK
+
+
+def test_map_matches_json_keys_ignoring_case(cli, tmp_path):
+    now = int(time.time())
+    document = {"Kind": "lead", "event_time": now, "E-Mail": "a@b.co"}
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(document) + "\n", encoding="utf-8")
+
+    result = cli(
+        "validate", str(path), "--map", "kind=event_name", "--map", "e-mail=email"
+    )
+
+    assert result.exit_code == EXIT_OK
+
+
 # --- outbox -------------------------------------------------------------------
 
 
@@ -781,6 +1203,15 @@ def test_outbox_shows_no_user_data(cli, outbox_file):
 
     assert "buyer" not in result.stdout
     assert sha256("buyer0@example.com") not in result.stdout
+
+
+@pytest.mark.parametrize("option", ["--outbox", "--path"])
+def test_outbox_takes_the_same_option_as_serve(cli, outbox_file, option):
+    summary = cli("outbox", option, str(outbox_file))
+    retried = cli("outbox", "retry", option, str(outbox_file))
+
+    assert "rejected:  3" in summary.stdout
+    assert retried.stdout == "re-queued 3 rejected events\n"
 
 
 def test_outbox_path_comes_from_the_environment(cli, outbox_file):
@@ -846,13 +1277,25 @@ def test_debug_shows_the_traceback_of_an_unexpected_error(cli, good_csv, broken_
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["send"], "Missing argument 'FILE'. (see 'pinterest-mw send --help')"),
-        (["--bogus"], "No such option: --bogus (see 'pinterest-mw --help')"),
-        (["outbox", "retry", "--bogus"], "(see 'pinterest-mw outbox retry --help')"),
+        (["send"], "Missing argument 'FILE'; see 'pinterest-mw send --help'\n"),
+        (["--bogus"], "No such option: --bogus; see 'pinterest-mw --help'\n"),
+        (["outbox", "retry", "--bogus"], "; see 'pinterest-mw outbox retry --help'"),
         (
             ["serve", "--port", "70000"],
             "--port': Input should be less than or equal to 65535",
         ),
+        (
+            ["send", "x.csv", "--dryrun"],
+            "No such option: --dryrun (did you mean --dry-run?);"
+            " see 'pinterest-mw send --help'\n",
+        ),
+        (
+            ["servee"],
+            "No such command 'servee' (did you mean 'serve'?);"
+            " see 'pinterest-mw --help'\n",
+        ),
+        (["serve", "--port", "x"], "Invalid value for '--port': not a valid integer;"),
+        (["hash", "email"], "Missing argument 'VALUE';"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exits_2(cli, args, message):
@@ -862,6 +1305,22 @@ def test_a_usage_error_is_one_line_and_exits_2(cli, args, message):
     assert result.stderr.startswith("pinterest-mw: error: ")
     assert result.stderr.count("\n") == 1
     assert message in result.stderr
+
+
+def test_no_command_prints_the_help_on_stderr_and_exits_2(cli):
+    """A usage error like any other: a script that forgot its command fails."""
+    result = cli()
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stdout == ""
+    assert "Usage: pinterest-mw [OPTIONS] COMMAND" in result.stderr
+
+
+def test_help_asked_for_goes_to_stdout_and_exits_0(cli):
+    result = cli("--help")
+
+    assert result.exit_code == EXIT_OK
+    assert "Usage: pinterest-mw [OPTIONS] COMMAND" in result.stdout
 
 
 def test_an_interrupted_command_exits_130_in_one_line(cli, good_csv, monkeypatch):
@@ -918,6 +1377,71 @@ def test_serve_with_an_unusable_outbox_is_one_line(cli, tmp_path, where):
     assert result.stderr.startswith("pinterest-mw: error: ")
     assert result.stderr.count("\n") == 1
     assert where in result.stderr
+
+
+@pytest.fixture
+def serve_options(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What `serve` would run with, its server replaced by a recorder."""
+    recorded: list[Any] = []
+    monkeypatch.setattr(
+        "pinterest_mw.cli._serve_one", lambda options, *args: recorded.append(options)
+    )
+    return recorded
+
+
+def test_serve_passes_the_outbox_bounds_to_its_outbox(cli, tmp_path, serve_options):
+    result = cli(
+        *("serve", "--outbox", str(tmp_path / "o.sqlite3")),
+        *("--max-queue-size", "50", "--max-queue-bytes", "4096"),
+        *("--max-rejected", "7", "--rejected-retention", "60"),
+        *("--overflow", "block", "--block-timeout", "0.5"),
+    )
+    [options] = serve_options
+    client = _serve_client(options)
+    _close_served(client)
+
+    assert result.exit_code == EXIT_OK
+    outbox = client.outbox
+    assert isinstance(outbox, SQLiteOutbox)
+    assert (outbox.max_events, outbox.max_bytes) == (50, 4096)
+    assert (outbox.max_rejected, outbox.rejected_retention) == (7, 60)
+    assert (options.overflow, options.block_timeout) == ("block", 0.5)
+
+
+def test_serve_reads_the_outbox_bounds_from_the_environment(cli, serve_options):
+    env = {
+        "PINTEREST_MAX_QUEUE_SIZE": "5",
+        "PINTEREST_MAX_QUEUE_BYTES": "9000",
+        "PINTEREST_OVERFLOW": "RAISE",
+        "PINTEREST_BLOCK_TIMEOUT": "2",
+        "PINTEREST_MAX_REJECTED": "3",
+        "PINTEREST_REJECTED_RETENTION": "30",
+    }
+
+    cli("serve", env=env)
+
+    [options] = serve_options
+    assert (options.max_queue_size, options.max_queue_bytes) == (5, 9000)
+    assert (options.overflow, options.block_timeout) == ("raise", 2)
+    assert (options.max_rejected, options.rejected_retention) == (3, 30)
+
+
+def test_serve_outbox_bounds_default_to_the_outboxs_own(cli, serve_options):
+    cli("serve")
+
+    [options] = serve_options
+    assert (options.max_queue_size, options.max_rejected) == (100_000, 100_000)
+    assert options.rejected_retention == 7 * DAY
+
+
+@pytest.mark.parametrize(
+    "args", [["--max-queue-size", "0"], ["--overflow", "sometimes"]]
+)
+def test_serve_refuses_unusable_outbox_bounds(cli, args):
+    result = cli("serve", *args)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
 
 
 def test_serve_refuses_a_bad_test_endpoint_variable(cli):
@@ -1165,11 +1689,41 @@ def test_serve_with_two_workers_shares_one_outbox(tmp_path):
 
 
 @pytest.mark.e2e
-def test_sigint_stops_serve_with_status_130(tmp_path):
-    with serving(tmp_path) as server:
-        status = server.stop(signal.SIGINT)
+def test_serve_refuses_events_past_its_max_queue_size(tmp_path):
+    """Not sending, events stay in the outbox: the third finds it full."""
+    outbox = tmp_path / "kept.sqlite3"
+    body = {"event_name": "checkout", "user_data": {"email": "ann@example.com"}}
 
-    assert status == EXIT_INTERRUPTED
+    with serving(tmp_path, "--outbox", str(outbox), "--max-queue-size", "2") as s:
+        statuses = [
+            httpx.post(f"{s.url}/track-event", json=body, timeout=10).status_code
+            for _ in range(3)
+        ]
+
+    assert statuses == [202, 202, 503]
+    assert outbox_stats(outbox).pending == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    ("stop_signal", "status"),
+    [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_OK)],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_stop_signal_ends_serve_with_its_documented_status(
+    tmp_path, workers, stop_signal, status
+):
+    """0 after SIGTERM, 130 after SIGINT, one process or several."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    with serving(tmp_path, "--workers", workers, port=port) as server:
+        returned = server.stop(stop_signal)
+
+    assert returned == status
+    assert any("pinterest-mw stopped" in line for line in server.log)
     assert not any("Traceback" in line for line in server.log)
 
 

@@ -207,6 +207,78 @@ class TestFromEnviron:
         assert context.client_ip == "198.51.100.1"
 
 
+def raw_scope(headers: list[tuple[str, str]], **kwargs: Any) -> dict[str, Any]:
+    """A scope whose headers keep their order and repetitions, as sent."""
+    built = scope(**kwargs)
+    built["headers"] = [(n.lower().encode(), v.encode()) for n, v in headers]
+    return built
+
+
+def raw_environ(headers: list[tuple[str, str]], **extra: str) -> dict[str, Any]:
+    """An environ with repeated headers joined by `, `, as WSGI servers do."""
+    joined: dict[str, list[str]] = {}
+    for name, value in headers:
+        joined.setdefault(name, []).append(value)
+    return environ({name: ", ".join(vals) for name, vals in joined.items()}, **extra)
+
+
+class TestRepeatedHeaders:
+    # A proxy in front of HAProxy set the first line; HAProxy added the second.
+    TWO_FORWARDED_FOR = (
+        ("X-Forwarded-For", "198.51.100.1"),
+        ("X-Forwarded-For", "10.0.0.3"),
+    )
+
+    def test_forwarded_for_lines_are_read_as_one_chain(self) -> None:
+        context = RequestContext.from_scope(
+            raw_scope(list(self.TWO_FORWARDED_FOR), peer="10.0.0.2"),
+            trusted_proxies=PROXIES,
+        )
+
+        assert context.client_ip == "198.51.100.1"
+
+    def test_asgi_and_wsgi_agree_on_repeated_headers(self) -> None:
+        headers = [
+            *self.TWO_FORWARDED_FOR,
+            ("Cookie", "_epik=first"),
+            ("Cookie", "theme=dark"),
+            ("User-Agent", "Mozilla/5.0"),
+        ]
+
+        from_scope = RequestContext.from_scope(
+            raw_scope(headers, peer="10.0.0.2"), trusted_proxies=PROXIES
+        )
+        from_environ = RequestContext.from_environ(
+            raw_environ(headers, REMOTE_ADDR="10.0.0.2"), trusted_proxies=PROXIES
+        )
+
+        assert from_scope == from_environ
+        assert from_scope.client_ip == "198.51.100.1"
+        assert from_scope.click_id == "first"
+
+    @pytest.mark.parametrize("position", [0, 1])
+    def test_epik_cookie_is_found_on_any_cookie_line(self, position: int) -> None:
+        """HTTP/2 clients may send each cookie on its own line."""
+        lines = [("Cookie", "theme=dark; lang=fr"), ("Cookie", "_epik=abc")]
+        if position == 0:
+            lines.reverse()
+
+        context = RequestContext.from_scope(raw_scope(lines))
+
+        assert context.click_id == "abc"
+
+    def test_cookie_lines_joined_with_commas_are_split(self) -> None:
+        env = environ({"Cookie": "_epik=FIRST,other=1"})
+
+        assert RequestContext.from_environ(env).click_id == "FIRST"
+
+    def test_a_header_name_in_capitals_is_read_too(self) -> None:
+        built = scope()
+        built["headers"] = [(b"User-Agent", b"Mozilla/5.0")]
+
+        assert RequestContext.from_scope(built).user_agent == "Mozilla/5.0"
+
+
 class TestEnrichment:
     CONTEXT = RequestContext(
         client_ip="203.0.113.9",

@@ -282,6 +282,91 @@ def test_unsuccessful_view_emits_nothing(kind: str, path: str, client: Client) -
     assert delta(before)["tracked"] == 0
 
 
+def any_method_app(kind: str, client: Client) -> Any:
+    """A decorated page that GET, HEAD and OPTIONS all reach, as a route may allow.
+
+    The view reads `current_event()`, so a HEAD that reached it without a
+    pending event would fail.
+    """
+    framework, _, mode = kind.partition("-")
+    methods = ["GET", "HEAD", "OPTIONS"]
+    track = track_conversion("page_visit", client=client)
+
+    def page() -> Any:
+        event_id = current_event().event_id
+        return event_id if framework == "flask" else PlainTextResponse(event_id)
+
+    def starlette_page(request: Request) -> Any:
+        return page()
+
+    body = starlette_page if framework == "starlette" else page
+    view = track(as_variant(body, mode == "async"))
+    if framework == "flask":
+        if mode == "async":
+            pytest.importorskip("asgiref", reason="Flask runs async views with asgiref")
+        flask_app = flask.Flask(__name__)
+        flask_app.add_url_rule(
+            "/page", "page", view, methods=methods, provide_automatic_options=False
+        )
+        return flask_app
+    if framework == "fastapi":
+        fastapi_app = FastAPI()
+        fastapi_app.add_middleware(PinterestMiddleware)
+        fastapi_app.api_route("/page", methods=methods)(view)
+        return fastapi_app
+    return Starlette(routes=[Route("/page", view, methods=methods)])
+
+
+def request_any(app: Any, method: str, path: str) -> int:
+    if isinstance(app, flask.Flask):
+        return app.test_client().open(path, method=method, base_url=SHOP).status_code
+    with TestClient(app, base_url=SHOP, client=(PEER, 50000)) as test_client:
+        return test_client.request(method, path).status_code
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_head_and_options_requests_emit_nothing(
+    kind: str, method: str, client: Client
+) -> None:
+    """Link checkers and prefetchers reach GET views too; they are not visits."""
+    app = any_method_app(kind, client)
+
+    status = request_any(app, method, "/page")
+    client.flush(timeout=5)
+
+    assert status == 200
+    assert client.counters.accepted == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_to_the_same_view_emits(kind: str, client: Client) -> None:
+    """The other side of the HEAD test: the app under it does emit for a GET."""
+    app = any_method_app(kind, client)
+
+    status = request_any(app, "GET", "/page")
+    client.flush(timeout=5)
+
+    assert status == 200
+    assert client.counters.accepted == 1
+
+
+def test_flask_head_to_a_get_view_emits_nothing(client: Client) -> None:
+    """Flask answers HEAD with the GET view of any route, unasked."""
+    app = flask.Flask(__name__)
+
+    @app.get("/thank-you")
+    @track_conversion("checkout", client=client)
+    def thank_you() -> str:
+        return "thanks"
+
+    response = app.test_client().head("/thank-you")
+    client.flush(timeout=5)
+
+    assert response.status_code == 200
+    assert client.counters.accepted == 0
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_view_exception_propagates_unchanged(kind: str, client: Client) -> None:
     with serving(kind, client) as app, pytest.raises(ViewError) as raised:

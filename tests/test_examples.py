@@ -317,10 +317,13 @@ def free_port() -> int:
 
 
 def uvicorn_command(name: str) -> Callable[[int], tuple[list[str], dict[str, str]]]:
-    """`uvicorn examples.<name>_app:app`, as from the repository root."""
+    """`uvicorn --no-proxy-headers examples.<name>_app:app`, from the repo root."""
     target = f"examples.{name}_app:app"
     return lambda port: (
-        ["-m", "uvicorn", "--app-dir", str(REPO), target, "--port", str(port)],
+        [
+            *("-m", "uvicorn", "--no-proxy-headers", "--app-dir", str(REPO)),
+            *(target, "--port", str(port)),
+        ],
         {},
     )
 
@@ -438,6 +441,29 @@ def test_served_example_delivers_the_checkout_and_a_posted_event_hashed(
 
     assert checkout["user_data"]["em"] == [ORDER_EMAIL_HASH]
     assert add_to_cart["user_data"]["em"] == [BUYER_EMAIL_HASH]
+
+
+@pytest.mark.parametrize("key", sorted(SERVERS))
+def test_served_example_does_not_believe_a_local_peers_forwarded_for(
+    key: str, served: dict[str, Served], fake: FakePinterestAPI
+) -> None:
+    """uvicorn's own proxy handling, on by default, trusts 127.0.0.1."""
+    server = served[key]
+    with httpx.Client(base_url=server.url, trust_env=False) as browser:
+        posted = browser.post(
+            "/pinterest/track-event",
+            content=json.dumps(POSTED_EVENT),
+            headers={
+                "content-type": "text/plain;charset=UTF-8",
+                "user-agent": USER_AGENT,
+                "x-forwarded-for": BROWSER_IP,
+            },
+        )
+    [posted_id] = posted.json()["event_ids"]
+
+    event = wait_for_event(fake, posted_id)
+
+    assert event["user_data"]["client_ip_address"] == "127.0.0.1"
 
 
 # --- send_batch.py ---------------------------------------------------------------

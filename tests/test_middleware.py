@@ -99,7 +99,7 @@ def asgi_shop(client: Client | None, **options: Any) -> Starlette:
         return PlainTextResponse("thanks")
 
     routes = [
-        Route("/products/{name:path}", product, methods=["GET", "POST"]),
+        Route("/products/{name:path}", product, methods=["GET", "POST", "OPTIONS"]),
         Route("/api/products/1", product_json),
         Route("/missing", missing),
         Route("/own-cookie", own_cookie),
@@ -371,6 +371,39 @@ def test_epik_query_sets_the_cookie_on_a_successful_html_page(kind: str) -> None
     assert reply.set_cookies == [f"_epik=dj0yJnU9abc{COOKIE_ATTRIBUTES}"]
 
 
+def plain_http_set_cookies(kind: str, path: str, **options: Any) -> list[str]:
+    """The `Set-Cookie` headers of a GET over plain http (not localhost)."""
+    app = shop(kind, None, **options)
+    base_url = "http://shop.example"
+    if isinstance(app, flask.Flask):
+        response = app.test_client().get(path, base_url=base_url)
+        return response.headers.getlist("Set-Cookie")
+    with TestClient(app, base_url=base_url) as test_client:
+        return test_client.get(path).headers.get_list("set-cookie")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_over_plain_http_is_not_secure(kind: str) -> None:
+    """Browsers drop a Secure cookie set over http: it would never be stored."""
+    cookies = plain_http_set_cookies(kind, "/products/1?epik=abc", epik_cookie=True)
+
+    assert cookies == [
+        f"_epik=abc; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_over_plain_http_keeps_its_domain(kind: str) -> None:
+    cookies = plain_http_set_cookies(
+        kind,
+        "/products/1?epik=abc",
+        epik_cookie=True,
+        cookie_domain=".shop.example",
+    )
+
+    assert cookies[0].endswith("; SameSite=Lax; Domain=.shop.example")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_epik_cookie_is_readable_by_the_tag(kind: str) -> None:
     """Not HttpOnly: the Pinterest tag's JavaScript reads the cookie."""
@@ -426,6 +459,15 @@ def test_url_epik_is_the_click_id_over_an_older_cookie(kind: str) -> None:
 def test_epik_cookie_is_not_set(kind: str, path: str, options: dict[str, Any]) -> None:
     reply = fetch(kind, None, path, **options)
 
+    assert reply.set_cookies == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_is_set_on_get_requests_only(kind: str) -> None:
+    """A landing page is a GET: a form posted to a URL with `epik` sets nothing."""
+    reply = fetch(kind, None, "/products/1?epik=abc", method="POST", epik_cookie=True)
+
+    assert reply.status == 200
     assert reply.set_cookies == []
 
 
@@ -506,6 +548,27 @@ def test_every_matching_rule_emits_its_event(
 
     names = sorted(e["event_name"] for e in sent_events(client, fake_pinterest))
     assert names == ["page_visit", "view_category"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_route_rule_for_any_method_ignores_head_and_options(
+    kind: str, method: str, client: Client
+) -> None:
+    """Both reach the HTML page with a 2xx (Flask answers OPTIONS itself)."""
+    rule = RouteRule("page_visit", methods=None, include=["/products/*"])
+
+    reply = fetch(kind, client, "/products/shoes", method=method, route_rules=[rule])
+    client.flush(timeout=5)
+
+    assert reply.status == 200
+    assert client.counters.accepted == 0
+
+
+@pytest.mark.parametrize("method", ["HEAD", "options", "TRACE"])
+def test_route_rule_naming_a_method_that_is_no_visit_is_refused(method: str) -> None:
+    with pytest.raises(ConfigurationError, match="not visits"):
+        RouteRule("page_visit", methods=["GET", method])
 
 
 @pytest.mark.parametrize("kind", KINDS)
