@@ -276,7 +276,7 @@ def test_the_default_client_can_be_replaced(no_default_client: None) -> None:
     ("module", "name"),
     [
         ("pinterest_mw.client", "_default_lock"),
-        ("pinterest_mw.dispatch", "_atexit_lock"),
+        ("pinterest_mw._shutdown", "_lock"),
         ("pinterest_mw._fork", "_lock"),
     ],
 )
