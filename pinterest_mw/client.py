@@ -145,11 +145,15 @@ class Client:
         max_attempts: deliveries before an event is given up; `"auto"`: 20
             in memory, unlimited in a durable outbox; None: unlimited.
         timeout: seconds allowed for one HTTP request.
-        outbox: None (in memory; a local SQLite file when not sending), a
-            path (a `SQLiteOutbox` there), or an `Outbox`.
+        outbox: None (in memory, or `DEFAULT_OUTBOX_PATH` when that file
+            exists or the client does not send), a path (a `SQLiteOutbox`
+            there), or an `Outbox`.
         dispatcher: `"thread"`, `"async"`, or `"auto"`: async when first
-            used inside an event loop, a thread otherwise.
-        shutdown_timeout: seconds spent flushing at `close()` and at exit.
+            used in an asyncio loop running in the main thread (what ASGI
+            servers run), a thread otherwise (WSGI, scripts, Flask's async
+            views, Starlette's `TestClient`, loops in other threads).
+        shutdown_timeout: seconds spent flushing at `close()`, at exit and
+            at SIGTERM.
         on_error: called with each `DeliveryFailure`, from the worker.
         sending: False stores events without sending even with credentials;
             None (default) sends when credentials are set.
@@ -348,7 +352,7 @@ class Client:
             QueueFullError: the outbox is full and the policy is `"raise"`.
         """
         built = self._build(event, context, "")
-        self._get_dispatcher(in_loop=None).submit([built.to_wire_event()])
+        self._get_dispatcher().submit([built.to_wire_event()])
 
         return built
 
@@ -370,7 +374,7 @@ class Client:
     ) -> Event:
         """`track` for async code: a durable write runs in a worker thread."""
         built = self._build(event, context, "")
-        await self._get_dispatcher(in_loop=True).asubmit([built.to_wire_event()])
+        await self._get_dispatcher().asubmit([built.to_wire_event()])
 
         return built
 
@@ -390,12 +394,12 @@ class Client:
         not accepted were dropped by the overflow policy and counted.
         """
         wire = [_wire(event) for event in events]
-        return self._get_dispatcher(in_loop=None).submit(wire)
+        return self._get_dispatcher().submit(wire)
 
     async def asubmit(self, events: Sequence[Event | WireEvent]) -> int:
         """`submit` for async code, never blocking the loop."""
         wire = [_wire(event) for event in events]
-        return await self._get_dispatcher(in_loop=True).asubmit(wire)
+        return await self._get_dispatcher().asubmit(wire)
 
     # --- sending and waiting for the answer ---
 
@@ -437,7 +441,7 @@ class Client:
         Delivers what a durable outbox kept from earlier runs.
         """
         if self._sending:
-            self._get_dispatcher(in_loop=None).start()
+            self._get_dispatcher().start()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver what is waiting; True if the outbox emptied within `timeout`.
@@ -446,11 +450,11 @@ class Client:
         deferred past the timeout (a `Retry-After`, a long backoff) or
         delivery paused after Pinterest refused the token or ad account.
         """
-        return self._get_dispatcher(in_loop=None).flush(timeout)
+        return self._get_dispatcher().flush(timeout)
 
     async def aflush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - twin of flush(timeout)
         """`flush` for async code."""
-        return await self._get_dispatcher(in_loop=True).aflush(timeout)
+        return await self._get_dispatcher().aflush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush for up to `timeout` seconds (`shutdown_timeout` by default), then stop.
@@ -546,21 +550,19 @@ class Client:
 
         return built
 
-    def _get_dispatcher(self, *, in_loop: bool | None) -> _Dispatcher:
+    def _get_dispatcher(self) -> _Dispatcher:
         dispatcher = self._dispatcher
         if dispatcher is not None:
             return dispatcher
         with self._lock:
             if self._dispatcher is None:
-                self._dispatcher = self._build_dispatcher(in_loop)
+                self._dispatcher = self._build_dispatcher()
             return self._dispatcher
 
-    def _build_dispatcher(self, in_loop: bool | None) -> _Dispatcher:
+    def _build_dispatcher(self) -> _Dispatcher:
         kind = self._dispatcher_kind
         if kind == "auto":
-            if in_loop is None:
-                in_loop = _running_asyncio_loop() is not None
-            kind = "async" if in_loop else "thread"
+            kind = "async" if _in_a_main_thread_loop() else "thread"
         options = self._dispatcher_options.as_kwargs()
         if not self._sending:
             return ThreadDispatcher(self.outbox, None, **options)
@@ -705,6 +707,17 @@ def _check_advertiser_ids(
         )
 
     return ids
+
+
+def _in_a_main_thread_loop() -> bool:
+    """Whether an asyncio loop runs here, in the main thread (an ASGI server).
+
+    Loops elsewhere (asgiref's per-request loop under Flask, the portal of
+    Starlette's `TestClient`) may end with the request: a worker task in
+    them would end too.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    return in_main and _running_asyncio_loop() is not None
 
 
 def _build_outbox(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -9,7 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -589,6 +592,62 @@ async def test_atrack_delivers_from_the_running_loop(
     assert delivered_ids(fake_pinterest) == [event.event_id]
 
 
+def test_in_a_loop_outside_the_main_thread_the_thread_dispatcher_is_used(
+    make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI
+) -> None:
+    """Such a loop (Flask's, a TestClient portal's) may end with the request."""
+    client = make_client()
+    tracked: list[Event] = []
+
+    def request_in_its_own_loop() -> None:
+        tracked.append(asyncio.run(client.atrack(event_data())))
+
+    thread = threading.Thread(target=request_in_its_own_loop)
+    thread.start()
+    thread.join(10)
+
+    assert isinstance(client._dispatcher, ThreadDispatcher)
+    assert client.flush(timeout=5)
+    assert delivered_ids(fake_pinterest) == [tracked[0].event_id]
+
+
+def _wait_for(condition: Callable[[], bool], bound: float = 10.0) -> bool:
+    """Poll until `condition` holds; the bound turns a hang into a failure."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("call", ["track", "atrack"])
+def test_events_tracked_in_a_flask_async_view_are_delivered_without_a_flush(
+    make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI, call: str
+) -> None:
+    """asgiref runs each async view in a loop that ends with the request."""
+    pytest.importorskip("asgiref", reason="Flask runs async views with asgiref")
+    import flask
+
+    client = make_client()
+    app = flask.Flask(__name__)
+
+    @app.post("/buy")
+    async def buy() -> dict[str, str]:
+        if call == "atrack":
+            event = await client.atrack(event_data())
+        else:
+            event = client.track(event_data())
+        return {"event_id": event.event_id}
+
+    http = app.test_client()
+    ids = [http.post("/buy").get_json()["event_id"] for _ in range(5)]
+
+    assert _wait_for(lambda: len(fake_pinterest.events) == 5)
+    assert delivered_ids(fake_pinterest) == sorted(ids)
+    assert isinstance(client._dispatcher, ThreadDispatcher)
+
+
 @pytest.mark.anyio
 async def test_atrack_many_queues_them_all(
     make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI
@@ -739,11 +798,14 @@ def test_the_lifespan_works_inside_an_apps_own_lifespan(
     assert delivered_ids(fake_pinterest) == [event_id]
 
 
+@pytest.mark.parametrize("dispatcher", ["auto", "async"])
 def test_delivery_survives_a_new_event_loop_per_request(
-    make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI
+    make_client: Callable[..., Client],
+    fake_pinterest: FakePinterestAPI,
+    dispatcher: str,
 ) -> None:
     """TestClient without `with` runs each request in a loop of its own."""
-    client = make_client(flush_interval=60)
+    client = make_client(flush_interval=60, dispatcher=dispatcher)
     http = TestClient(_app(client))
 
     ids = [http.post("/buy").json()["event_id"] for _ in range(2)]
