@@ -12,7 +12,9 @@ a background worker delivers it. Nothing on the way waits for Pinterest.
 Without credentials the client runs on an embedded default: events are
 validated, hashed and kept in a local SQLite outbox
 (`./pinterest-mw-data/outbox.sqlite3`) but not sent, and one WARNING says
-so. A later process started with credentials sends them first.
+so. A later client started with credentials and no outbox of its own, in
+the same working directory, takes that file as its outbox (one INFO line
+says so) and sends them first.
 
 `get_default_client()` builds one client per process from the environment
 (`PINTEREST_ACCESS_TOKEN`, `PINTEREST_AD_ACCOUNT_ID`, `PINTEREST_API_URL`,
@@ -38,6 +40,7 @@ from typing import Any, Literal, Self
 import anyio
 import anyio.to_thread
 
+from . import _shutdown
 from ._env import env_flag
 from ._fork import abandon, fresh_after_fork, register_fork_aware
 from .context import RequestContext, current_context, enrich_event_data
@@ -86,6 +89,10 @@ DEFAULT_MEMORY_MAX_ATTEMPTS = 20
 NOT_SENDING_MESSAGE = (
     "pinterest_mw is not sending events (%s): they are validated, hashed and "
     "kept in %s until a client with credentials runs"
+)
+KEPT_OUTBOX_MESSAGE = (
+    "sending the events kept in %s first: without an outbox of its own, this "
+    "client uses that file"
 )
 
 DEFAULT_ACTION_SOURCE = ActionSource.WEB.value
@@ -223,10 +230,15 @@ class Client:
             lease=self.retry.total_budget + 2 * timeout + 30.0,
             shutdown_timeout=shutdown_timeout,
             on_error=on_error,
+            test_mode=test_mode,
         )
         if not self._sending:
             reason = "sending=False" if sending is False else f"no {missing}"
             logger.warning(NOT_SENDING_MESSAGE, reason, self.outbox)
+        elif not self.outbox.durable:
+            # Now: the dispatcher may first be used in a thread (Flask's
+            # request threads), where no signal handler can be set.
+            _shutdown.watch_sigterm()
         register_fork_aware(self)
 
     def _resolve_account(
@@ -730,9 +742,11 @@ def _build_outbox(
         raise ConfigurationError("max_queue_size must be at least 1")
     if isinstance(outbox, Outbox):
         return outbox, False
-    if outbox is None and sending:
+    if outbox is None and sending and not DEFAULT_OUTBOX_PATH.is_file():
         return MemoryOutbox(max_events or MEMORY_MAX_EVENTS), True
     if outbox is None:
+        if sending:
+            logger.info(KEPT_OUTBOX_MESSAGE, DEFAULT_OUTBOX_PATH)
         outbox = DEFAULT_OUTBOX_PATH
     if not isinstance(outbox, str | os.PathLike):
         raise ConfigurationError("outbox must be None, a path or an Outbox")

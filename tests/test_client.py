@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from pinterest_mw.client import (
     DEFAULT_OUTBOX_PATH,
+    KEPT_OUTBOX_MESSAGE,
     NOT_SENDING_MESSAGE,
     Client,
     get_default_client,
@@ -398,6 +399,66 @@ def test_events_kept_without_credentials_are_sent_once_credentials_come(
 
     assert sender.flush(timeout=5)
     assert delivered_ids(fake_pinterest) == [event.event_id]
+
+
+@pytest.mark.parametrize("kept_in_test_mode", [True, False], ids=["test", "live"])
+def test_kept_events_go_out_in_the_mode_they_were_kept_in(
+    tmp_path: Path,
+    make_client: Callable[..., Client],
+    fake_pinterest: FakePinterestAPI,
+    kept_in_test_mode: bool,
+) -> None:
+    """Whatever the mode of the client that finally sends them."""
+    path = tmp_path / "outbox.sqlite3"
+    keeper = Client(test_mode=kept_in_test_mode, outbox=path)
+    event = keeper.track(event_data())
+    keeper.close()
+
+    sender = make_client(outbox=path, test_mode=not kept_in_test_mode)
+    sender.start()
+
+    assert sender.flush(timeout=5)
+    [request] = fake_pinterest.requests
+    assert request.is_test is kept_in_test_mode
+    assert request.event_ids() == [event.event_id]
+
+
+def test_a_sending_client_takes_over_what_the_embedded_default_kept(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    make_client: Callable[..., Client],
+    fake_pinterest: FakePinterestAPI,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No outbox configured: the default file, when there is one, is its outbox."""
+    monkeypatch.chdir(tmp_path)
+    keeper = Client()
+    event = keeper.track(event_data())
+    keeper.close()
+    caplog.set_level(logging.INFO, logger="pinterest_mw.client")
+
+    sender = make_client()
+    sender.start()
+
+    assert sender.flush(timeout=5)
+    assert delivered_ids(fake_pinterest) == [event.event_id]
+    assert isinstance(sender.outbox, SQLiteOutbox)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        KEPT_OUTBOX_MESSAGE % DEFAULT_OUTBOX_PATH
+    ]
+
+
+def test_without_a_kept_file_a_sending_client_queues_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    make_client: Callable[..., Client],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    client = make_client()
+
+    assert isinstance(client.outbox, MemoryOutbox)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- tracking ---
