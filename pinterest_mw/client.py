@@ -166,7 +166,18 @@ class Client:
             None (default) sends when credentials are set.
 
     Raises:
-        ConfigurationError: for any unusable option, at construction.
+        ConfigurationError: for any unusable option, at construction
+            (an outbox file that cannot be used included).
+
+    A sending client with an in-memory outbox, built in the main thread,
+    installs a SIGTERM hook that delivers what is queued before the process
+    ends (see `lifespan()` for what it leaves out under uvicorn).
+
+    .. versionchanged:: Unreleased
+       `"auto"` picks the async dispatcher only for a loop in the main
+       thread; an existing `DEFAULT_OUTBOX_PATH` is used by a sending
+       client without an outbox; events keep the client's `test_mode` in
+       the outbox; the SIGTERM hook.
     """
 
     def __init__(
@@ -514,9 +525,12 @@ class Client:
         """Deliver for the duration of the block, then flush (not close).
 
         What `lifespan()` uses. The client stays usable afterwards, so an
-        app may start and stop several times (as tests do).
+        app may start and stop several times (as tests do). An async
+        dispatcher's worker is stopped at the end: a later `close()` or
+        `aclose()` starts no other one to send what the flush left, but a
+        later `track()` does.
         """
-        dispatcher = self._get_dispatcher(in_loop=True)
+        dispatcher = self._get_dispatcher()
         timeout = self._dispatcher_options.shutdown_timeout
         if isinstance(dispatcher, AsyncDispatcher):
             async with dispatcher.running():
@@ -579,21 +593,30 @@ class Client:
         if not self._sending:
             return ThreadDispatcher(self.outbox, None, **options)
         if kind == "async":
-            return AsyncDispatcher(self.outbox, self._build_async_transport, **options)
+            return AsyncDispatcher(
+                self.outbox,
+                self._build_async_transport,
+                blocking_transport=self._new_transport,
+                **options,
+            )
 
         return ThreadDispatcher(
             self.outbox, lambda: _BorrowedTransport(self.transport), **options
         )
 
     def _build_transport(self) -> Transport:
+        transport = self._new_transport()
+        self._transport = transport
+
+        return transport
+
+    def _new_transport(self) -> Transport:
+        """A blocking transport of its own (the SIGTERM hook's: no lock taken)."""
         if not self._sending:
             raise ConfigurationError(
                 "this client does not send: it has no access token or ad account"
             )
-        transport = Transport(**self._transport_options())
-        self._transport = transport
-
-        return transport
+        return Transport(**self._transport_options())
 
     def _build_async_transport(self) -> AsyncTransport:
         if not self._sending:
@@ -617,7 +640,16 @@ def lifespan(
     """A Starlette or FastAPI lifespan that starts delivery and flushes at shutdown.
 
     `client` defaults to `get_default_client()`, looked up when the app
-    starts. To combine it with a lifespan of your own, enter the client's
+    starts. Without it, a mounted sub-app still delivers (from the first
+    event), and at SIGTERM a hook delivers what is queued in memory. One
+    window is left there: under uvicorn, events accepted during its
+    graceful shutdown (by requests still being answered) are sent at once
+    but not waited for, since uvicorn then ends the process with SIGTERM;
+    a request to Pinterest still under way is lost with them. The lifespan
+    flushes after the last request, which closes that window, as does a
+    durable outbox (the next process sends what is left).
+
+    To combine it with a lifespan of your own, enter the client's
     `running()` inside it:
 
     ```python
