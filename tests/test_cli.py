@@ -18,6 +18,8 @@ import re
 import select
 import signal
 import socket
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -726,7 +728,7 @@ def test_send_never_prints_or_logs_user_data(cli, tmp_path, fake_pinterest, capl
 
 
 def outbox_stats(path: Path) -> OutboxStats:
-    outbox = SQLiteOutbox(path)
+    outbox = SQLiteOutbox(path, readonly=True)
     try:
         return outbox.stats()
     finally:
@@ -803,6 +805,37 @@ def test_outbox_retry_can_pick_one_reason(cli, outbox_file):
     stats = outbox_stats(outbox_file)
     assert (stats.pending, stats.rejected) == (3, 2)
     assert result.stdout == "re-queued 1 rejected event with that reason\n"
+
+
+def test_outbox_listing_leaves_the_file_as_it_was(cli, outbox_file):
+    """Another process's outbox: no table created, no WAL switch, no chmod."""
+    with contextlib.closing(sqlite3.connect(outbox_file)) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    outbox_file.chmod(0o644)
+    before = outbox_file.read_bytes()
+
+    result = cli("outbox", "--path", str(outbox_file), "--rejected", "5")
+
+    with contextlib.closing(sqlite3.connect(outbox_file)) as conn:
+        (journal,) = conn.execute("PRAGMA journal_mode").fetchone()
+    assert result.exit_code == EXIT_OK
+    assert outbox_file.read_bytes() == before
+    assert (stat.S_IMODE(outbox_file.stat().st_mode), journal) == (0o644, "delete")
+
+
+def test_outbox_listing_refuses_a_file_that_is_not_an_outbox(cli, tmp_path):
+    path = tmp_path / "orders.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+
+    result = cli("outbox", "--path", str(path))
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
+    assert f"{path} cannot be used: it is not a pinterest_mw outbox" in result.stderr
+    assert tables == [("orders",)]
 
 
 @pytest.mark.parametrize("args", [["outbox"], ["outbox", "retry"]])
@@ -918,6 +951,29 @@ def test_serve_with_an_unusable_outbox_is_one_line(cli, tmp_path, where):
     assert result.stderr.startswith("pinterest-mw: error: ")
     assert result.stderr.count("\n") == 1
     assert where in result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"order_id,email\n1,ann@example.com\n" * 40,
+        b"SQLite format 3\x00" + b"\x01" * 4000,
+    ],
+    ids=["not-sqlite", "damaged"],
+)
+def test_serve_with_an_outbox_file_that_is_no_outbox_is_one_line(tmp_path, content):
+    """Refused at start-up, not with a 503 at the first request."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(content)
+
+    result = run_cli("serve", "--port", "0", "--outbox", str(junk), cwd=tmp_path)
+
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr.startswith("pinterest-mw: error: ")
+    assert result.stderr.count("\n") == 1
+    assert str(junk) in result.stderr
+    assert "ann@example.com" not in result.stderr
 
 
 def test_serve_refuses_a_bad_test_endpoint_variable(cli):
