@@ -73,7 +73,7 @@ class Closable(Protocol):
     shutdown_timeout: float
 
     @property
-    def needs_signal_delivery(self) -> bool:
+    def _needs_signal_delivery(self) -> bool:
         """Whether SIGTERM would lose what it holds: sending, open, in memory."""
         ...
 
@@ -167,7 +167,7 @@ def _deliver_all(*, closing: bool) -> None:
     now = time.monotonic()
     helpers: list[tuple[threading.Thread, float]] = []
     for dispatcher in list(_open):
-        if not dispatcher.needs_signal_delivery:
+        if not dispatcher._needs_signal_delivery:
             continue
         deadline = now + dispatcher.shutdown_timeout
         helper = threading.Thread(

@@ -173,7 +173,7 @@ class Client:
     installs a SIGTERM hook that delivers what is queued before the process
     ends (see `lifespan()` for what it leaves out under uvicorn).
 
-    .. versionchanged:: Unreleased
+    .. versionchanged:: 0.2
        `"auto"` picks the async dispatcher only for a loop in the main
        thread; an existing `DEFAULT_OUTBOX_PATH` is used by a sending
        client without an outbox; events keep the client's `test_mode` in

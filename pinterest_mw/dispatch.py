@@ -599,13 +599,13 @@ class _BaseDispatcher:
         return self._counters.snapshot(self.outbox.depth())
 
     @property
-    def needs_signal_delivery(self) -> bool:
+    def _needs_signal_delivery(self) -> bool:
         """Whether a SIGTERM would lose events: sending, open, not durable."""
         return self.is_sending and not self._closed and not self.outbox.durable
 
     def _watch_sigterm(self) -> None:
         """Have the SIGTERM hook installed, if this dispatcher needs it."""
-        if self.needs_signal_delivery:
+        if self._needs_signal_delivery:
             _shutdown.watch_sigterm()
 
     def submit(self, events: Sequence[WireEvent]) -> int:
@@ -1141,7 +1141,7 @@ class ThreadDispatcher(_BaseDispatcher):
             Pinterest's test mode, False live, None (default) whatever the
             transport sends in.
 
-    .. versionchanged:: Unreleased
+    .. versionchanged:: 0.2
        `test_mode`; a SIGTERM hook delivers what is queued in memory.
     """
 
@@ -1506,7 +1506,7 @@ class AsyncDispatcher(_BaseDispatcher):
     nothing may await; without it, the hook runs an async sender in an
     event loop of its own.
 
-    .. versionchanged:: Unreleased
+    .. versionchanged:: 0.2
        `test_mode` and `blocking_transport`; a worker told to stop is not
        restarted by `flush`/`close`, and claims no further batch.
     """

@@ -127,7 +127,7 @@ class Claim:
     the claim was stored in: send them with it (None: the sender's own).
     Its `repr` counts the events and shows no payload.
 
-    .. versionchanged:: Unreleased
+    .. versionchanged:: 0.2
        `test`.
     """
 
@@ -929,7 +929,7 @@ class SQLiteOutbox:
     files, whether this class created it or found it; when that fails (a
     file owned by another user) a WARNING says so.
 
-    .. versionchanged:: Unreleased
+    .. versionchanged:: 0.2
        Opened and checked at construction; `readonly`; leases name their
        process; events keep their test mode (schema version 2).
     """
