@@ -1279,6 +1279,11 @@ class ThreadDispatcher(_BaseDispatcher):
     # --- the worker ---
 
     def _ensure_worker(self) -> None:
+        # Without the lock while the thread runs (every event comes here):
+        # a SIGTERM handler's delivery may need it (see `_shutdown`).
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
