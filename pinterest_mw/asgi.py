@@ -10,9 +10,14 @@ app.mount(
 The browser then posts its events to `/pinterest/track-event`; the app
 validates, enriches and hashes them, queues them and answers `202` at once.
 Delivery to Pinterest happens in the background, in batches. Mounted apps
-get no lifespan from Starlette, and need none: the client's dispatcher starts
-with the first event. To start delivery at start-up and flush at shutdown,
-give the host app `lifespan=lifespan(client)` (from `pinterest_mw`).
+get no lifespan from Starlette, and need none to deliver: the client's
+dispatcher starts with the first event, and at SIGTERM a hook delivers
+what is queued in memory before the process ends. Under uvicorn that hook
+runs when the signal arrives, so events accepted during the graceful
+shutdown that follows are sent at once but not waited for. To start
+delivery at start-up and flush after the last request, closing that
+window, give the host app `lifespan=lifespan(client)` (from
+`pinterest_mw`).
 
 The WSGI twin is `pinterest_mw.wsgi.pinterest_wsgi_app`; both share their
 rules (`pinterest_mw._ingest`), so they answer alike.

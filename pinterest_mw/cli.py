@@ -1725,11 +1725,11 @@ def _normalize(
 _OUTBOX_PATH_KEY: Final = "pinterest_mw.outbox_path"
 
 
-def _existing_outbox(path: Path | None) -> SQLiteOutbox:
+def _existing_outbox(path: Path | None, *, readonly: bool = False) -> SQLiteOutbox:
     path = path or DEFAULT_OUTBOX_PATH
     if not path.is_file():
         _fail(f"no outbox at {str(path)!r} (set --outbox or {_ENV_OUTBOX})")
-    return SQLiteOutbox(path)
+    return SQLiteOutbox(path, readonly=readonly)
 
 
 def _when(timestamp: float | None) -> str:
@@ -1776,7 +1776,7 @@ def outbox_summary(
     ctx.meta[_OUTBOX_PATH_KEY] = path
     if ctx.invoked_subcommand is not None:
         return
-    outbox = _existing_outbox(path)
+    outbox = _existing_outbox(path, readonly=True)
     try:
         stats = outbox.stats()
         listed = outbox.list_rejected(rejected) if rejected else []

@@ -12,7 +12,9 @@ a background worker delivers it. Nothing on the way waits for Pinterest.
 Without credentials the client runs on an embedded default: events are
 validated, hashed and kept in a local SQLite outbox
 (`./pinterest-mw-data/outbox.sqlite3`) but not sent, and one WARNING says
-so. A later process started with credentials sends them first.
+so. A later client started with credentials and no outbox of its own, in
+the same working directory, takes that file as its outbox (one INFO line
+says so) and sends them first.
 
 `get_default_client()` builds one client per process from the environment
 (`PINTEREST_ACCESS_TOKEN`, `PINTEREST_AD_ACCOUNT_ID`, `PINTEREST_API_URL`,
@@ -38,6 +40,7 @@ from typing import Any, Literal, Self
 import anyio
 import anyio.to_thread
 
+from . import _shutdown
 from ._env import env_flag
 from ._fork import abandon, fresh_after_fork, register_fork_aware
 from .context import RequestContext, current_context, enrich_event_data
@@ -87,6 +90,10 @@ DEFAULT_MEMORY_MAX_ATTEMPTS = 20
 NOT_SENDING_MESSAGE = (
     "pinterest_mw is not sending events (%s): they are validated, hashed and "
     "kept in %s until a client with credentials runs"
+)
+KEPT_OUTBOX_MESSAGE = (
+    "sending the events kept in %s first: without an outbox of its own, this "
+    "client uses that file"
 )
 
 DEFAULT_ACTION_SOURCE = ActionSource.WEB.value
@@ -146,17 +153,32 @@ class Client:
         max_attempts: deliveries before an event is given up; `"auto"`: 20
             in memory, unlimited in a durable outbox; None: unlimited.
         timeout: seconds allowed for one HTTP request.
-        outbox: None (in memory; a local SQLite file when not sending), a
-            path (a `SQLiteOutbox` there), or an `Outbox`.
+        outbox: None (in memory, or `DEFAULT_OUTBOX_PATH` when that file
+            exists or the client does not send), a path (a `SQLiteOutbox`
+            there), or an `Outbox`.
         dispatcher: `"thread"`, `"async"`, or `"auto"`: async when first
-            used inside an event loop, a thread otherwise.
-        shutdown_timeout: seconds spent flushing at `close()` and at exit.
+            used in an asyncio loop running in the main thread (what ASGI
+            servers run), a thread otherwise (WSGI, scripts, Flask's async
+            views, Starlette's `TestClient`, loops in other threads).
+        shutdown_timeout: seconds spent flushing at `close()`, at exit and
+            at SIGTERM.
         on_error: called with each `DeliveryFailure`, from the worker.
         sending: False stores events without sending even with credentials;
             None (default) sends when credentials are set.
 
     Raises:
-        ConfigurationError: for any unusable option, at construction.
+        ConfigurationError: for any unusable option, at construction
+            (an outbox file that cannot be used included).
+
+    A sending client with an in-memory outbox, built in the main thread,
+    installs a SIGTERM hook that delivers what is queued before the process
+    ends (see `lifespan()` for what it leaves out under uvicorn).
+
+    .. versionchanged:: 0.2
+       `"auto"` picks the async dispatcher only for a loop in the main
+       thread; an existing `DEFAULT_OUTBOX_PATH` is used by a sending
+       client without an outbox; events keep the client's `test_mode` in
+       the outbox; the SIGTERM hook.
     """
 
     def __init__(
@@ -221,10 +243,15 @@ class Client:
             lease=self.retry.total_budget + 2 * timeout + 30.0,
             shutdown_timeout=shutdown_timeout,
             on_error=on_error,
+            test_mode=test_mode,
         )
         if not self._sending:
             reason = "sending=False" if sending is False else f"no {missing}"
             logger.warning(NOT_SENDING_MESSAGE, reason, self.outbox)
+        elif not self.outbox.durable:
+            # Now: the dispatcher may first be used in a thread (Flask's
+            # request threads), where no signal handler can be set.
+            _shutdown.watch_sigterm()
         register_fork_aware(self)
 
     def _resolve_account(
@@ -350,7 +377,7 @@ class Client:
             QueueFullError: the outbox is full and the policy is `"raise"`.
         """
         built = self._build(event, context, "")
-        self._get_dispatcher(in_loop=None).submit([built.to_wire_event()])
+        self._get_dispatcher().submit([built.to_wire_event()])
 
         return built
 
@@ -372,7 +399,7 @@ class Client:
     ) -> Event:
         """`track` for async code: a durable write runs in a worker thread."""
         built = self._build(event, context, "")
-        await self._get_dispatcher(in_loop=True).asubmit([built.to_wire_event()])
+        await self._get_dispatcher().asubmit([built.to_wire_event()])
 
         return built
 
@@ -392,12 +419,12 @@ class Client:
         not accepted were dropped by the overflow policy and counted.
         """
         wire = [_wire(event) for event in events]
-        return self._get_dispatcher(in_loop=None).submit(wire)
+        return self._get_dispatcher().submit(wire)
 
     async def asubmit(self, events: Sequence[Event | WireEvent]) -> int:
         """`submit` for async code, never blocking the loop."""
         wire = [_wire(event) for event in events]
-        return await self._get_dispatcher(in_loop=True).asubmit(wire)
+        return await self._get_dispatcher().asubmit(wire)
 
     # --- sending and waiting for the answer ---
 
@@ -439,7 +466,7 @@ class Client:
         Delivers what a durable outbox kept from earlier runs.
         """
         if self._sending:
-            self._get_dispatcher(in_loop=None).start()
+            self._get_dispatcher().start()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver what is waiting; True if the outbox emptied within `timeout`.
@@ -448,11 +475,11 @@ class Client:
         deferred past the timeout (a `Retry-After`, a long backoff) or
         delivery paused after Pinterest refused the token or ad account.
         """
-        return self._get_dispatcher(in_loop=None).flush(timeout)
+        return self._get_dispatcher().flush(timeout)
 
     async def aflush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - twin of flush(timeout)
         """`flush` for async code."""
-        return await self._get_dispatcher(in_loop=True).aflush(timeout)
+        return await self._get_dispatcher().aflush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush for up to `timeout` seconds (`shutdown_timeout` by default), then stop.
@@ -500,9 +527,12 @@ class Client:
         """Deliver for the duration of the block, then flush (not close).
 
         What `lifespan()` uses. The client stays usable afterwards, so an
-        app may start and stop several times (as tests do).
+        app may start and stop several times (as tests do). An async
+        dispatcher's worker is stopped at the end: a later `close()` or
+        `aclose()` starts no other one to send what the flush left, but a
+        later `track()` does.
         """
-        dispatcher = self._get_dispatcher(in_loop=True)
+        dispatcher = self._get_dispatcher()
         timeout = self._dispatcher_options.shutdown_timeout
         if isinstance(dispatcher, AsyncDispatcher):
             async with dispatcher.running():
@@ -548,40 +578,47 @@ class Client:
 
         return built
 
-    def _get_dispatcher(self, *, in_loop: bool | None) -> _Dispatcher:
+    def _get_dispatcher(self) -> _Dispatcher:
         dispatcher = self._dispatcher
         if dispatcher is not None:
             return dispatcher
         with self._lock:
             if self._dispatcher is None:
-                self._dispatcher = self._build_dispatcher(in_loop)
+                self._dispatcher = self._build_dispatcher()
             return self._dispatcher
 
-    def _build_dispatcher(self, in_loop: bool | None) -> _Dispatcher:
+    def _build_dispatcher(self) -> _Dispatcher:
         kind = self._dispatcher_kind
         if kind == "auto":
-            if in_loop is None:
-                in_loop = _running_asyncio_loop() is not None
-            kind = "async" if in_loop else "thread"
+            kind = "async" if _in_a_main_thread_loop() else "thread"
         options = self._dispatcher_options.as_kwargs()
         if not self._sending:
             return ThreadDispatcher(self.outbox, None, **options)
         if kind == "async":
-            return AsyncDispatcher(self.outbox, self._build_async_transport, **options)
+            return AsyncDispatcher(
+                self.outbox,
+                self._build_async_transport,
+                blocking_transport=self._new_transport,
+                **options,
+            )
 
         return ThreadDispatcher(
             self.outbox, lambda: _BorrowedTransport(self.transport), **options
         )
 
     def _build_transport(self) -> Transport:
+        transport = self._new_transport()
+        self._transport = transport
+
+        return transport
+
+    def _new_transport(self) -> Transport:
+        """A blocking transport of its own (the SIGTERM hook's: no lock taken)."""
         if not self._sending:
             raise ConfigurationError(
                 "this client does not send: it has no access token or ad account"
             )
-        transport = Transport(**self._transport_options())
-        self._transport = transport
-
-        return transport
+        return Transport(**self._transport_options())
 
     def _build_async_transport(self) -> AsyncTransport:
         if not self._sending:
@@ -605,7 +642,16 @@ def lifespan(
     """A Starlette or FastAPI lifespan that starts delivery and flushes at shutdown.
 
     `client` defaults to `get_default_client()`, looked up when the app
-    starts. To combine it with a lifespan of your own, enter the client's
+    starts. Without it, a mounted sub-app still delivers (from the first
+    event), and at SIGTERM a hook delivers what is queued in memory. One
+    window is left there: under uvicorn, events accepted during its
+    graceful shutdown (by requests still being answered) are sent at once
+    but not waited for, since uvicorn then ends the process with SIGTERM;
+    a request to Pinterest still under way is lost with them. The lifespan
+    flushes after the last request, which closes that window, as does a
+    durable outbox (the next process sends what is left).
+
+    To combine it with a lifespan of your own, enter the client's
     `running()` inside it:
 
     ```python
@@ -709,6 +755,17 @@ def _check_advertiser_ids(
     return ids
 
 
+def _in_a_main_thread_loop() -> bool:
+    """Whether an asyncio loop runs here, in the main thread (an ASGI server).
+
+    Loops elsewhere (asgiref's per-request loop under Flask, the portal of
+    Starlette's `TestClient`) may end with the request: a worker task in
+    them would end too.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    return in_main and _running_asyncio_loop() is not None
+
+
 def _build_outbox(
     outbox: Outbox | str | os.PathLike[str] | None,
     sending: bool,
@@ -719,9 +776,11 @@ def _build_outbox(
         raise ConfigurationError("max_queue_size must be at least 1")
     if isinstance(outbox, Outbox):
         return outbox, False
-    if outbox is None and sending:
+    if outbox is None and sending and not DEFAULT_OUTBOX_PATH.is_file():
         return MemoryOutbox(max_events or MEMORY_MAX_EVENTS), True
     if outbox is None:
+        if sending:
+            logger.info(KEPT_OUTBOX_MESSAGE, DEFAULT_OUTBOX_PATH)
         outbox = DEFAULT_OUTBOX_PATH
     if not isinstance(outbox, str | os.PathLike):
         raise ConfigurationError("outbox must be None, a path or an Outbox")

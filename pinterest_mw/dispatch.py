@@ -14,7 +14,9 @@ passed. Two dispatchers share one interface:
   without `with` runs each request in a new loop) the next call starts it
   again in the current one. Calls from threads that belong to no loop start
   it in a private thread with its own loop. `running()` starts it inside a
-  task group instead, which is also the way to run it on trio.
+  task group instead, which is also the way to run it on trio. Once told
+  to stop (`running()` ended, `close()`), neither `flush` nor `close`
+  starts it again, and it claims no further batch.
 
 What happens to a batch depends on Pinterest's answer:
 
@@ -31,13 +33,22 @@ What happens to a batch depends on Pinterest's answer:
   events are deferred, and retried after an exponential backoff (stored
   with them, so it survives a restart with a durable outbox).
 
-An event is deleted only after Pinterest answered for it, so none is lost
-and none is sent twice by design. One case remains: a process that dies
-(or a loop that is cancelled) after Pinterest received a batch but before
-the answer was recorded leaves it to be sent again once its lease expires.
-The event keeps its `event_id`, but whether Pinterest drops a repeated API
-event is not documented. After `max_attempts` deliveries an event is given
-up: kept as rejected in a durable outbox, dropped with an ERROR otherwise.
+An event is deleted only after Pinterest answered for it, so none is lost:
+delivery is at least once. A batch whose answer never arrived is sent
+again, although Pinterest may have processed it: after a read timeout or a
+lost connection once the request was sent (by the transport's retries, or
+a later delivery), and when the process sending it was killed or its loop
+cancelled before the answer was recorded (a `SQLiteOutbox` hands such a
+batch back at once when the process is known to be gone, else when its
+lease expires). The repeat keeps its `event_id`, by which Pinterest
+de-duplicates web and app events; offline events are not de-duplicated
+(Pinterest documents this against its tag's copy of an event, and says
+nothing either way of two API copies).
+After `max_attempts` deliveries an event is given up: kept as rejected in
+a durable outbox, dropped with an ERROR otherwise.
+
+Each event is stored with the dispatcher's `test_mode` and sent in it, so
+that what a test-mode client kept never goes out live, nor the reverse.
 
 When the outbox is full the overflow policy applies: `"drop_newest"` (the
 default: the events that do not fit are dropped, with a WARNING and the
@@ -58,8 +69,14 @@ False at once when all that is left is deferred past it (a long backoff or
 Fork safety: in a forked child (gunicorn with `--preload`) the dispatcher
 starts over with new threads, locks and HTTP clients; a `MemoryOutbox`
 starts empty there, and a `SQLiteOutbox`'s leases keep parent and child
-from sending the same event. At interpreter exit, every dispatcher flushes
-for up to `shutdown_timeout` seconds.
+from sending the same event.
+
+Shutdown: at interpreter exit, every dispatcher flushes for up to
+`shutdown_timeout` seconds. SIGTERM skips that unless something in Python
+handles it, so a sending dispatcher over a non-durable outbox installs a
+SIGTERM hook when built or started in the main thread: it delivers what
+is queued before the process ends (see `pinterest_mw._shutdown` for how,
+and for the window it leaves under uvicorn).
 
 Privacy: log records and `Counters` hold counts, statuses and durations;
 never payloads, user data or tokens. `DeliveryFailure` passes event ids and
@@ -75,7 +92,6 @@ messages are the module's `*_LOG` constants.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import functools
 import logging
@@ -93,7 +109,8 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ._fork import fresh_after_fork, register_fork_aware
+from . import _shutdown
+from ._fork import register_fork_aware
 from .events import WireEvent
 from .exceptions import APIError, ConfigurationError, QueueFullError, TransportError
 from .outbox import Claim, Outbox, OutboxItem
@@ -171,7 +188,6 @@ DEPTH_FAILED_LOG = "could not read the outbox depth at close"
 NO_TRANSPORT_LOG = "could not build the transport; nothing is sent"
 TRANSPORT_CLOSE_FAILED_LOG = "closing the transport failed"
 ON_ERROR_FAILED_LOG = "the on_error callback raised"
-EXIT_FLUSH_FAILED_LOG = "flushing events at exit failed"
 BATCH_LOG = "batch of %d events: %d processed, %d rejected, %d deferred, %d dropped"
 SEND_FAILED_LOG = "sending %d events failed unexpectedly"
 RECORD_FAILED_LOG = "could not record the outcome of %d events"
@@ -446,36 +462,6 @@ def _is_account_refusal(error: BaseException | None) -> bool:
     return isinstance(error, APIError) and error.status_code in ACCOUNT_REFUSED_STATUSES
 
 
-_live_dispatchers: weakref.WeakSet[_BaseDispatcher] = weakref.WeakSet()
-_atexit_lock = threading.Lock()
-_atexit_installed = False
-
-
-def _new_atexit_lock() -> None:
-    global _atexit_lock
-    _atexit_lock = threading.Lock()
-
-
-fresh_after_fork(_new_atexit_lock)
-
-
-def _close_all_at_exit() -> None:
-    for dispatcher in list(_live_dispatchers):
-        try:
-            dispatcher._close_at_exit()
-        except Exception:
-            logger.exception(EXIT_FLUSH_FAILED_LOG)
-
-
-def _register_for_exit(dispatcher: _BaseDispatcher) -> None:
-    global _atexit_installed
-    with _atexit_lock:
-        if not _atexit_installed:
-            atexit.register(_close_all_at_exit)
-            _atexit_installed = True
-        _live_dispatchers.add(dispatcher)
-
-
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
@@ -528,6 +514,7 @@ class DispatcherOptions:
     lease: float = 300.0
     shutdown_timeout: float = 5.0
     on_error: Callable[[DeliveryFailure], None] | None = None
+    test_mode: bool | None = None
 
     def __post_init__(self) -> None:
         _check_options(
@@ -567,10 +554,12 @@ class _BaseDispatcher:
         self.lease = options.lease
         self.shutdown_timeout = options.shutdown_timeout
         self.on_error = options.on_error
+        self.test_mode = options.test_mode
         self._closed = False
         self._setup_shared()
         register_fork_aware(self)
-        _register_for_exit(self)
+        _shutdown.register(self)
+        self._watch_sigterm()
 
     def _setup_shared(self) -> None:
         self._counters = _CounterSet()
@@ -582,6 +571,10 @@ class _BaseDispatcher:
         self._settle_lock = threading.Lock()
         self._leftovers_counted = False
         self._in_flight = 0
+        # The batch being sent, if any, for a SIGTERM to take over.
+        self._current: Claim | None = None
+        # After a SIGTERM under a server that goes on: wake at every event.
+        self._prompt = False
         # After Pinterest refused the token or ad account: no claim before
         # this (monotonic) time; the streak makes the pauses grow.
         self._paused_until = -math.inf
@@ -604,6 +597,16 @@ class _BaseDispatcher:
     def counters(self) -> Counters:
         """A snapshot of the counters; `queue_depth` is read from the outbox."""
         return self._counters.snapshot(self.outbox.depth())
+
+    @property
+    def _needs_signal_delivery(self) -> bool:
+        """Whether a SIGTERM would lose events: sending, open, not durable."""
+        return self.is_sending and not self._closed and not self.outbox.durable
+
+    def _watch_sigterm(self) -> None:
+        """Have the SIGTERM hook installed, if this dispatcher needs it."""
+        if self._needs_signal_delivery:
+            _shutdown.watch_sigterm()
 
     def submit(self, events: Sequence[WireEvent]) -> int:
         """Store events for delivery; return how many were accepted.
@@ -629,6 +632,10 @@ class _BaseDispatcher:
 
     def _close_at_exit(self) -> None:
         self.close()
+
+    def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None:
+        """At SIGTERM (see `_shutdown`): deliver by `deadline`; close if `closing`."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return (
@@ -741,7 +748,7 @@ class _BaseDispatcher:
         if put_many is None or self._closed:
             return [self._accept(events) for events in batches]
         try:
-            stored: list[int] = put_many(batches)
+            stored: list[int] = put_many(batches, test=self.test_mode)
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
             for events in batches:
                 self._store_failed(len(events), exc)
@@ -752,11 +759,12 @@ class _BaseDispatcher:
         return stored
 
     def _put(self, events: Sequence[WireEvent]) -> int:
+        test = self.test_mode
         if self.overflow == "raise":
-            if not self.outbox.put(events, atomic=True):
+            if not self.outbox.put(events, atomic=True, test=test):
                 raise QueueFullError("the delivery queue is full")
             return len(events)
-        stored = self.outbox.put(events)
+        stored = self.outbox.put(events, test=test)
         if self.overflow == "block" and stored < len(events):
             deadline = time.monotonic() + self.block_timeout
             if self.is_sending:
@@ -764,19 +772,28 @@ class _BaseDispatcher:
             while stored < len(events) and time.monotonic() < deadline:
                 self._wake_worker()
                 time.sleep(_POLL_INTERVAL)
-                stored += self.outbox.put(events[stored:])
+                stored += self.outbox.put(events[stored:], test=test)
 
         return stored
 
     def _after_accept(self, count: int) -> None:
-        """Start the worker if needed; wake it when a batch is full."""
+        """Start the worker if needed; wake it when a batch is full.
+
+        After a SIGTERM that the server survives for a while (its graceful
+        shutdown), every event wakes it: the process may end any moment.
+        """
         if not self.is_sending:
             return
         self._ensure_worker()
         self._fresh += count
-        if self._fresh >= self.batch_size:
+        if self._fresh >= self.batch_size or self._prompt:
             self._fresh = 0
             self._wake_worker()
+
+    def _send_promptly(self) -> None:
+        """From now on, send each event as soon as it is accepted."""
+        self._prompt = True
+        self._wake_worker()
 
     def _drop(self, count: int, why: str) -> None:
         self._counters.add(dropped=count)
@@ -906,7 +923,52 @@ class _BaseDispatcher:
 
     def _start_batch(self, claim: Claim) -> None:
         self._in_flight = len(claim)
+        self._current = claim
         self._counters.add(sent=len(claim))
+
+    def _end_batch(self) -> None:
+        self._in_flight = 0
+        self._current = None
+
+    def _send_due_blocking(self, sender: Sender, deadline: float = math.inf) -> int:
+        """Claim and send due batches with a blocking sender; return how many events.
+
+        Goes on while batches come back full and claiming is allowed (see
+        `_may_claim`), and not past `deadline` (monotonic).
+        """
+        claimed = 0
+        while self._may_claim() and time.monotonic() < deadline:
+            try:
+                claim = self.outbox.claim(self.batch_size, lease=self.lease)
+            except Exception:
+                logger.exception(CLAIM_FAILED_LOG)
+                break
+            if claim is None:
+                break
+            claimed += len(claim)
+            self._deliver_blocking(sender, claim)
+            if len(claim) < self.batch_size:
+                break
+
+        return claimed
+
+    def _deliver_blocking(self, sender: Sender, claim: Claim) -> None:
+        self._start_batch(claim)
+        events = [item.event for item in claim.items]
+        try:
+            results = sender.send_batch(events, test=claim.test)
+        except Exception as exc:  # noqa: BLE001 - deferred, and logged if unexpected
+            plan = self._plan_failure(claim, exc)
+        else:
+            plan = self._plan(claim, results, None)
+        try:
+            self._settle(claim, plan)
+        except Exception:
+            # The lease expires and the batch is claimed again.
+            logger.exception(RECORD_FAILED_LOG, len(claim))
+        finally:
+            self._end_batch()
+        self._tell(plan)
 
     def _defer(
         self,
@@ -1072,8 +1134,15 @@ class ThreadDispatcher(_BaseDispatcher):
         max_attempts: deliveries before an event is given up; None: never.
         lease: seconds a claimed batch is reserved for this worker; keep it
             above the transport's total retry budget.
-        shutdown_timeout: seconds `close()` and the exit hook flush for.
+        shutdown_timeout: seconds `close()`, the exit hook and the SIGTERM
+            hook flush for.
         on_error: called (in the worker) with each `DeliveryFailure`.
+        test_mode: the mode events are stored and sent in: True for
+            Pinterest's test mode, False live, None (default) whatever the
+            transport sends in.
+
+    .. versionchanged:: 0.2
+       `test_mode`; a SIGTERM hook delivers what is queued in memory.
     """
 
     def __init__(
@@ -1090,6 +1159,7 @@ class ThreadDispatcher(_BaseDispatcher):
         lease: float = 300.0,
         shutdown_timeout: float = 5.0,
         on_error: Callable[[DeliveryFailure], None] | None = None,
+        test_mode: bool | None = None,
     ) -> None:
         self._make_sender: Callable[[], Sender] | None = transport
         self._setup_thread()
@@ -1103,6 +1173,7 @@ class ThreadDispatcher(_BaseDispatcher):
             lease=lease,
             shutdown_timeout=shutdown_timeout,
             on_error=on_error,
+            test_mode=test_mode,
         )
         super().__init__(outbox, transport, options)
 
@@ -1196,9 +1267,23 @@ class ThreadDispatcher(_BaseDispatcher):
         """`close` for async code, waiting in a thread."""
         await anyio.to_thread.run_sync(self.close, timeout)
 
+    def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None:
+        """At SIGTERM, from a helper thread: the worker thread does the sending."""
+        remaining = max(deadline - time.monotonic(), 0.0)
+        if closing:
+            self.close(remaining)
+            return
+        self.flush(remaining)
+        self._send_promptly()
+
     # --- the worker ---
 
     def _ensure_worker(self) -> None:
+        # Without the lock while the thread runs (every event comes here):
+        # a SIGTERM handler's delivery may need it (see `_shutdown`).
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -1208,6 +1293,11 @@ class ThreadDispatcher(_BaseDispatcher):
                 target=self._run, name="pinterest-mw-dispatcher", daemon=True
             )
             self._thread.start()
+        self._watch_sigterm()
+
+    def _may_claim(self) -> bool:
+        """Also not once `close()` asked the worker to stop."""
+        return super()._may_claim() and not self._stop_requested
 
     def _wake_worker(self) -> None:
         with self._wakeup:
@@ -1246,37 +1336,40 @@ class ThreadDispatcher(_BaseDispatcher):
             return self._stop_requested
 
     def _deliver_due(self, sender: Sender) -> None:
-        while self._may_claim():
-            try:
-                claim = self.outbox.claim(self.batch_size, lease=self.lease)
-            except Exception:
-                logger.exception(CLAIM_FAILED_LOG)
-                return
-            if claim is None:
-                return
-            self._deliver(sender, claim)
-            if len(claim) < self.batch_size:
-                return
-
-    def _deliver(self, sender: Sender, claim: Claim) -> None:
-        self._start_batch(claim)
-        try:
-            results = sender.send_batch([item.event for item in claim.items])
-        except Exception as exc:  # noqa: BLE001 - deferred, and logged if unexpected
-            plan = self._plan_failure(claim, exc)
-        else:
-            plan = self._plan(claim, results, None)
-        try:
-            self._settle(claim, plan)
-        except Exception:
-            # The lease expires and the batch is claimed again.
-            logger.exception(RECORD_FAILED_LOG, len(claim))
-        finally:
-            self._in_flight = 0
-        self._tell(plan)
+        self._send_due_blocking(sender)
 
 
 # --- async dispatcher ----------------------------------------------------------
+
+
+class _PortalSender:
+    """A blocking sender over an async one, run in an event loop of its own."""
+
+    def __init__(self, make: Callable[[], AsyncSender]) -> None:
+        self._portal_context = anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_context.__enter__()
+        try:
+            self._sender = self._portal.call(self._build, make)
+        except BaseException:
+            self._portal_context.__exit__(None, None, None)
+            raise
+
+    @staticmethod
+    async def _build(make: Callable[[], AsyncSender]) -> AsyncSender:
+        # In the portal's loop, which the async HTTP client then belongs to.
+        return make()
+
+    def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        send = functools.partial(self._sender.send_batch, batch, test=test)
+        return self._portal.call(send)
+
+    def close(self) -> None:
+        try:
+            self._portal.call(self._sender.aclose)
+        finally:
+            self._portal_context.__exit__(None, None, None)
 
 
 class _WriteGroup:
@@ -1405,9 +1498,22 @@ class AsyncDispatcher(_BaseDispatcher):
     runs on no asyncio loop). On trio, use `running()` to run it in a task
     group.
 
+    Once the worker was told to stop (`running()` ended, or `close()`),
+    `flush` and `close` do not start another: they deliver nothing more and
+    return (a memory outbox's leftovers are then counted dropped). A later
+    `submit` or `asubmit` does start one, for an app started again.
+
     Args: as for `ThreadDispatcher`, with `transport` building an async
     sender (an `AsyncTransport`); it is called once per worker, in the
     worker's loop, since an async HTTP client belongs to one loop.
+    `blocking_transport` builds a blocking sender (a `Transport`) for the
+    SIGTERM hook, which delivers from the signal handler's thread, where
+    nothing may await; without it, the hook runs an async sender in an
+    event loop of its own.
+
+    .. versionchanged:: 0.2
+       `test_mode` and `blocking_transport`; a worker told to stop is not
+       restarted by `flush`/`close`, and claims no further batch.
     """
 
     def __init__(
@@ -1424,8 +1530,11 @@ class AsyncDispatcher(_BaseDispatcher):
         lease: float = 300.0,
         shutdown_timeout: float = 5.0,
         on_error: Callable[[DeliveryFailure], None] | None = None,
+        test_mode: bool | None = None,
+        blocking_transport: Callable[[], Sender] | None = None,
     ) -> None:
         self._make_sender: Callable[[], AsyncSender] | None = transport
+        self._make_blocking_sender = blocking_transport
         self._setup_worker()
         options = DispatcherOptions(
             batch_size=batch_size,
@@ -1437,6 +1546,7 @@ class AsyncDispatcher(_BaseDispatcher):
             lease=lease,
             shutdown_timeout=shutdown_timeout,
             on_error=on_error,
+            test_mode=test_mode,
         )
         super().__init__(outbox, transport, options)
 
@@ -1480,7 +1590,8 @@ class AsyncDispatcher(_BaseDispatcher):
             return self.outbox.depth() == 0
         deadline = time.monotonic() + timeout
         try:
-            self._ensure_worker()
+            if not self._worker_for_flush():
+                return self.outbox.depth() == 0
         except RuntimeError:
             # No thread can be started (interpreter shutdown): run the
             # delivery here, in a loop of our own.
@@ -1511,9 +1622,8 @@ class AsyncDispatcher(_BaseDispatcher):
         Gives up at once, like `flush`, when nothing left can go out before
         the timeout.
         """
-        if not self.is_sending or self._closed:
+        if not self.is_sending or self._closed or not self._worker_for_flush():
             return await self._offload(self.outbox.depth) == 0
-        self._ensure_worker()
         deadline = time.monotonic() + timeout
         wake = True
         # Polled: other processes sharing the outbox change it too.
@@ -1573,6 +1683,7 @@ class AsyncDispatcher(_BaseDispatcher):
                         )
                         self._worker = worker
                         group.start_soon(self._work, worker)
+                self._watch_sigterm()
             try:
                 yield self
             finally:
@@ -1588,6 +1699,20 @@ class AsyncDispatcher(_BaseDispatcher):
     @property
     def _put_blocks(self) -> bool:
         return self.outbox.blocking or self.overflow == "block"
+
+    def _worker_for_flush(self) -> bool:
+        """Start a worker for a flush if needed; False when none will deliver.
+
+        A worker told to stop is not replaced: a flush at shutdown must not
+        start delivering anew.
+        """
+        worker = self._worker
+        if worker is not None and worker.stopping:
+            return False
+        self._ensure_worker()
+        worker = self._worker
+
+        return worker is not None and worker.is_alive()
 
     def _ensure_worker(self) -> None:
         worker = self._worker
@@ -1613,18 +1738,19 @@ class AsyncDispatcher(_BaseDispatcher):
     def _start_in(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._start_lock:
             current = self._worker
-            if current is not None and current.is_alive():
+            if self._closed or (current is not None and current.is_alive()):
                 return
             worker = _Worker(detached=True, loop=loop, thread_id=threading.get_ident())
             worker.task = loop.create_task(
                 self._work(worker), name="pinterest-mw-dispatcher"
             )
             self._worker = worker
+        self._watch_sigterm()
 
     def _start_private_thread(self) -> None:
         with self._start_lock:
             current = self._worker
-            if current is not None and current.is_alive():
+            if self._closed or (current is not None and current.is_alive()):
                 return
             worker = _Worker(detached=False, loop=None)
             thread = threading.Thread(
@@ -1636,6 +1762,7 @@ class AsyncDispatcher(_BaseDispatcher):
             thread.start()
             self._worker = worker
             self._private_thread = thread
+        self._watch_sigterm()
 
     def _stop(self) -> _Worker | None:
         self._closed = True
@@ -1686,7 +1813,7 @@ class AsyncDispatcher(_BaseDispatcher):
                     await sender.aclose()
 
     async def _deliver_due(self, sender: AsyncSender, worker: _Worker) -> None:
-        while not worker.forked and self._may_claim():
+        while not (worker.forked or worker.stopping) and self._may_claim():
             try:
                 claim = await self._claim()
             except Exception:
@@ -1699,7 +1826,7 @@ class AsyncDispatcher(_BaseDispatcher):
             except anyio.get_cancelled_exc_class():
                 # The loop is going away: hand the batch back for the next
                 # worker instead of letting it wait for the lease to expire.
-                self._in_flight = 0
+                self._end_batch()
                 self._release_quietly(claim)
                 raise
             if len(claim) < self.batch_size:
@@ -1731,8 +1858,9 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def _deliver(self, sender: AsyncSender, claim: Claim) -> None:
         self._start_batch(claim)
+        events = [item.event for item in claim.items]
         try:
-            results = await sender.send_batch([item.event for item in claim.items])
+            results = await sender.send_batch(events, test=claim.test)
         except Exception as exc:  # noqa: BLE001 - deferred, and logged if unexpected
             plan = self._plan_failure(claim, exc)
         else:
@@ -1742,7 +1870,7 @@ class AsyncDispatcher(_BaseDispatcher):
         except Exception:
             logger.exception(RECORD_FAILED_LOG, len(claim))
         finally:
-            self._in_flight = 0
+            self._end_batch()
         self._tell(plan)
 
     def _release_quietly(self, claim: Claim) -> None:
@@ -1760,6 +1888,55 @@ class AsyncDispatcher(_BaseDispatcher):
         if blocking and not self._inline_io:
             return await anyio.to_thread.run_sync(func, *args)
         return func(*args)
+
+    # --- at SIGTERM ---
+
+    def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None:
+        """At SIGTERM, from a helper thread: send with a blocking sender.
+
+        The signal handler waits for this in the main thread, so a worker
+        running in the main thread's loop is frozen meanwhile. Closing (the
+        process ends next), its batch in flight is taken over and sent
+        again, since its answer will never be read; otherwise (the server
+        goes on with its graceful shutdown) it is left to the worker, which
+        then sends every later event at once.
+        """
+        worker = self._worker
+        main = threading.main_thread().ident
+        frozen = worker is not None and worker.thread_id == main
+        stuck = self._current
+        if closing and frozen and stuck is not None:
+            self._release_quietly(stuck)
+        sender = self._blocking_sender()
+        try:
+            self._send_at_signal(sender, deadline, closing=closing)
+        finally:
+            sender.close()
+        if not closing:
+            self._send_promptly()
+            return
+        self._stop()
+        self._account_leftovers()
+
+    def _send_at_signal(
+        self, sender: Sender, deadline: float, *, closing: bool
+    ) -> None:
+        """Send what is due; closing, also what comes due before `deadline`."""
+        while self._send_due_blocking(sender, deadline):
+            pass
+        while closing and self.outbox.depth():
+            plan = self._flush_wait(deadline)
+            if plan is None:
+                return
+            wait, _ = plan
+            time.sleep(min(wait, _POLL_INTERVAL))
+            self._send_due_blocking(sender, deadline)
+
+    def _blocking_sender(self) -> Sender:
+        if self._make_blocking_sender is not None:
+            return self._make_blocking_sender()
+        assert self._make_sender is not None
+        return _PortalSender(self._make_sender)
 
     def _drain_here(self, deadline: float) -> bool:
         """Deliver in a private loop in this thread: the exit path of last resort."""

@@ -13,9 +13,11 @@ put ──► pending ──claim──► in flight (leased) ──complete─�
            └───────────────requeue_rejected──────────┘
 ```
 
-- A claim takes up to N due events under a lease (a claim id and an expiry).
-  A lease that expires, because its process died or hung, makes its events
-  claimable again, so another worker re-sends them.
+- A claim takes up to N due events under a lease (a claim id and an expiry),
+  all stored in one mode (test or live, see `put`). A lease that expires,
+  because its process died or hung, makes its events claimable again, so
+  another worker re-sends them; a `SQLiteOutbox` also hands back at once
+  the leases of a process of this host that is gone.
 - `complete` deletes events Pinterest processed; `reject` keeps events
   Pinterest refused, with its reason, until `rejected_retention` passes;
   `defer` puts events back after a retryable failure, one attempt more and
@@ -25,14 +27,26 @@ put ──► pending ──claim──► in flight (leased) ──complete─�
   and in flight; rejected events have their own bound). `put` stores the
   longest prefix of its events that fits and returns how many it stored;
   with `atomic=True` it stores all of them or none.
+- Each stored event keeps the mode it was accepted in (`test`: Pinterest's
+  test mode, live, or None for "the sender's own"), so that events kept by
+  a test-mode client never go out live from another one, nor the reverse.
+
+Delivery is at least once. An event is deleted only once Pinterest answered
+for it, so a batch whose answer never arrived is sent again: after a read
+timeout or a lost connection once the request was sent, and when the
+process holding it was killed mid-send. The repeat carries the same
+`event_id`, by which Pinterest de-duplicates web and app events (offline
+events are not de-duplicated).
 
 Two stores: `MemoryOutbox` (in-process, the default) and `SQLiteOutbox`
 (a file; survives restarts and can be shared by several processes).
+Rejected events past `rejected_retention` are neither counted, listed nor
+requeued, in either store.
 
 Privacy: stores hold what the `WireEvent` payload holds, that is hashed user
 data and the unhashed IP address, user agent and click id Pinterest needs.
 Their statistics, `repr`s and log records hold counts, event ids, event
-names and Pinterest's messages, never payloads.
+names, process ids and Pinterest's messages, never payloads.
 """
 
 from __future__ import annotations
@@ -41,6 +55,8 @@ import heapq
 import itertools
 import logging
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -52,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from ._fork import abandon, register_fork_aware
+from ._fork import abandon, fresh_after_fork, register_fork_aware
 from .events import WireEvent
 from .exceptions import ConfigurationError
 
@@ -74,6 +90,10 @@ DEFAULT_REJECTED_RETENTION = 7 * 24 * 3600.0
 PURGED_LOG = (
     "deleted %d rejected events for good (past the retention or beyond the "
     "max_rejected bound)"
+)
+RECLAIMED_LOG = (
+    "%d events leased by process %d, which is gone, are due again at once; "
+    "Pinterest may have received them already"
 )
 
 _MAX_REASON_LENGTH = 500
@@ -103,13 +123,18 @@ class Claim:
 
     `expires_at` is in Unix seconds (the outbox's clock). Settle every item
     with `complete`, `reject`, `defer` or `release` before then; after it,
-    another claim may take them again. Its `repr` counts the events and
-    shows no payload.
+    another claim may take them again. `test` is the mode every event of
+    the claim was stored in: send them with it (None: the sender's own).
+    Its `repr` counts the events and shows no payload.
+
+    .. versionchanged:: 0.2
+       `test`.
     """
 
     claim_id: str
     expires_at: float
     items: tuple[OutboxItem, ...]
+    test: bool | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -117,7 +142,7 @@ class Claim:
     def __repr__(self) -> str:
         return (
             f"Claim(claim_id={self.claim_id!r}, expires_at={self.expires_at}, "
-            f"events={len(self.items)})"
+            f"events={len(self.items)}, test={self.test})"
         )
 
 
@@ -185,17 +210,27 @@ class Outbox(Protocol):
         """Whether calls may block on I/O (async callers use a thread)."""
         ...
 
-    def put(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+    def put(
+        self,
+        events: Sequence[WireEvent],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
+    ) -> int:
         """Store events in order; return how many were stored.
 
         The longest prefix that fits within the bounds is stored (all or
         none with `atomic=True`). Returns only once they are stored (on disk
-        for a durable store).
+        for a durable store). `test` is the mode they are to be sent in
+        (True: Pinterest's test mode; None: whatever the sender uses).
         """
         ...
 
     def claim(self, limit: int, *, lease: float) -> Claim | None:
-        """Take up to `limit` due events for `lease` seconds; None if none is due."""
+        """Take up to `limit` due events for `lease` seconds; None if none is due.
+
+        The events of one claim share their mode: the oldest due event's.
+        """
         ...
 
     def complete(self, claim: Claim, keys: Iterable[int]) -> None:
@@ -227,14 +262,18 @@ class Outbox(Protocol):
         ...
 
     def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
-        """The most recently rejected events, newest first, without payloads."""
+        """The most recently rejected events, newest first, without payloads.
+
+        Events past the retention are left out.
+        """
         ...
 
     def requeue_rejected(self, *, reason: str | None = None) -> int:
         """Make rejected events (all, or those with `reason`) pending again.
 
-        Their attempts start over. Returns how many were requeued. The size
-        bound is not applied: this is an operator's decision.
+        Their attempts start over; those past the retention are purged
+        instead. Returns how many were requeued. The size bound is not
+        applied: this is an operator's decision.
         """
         ...
 
@@ -298,6 +337,7 @@ def _most_common(counter: Counter[str]) -> dict[str, int]:
 class _MemoryEntry:
     key: int
     event: WireEvent
+    test: bool | None = None
     attempts: int = 0
     reason: str | None = None
     rejected_at: float = 0.0
@@ -367,7 +407,13 @@ class MemoryOutbox:
             f"max_bytes={self.max_bytes}, depth={len(self._live)})"
         )
 
-    def put(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+    def put(
+        self,
+        events: Sequence[WireEvent],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
+    ) -> int:
         """Store events in order; return how many fit (see `Outbox.put`)."""
         with self._lock:
             count = _fitting(
@@ -377,29 +423,47 @@ class MemoryOutbox:
                 self.max_bytes - self._live_bytes,
             )
             for event in events[:count]:
-                self._add(_MemoryEntry(next(self._keys), event))
+                self._add(_MemoryEntry(next(self._keys), event, test))
 
         return count
 
     def claim(self, limit: int, *, lease: float) -> Claim | None:
-        """Take up to `limit` due events for `lease` seconds (oldest first)."""
+        """Take up to `limit` due events for `lease` seconds (oldest first).
+
+        Only events of the oldest one's mode: the others keep their place.
+        """
         with self._lock:
             now = self._clock()
             self._return_expired_leases(now)
             self._return_due_deferred(now)
-            taken: dict[int, _MemoryEntry] = {}
             claim_id = uuid.uuid4().hex
-            while self._ready and len(taken) < limit:
-                entry = self._ready.popleft()
-                if not entry.gone:
-                    entry.claim_id = claim_id
-                    taken[entry.key] = entry
+            taken = self._take_ready(limit, claim_id)
             if not taken:
                 return None
-            self._leases[claim_id] = (now + lease, taken)
+            self._leases[claim_id] = (now + lease, {e.key: e for e in taken})
 
-        items = tuple(OutboxItem(e.key, e.event, e.attempts) for e in taken.values())
-        return Claim(claim_id, now + lease, items)
+        items = tuple(OutboxItem(e.key, e.event, e.attempts) for e in taken)
+        return Claim(claim_id, now + lease, items, taken[0].test)
+
+    def _take_ready(self, limit: int, claim_id: str) -> list[_MemoryEntry]:
+        """Up to `limit` ready entries of the first one's mode, leased to `claim_id`."""
+        taken: list[_MemoryEntry] = []
+        # Entries of the other mode, put back in front in their order. One
+        # client stores one mode, so this stays empty unless clients of both
+        # modes share the outbox.
+        skipped: list[_MemoryEntry] = []
+        while self._ready and len(taken) < limit:
+            entry = self._ready.popleft()
+            if entry.gone:
+                continue
+            if taken and entry.test != taken[0].test:
+                skipped.append(entry)
+                continue
+            entry.claim_id = claim_id
+            taken.append(entry)
+        self._ready.extendleft(reversed(skipped))
+
+        return taken
 
     def complete(self, claim: Claim, keys: Iterable[int]) -> None:
         """Delete events Pinterest processed (whoever holds them now)."""
@@ -479,6 +543,7 @@ class MemoryOutbox:
     def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
         """The most recently rejected events, newest first, without payloads."""
         with self._lock:
+            self._purge_rejected(self._clock())
             newest = list(reversed(self._rejected.values()))[:limit]
             return [
                 RejectedEvent(
@@ -495,6 +560,7 @@ class MemoryOutbox:
     def requeue_rejected(self, *, reason: str | None = None) -> int:
         """Make rejected events (all, or those with `reason`) pending again."""
         with self._lock:
+            self._purge_rejected(self._clock())
             chosen = [
                 entry
                 for entry in self._rejected.values()
@@ -502,7 +568,7 @@ class MemoryOutbox:
             ]
             for entry in chosen:
                 del self._rejected[entry.key]
-                self._add(_MemoryEntry(entry.key, entry.event))
+                self._add(_MemoryEntry(entry.key, entry.event, entry.test))
 
         return len(chosen)
 
@@ -578,12 +644,11 @@ MODE_NOT_RESTRICTED_LOG = (
 
 
 def _check_usable_path(path: Path) -> None:
-    """Raise `ConfigurationError` when the outbox file cannot be used.
+    """Raise `ConfigurationError` when the outbox path cannot be used.
 
-    Checked at construction, without creating anything: the file must be a
-    readable and writable file, or creatable; its directory (created when
-    missing) must be writable, since SQLite keeps its -wal and -shm files
-    beside it.
+    Checked before anything is created: the file must be a readable and
+    writable file, or creatable; its directory (created when missing) must
+    be writable, since SQLite keeps its -wal and -shm files beside it.
     """
     if path.is_dir():
         raise ConfigurationError(f"the outbox path {path} is a directory, not a file")
@@ -626,13 +691,19 @@ def _restrict_mode(path: Path) -> None:
         logger.warning(MODE_NOT_RESTRICTED_LOG, path, type(exc).__name__)
 
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _PENDING = 0
 _REJECTED = 1
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 # `available_at` is when an event may next be claimed: its creation, the end
 # of its backoff, or the end of the lease holding it. A single indexed column
 # makes "what is due" one range scan, whatever the reason for the wait.
+# `test_mode` is the mode an event was accepted in: 1 test, 0 live, NULL
+# the sender's own (events of schema 1, or of a dispatcher given no mode).
+# `lease_host`, `lease_pid` and `lease_token` name the process holding the
+# lease, so that the leases of a process of this host that is gone can be
+# handed back at once instead of when they expire.
 # The triggers keep the bounds (counts and bytes) in one row, so `put` checks
 # them without scanning the table.
 _SCHEMA = """
@@ -648,7 +719,11 @@ CREATE TABLE IF NOT EXISTS events (
     available_at REAL NOT NULL,
     lease_id TEXT,
     reason TEXT,
-    rejected_at REAL
+    rejected_at REAL,
+    test_mode INTEGER,
+    lease_host TEXT,
+    lease_pid INTEGER,
+    lease_token TEXT
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (state, available_at, id);
 CREATE INDEX IF NOT EXISTS events_lease ON events (lease_id)
@@ -686,15 +761,110 @@ WHEN OLD.state <> NEW.state BEGIN
 END;
 """
 
+# What brings a file of version n - 1 to version n. Columns are only ever
+# added, so that processes still running an older version keep working.
+_UPGRADES: dict[int, str] = {
+    2: """
+ALTER TABLE events ADD COLUMN test_mode INTEGER;
+ALTER TABLE events ADD COLUMN lease_host TEXT;
+ALTER TABLE events ADD COLUMN lease_pid INTEGER;
+ALTER TABLE events ADD COLUMN lease_token TEXT;
+""",
+}
+
+
+class _Claimant(NamedTuple):
+    """The process a lease names: its host, its id, and a token of this run."""
+
+    host: str
+    pid: int
+    token: str
+
+
+def _host_name() -> str:
+    """This host as leases name it: its name and its process-id namespace.
+
+    Process ids mean the same thing only within one namespace: containers
+    that share a file and a host name, but not their process ids, count as
+    different hosts (their leases expire instead).
+    """
+    name = socket.gethostname()
+    try:
+        namespace = Path("/proc/self/ns/pid").readlink()
+    except OSError:
+        return name
+
+    return f"{name} {namespace}"
+
+
+def _new_claimant() -> _Claimant:
+    return _Claimant(_host_name(), os.getpid(), secrets.token_hex(8))
+
+
+# Made once, at import, so that every thread claims under the same token;
+# a forked child makes its own.
+_claimant = _new_claimant()
+
+
+def _renew_claimant() -> None:
+    global _claimant
+    _claimant = _new_claimant()
+
+
+fresh_after_fork(_renew_claimant)
+
+
+def _is_gone(pid: int, token: str, me: _Claimant) -> bool:
+    """Whether process `pid` of this host, which leased as `token`, has ended."""
+    if pid == me.pid:
+        # An earlier process with this id: a container's first process
+        # after a restart, for one.
+        return token != me.token
+    if os.name != "posix" or pid <= 0:
+        # Signal 0 probes only on POSIX; ids below 1 name process groups.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        # PermissionError: it runs, under another user.
+        return False
+
+    return False
+
+
+def _unusable(path: Path, reason: str) -> ConfigurationError:
+    return ConfigurationError(f"the outbox file {path} cannot be used: {reason}")
+
+
+def _error_reason(error: BaseException) -> str:
+    """One line for an SQLite or OS error; they name no event field."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return " ".join(str(error).split()) or type(error).__name__
+
 
 class _PendingPut:
     """One `put` call waiting for the group commit that stores it."""
 
-    __slots__ = ("atomic", "error", "events", "finished", "leads", "stored", "wake")
+    __slots__ = (
+        "atomic",
+        "error",
+        "events",
+        "finished",
+        "leads",
+        "stored",
+        "test",
+        "wake",
+    )
 
-    def __init__(self, events: Sequence[WireEvent], atomic: bool) -> None:
+    def __init__(
+        self, events: Sequence[WireEvent], atomic: bool, test: bool | None
+    ) -> None:
         self.events = events
         self.atomic = atomic
+        self.test = test
         self.stored = 0
         self.error: BaseException | None = None
         self.finished = False
@@ -709,8 +879,18 @@ class SQLiteOutbox:
     crash or a `kill -9` of the process, and the next process to open the
     file sends it. Several processes (uvicorn or gunicorn workers) may share
     the file: a claim is one `BEGIN IMMEDIATE` transaction, so each event is
-    leased to one process at a time, and the lease of a process that died
-    expires. Retry times are stored, so backoff survives restarts.
+    leased to one process at a time. Each lease names its process (host,
+    process id and a random token of that run); the leases of a process of
+    this host that has ended are handed back when the file is opened and at
+    every claim, so a restart after a crash re-sends that batch at once.
+    Leases of other hosts, of processes in another process-id namespace
+    (containers) or of older versions expire instead. Retry times are
+    stored, so backoff survives restarts.
+
+    The batch a killed process was sending is sent again, although
+    Pinterest may have processed it: delivery is at least once, and
+    Pinterest de-duplicates web and app events by `event_id` (offline
+    events are not de-duplicated).
 
     Writes from many threads are grouped: while one transaction commits,
     the `put`s arriving meanwhile queue up and go into the next one
@@ -721,10 +901,14 @@ class SQLiteOutbox:
     process being killed; after a power loss the last commits may be lost.
     Pass `synchronous="FULL"` to sync every commit to disk.
 
+    The file is opened at construction: a path that cannot be used (under a
+    file, a directory, not writable), a file that is not an SQLite
+    database, is damaged, is another application's database or was written
+    by a newer version raises `ConfigurationError` naming the path. A file
+    of an older version is upgraded in place.
+
     Args:
-        path: the database file; its directory is created at first use if
-            missing. A path that cannot be used (under a file, a directory,
-            not writable) raises `ConfigurationError` at construction.
+        path: the database file; its directory is created if missing.
         max_events: the most pending and in-flight events held.
         max_bytes: the most payload bytes held by those events.
         max_rejected: the most rejected events kept (oldest purged first).
@@ -732,12 +916,22 @@ class SQLiteOutbox:
         busy_timeout: seconds to wait for another process's transaction.
         synchronous: `"NORMAL"` (default) or `"FULL"`.
         clock: the time in Unix seconds, shared across processes.
+        readonly: open an existing outbox to read it only (`stats`,
+            `depth`, `list_rejected`): nothing is created, upgraded,
+            changed or chmodded, and a file that is not an outbox raises
+            `ConfigurationError`. SQLite may still create the -wal and -shm
+            files it needs to read a WAL database. Writes raise
+            `sqlite3.OperationalError`.
 
     Privacy: the file holds hashed user data and the unhashed IP address,
     user agent and click id of each pending or rejected event. On POSIX it
     is made readable by its owner only (mode 0600), with its -wal and -shm
     files, whether this class created it or found it; when that fails (a
     file owned by another user) a WARNING says so.
+
+    .. versionchanged:: 0.2
+       Opened and checked at construction; `readonly`; leases name their
+       process; events keep their test mode (schema version 2).
     """
 
     durable = True
@@ -754,6 +948,7 @@ class SQLiteOutbox:
         busy_timeout: float = 5.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         if str(path) == ":memory:" or not str(path):
             raise ConfigurationError(
@@ -762,7 +957,8 @@ class SQLiteOutbox:
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError('synchronous must be "NORMAL" or "FULL"')
         _check_bounds(max_events, max_bytes, max_rejected)
-        _check_usable_path(Path(path))
+        if not readonly:
+            _check_usable_path(Path(path))
         self.path = Path(path)
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -770,8 +966,10 @@ class SQLiteOutbox:
         self.rejected_retention = rejected_retention
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
+        self.readonly = readonly
         self._clock = clock
         self._setup()
+        self._open()
         register_fork_aware(self)
 
     def _setup(self) -> None:
@@ -789,21 +987,46 @@ class SQLiteOutbox:
         self._setup()
 
     def __repr__(self) -> str:
-        return f"SQLiteOutbox({str(self.path)!r})"
+        readonly = ", readonly=True" if self.readonly else ""
+        return f"SQLiteOutbox({str(self.path)!r}{readonly})"
 
     # --- connections ---
 
+    def _open(self) -> None:
+        """Open the file now, so that an unusable one fails at construction."""
+        try:
+            if self.readonly:
+                with self._reading():
+                    pass
+            else:
+                with self._write_lock:
+                    self._write_connection()
+        except ConfigurationError:
+            self.close()
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise _unusable(self.path, _error_reason(exc)) from None
+
     def _connect(self) -> sqlite3.Connection:
-        self._create_file()
+        self._check_header()
+        if self.readonly:
+            # Never creates the file, and never writes to it.
+            target: str | Path = self.path.resolve().as_uri() + "?mode=ro"
+        else:
+            target = self.path
         conn = sqlite3.connect(
-            self.path,
+            target,
             timeout=self.busy_timeout,
             isolation_level=None,
             check_same_thread=False,
+            uri=self.readonly,
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
 
         return conn
 
@@ -812,16 +1035,32 @@ class SQLiteOutbox:
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, _FILE_MODE)
             os.close(fd)
-        # SQLite gives new -wal and -shm files the database file's mode; a
-        # file created by an older version or another tool may be wider.
-        for name in _sqlite_files(self.path):
-            _restrict_mode(name)
+
+    def _check_header(self) -> None:
+        """Refuse a file that is not SQLite's before SQLite touches it."""
+        with self.path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+        if header and header != _SQLITE_HEADER:
+            raise _unusable(self.path, "it is not an SQLite database")
 
     def _write_connection(self) -> sqlite3.Connection:
+        if self.readonly:
+            raise sqlite3.OperationalError("this outbox was opened read-only")
         if self._writer is None:
+            self._create_file()
             conn = self._connect()
             try:
-                _create_schema(conn)
+                _prepare_schema(conn, self.path)
+                # Only once the file is known to be an outbox: SQLite gives
+                # new -wal and -shm files the database file's mode, and a
+                # file created by an older version or another tool may be
+                # wider.
+                for name in _sqlite_files(self.path):
+                    _restrict_mode(name)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                with _transaction(conn):
+                    self._release_dead_leases(conn, self._clock())
             except BaseException:
                 conn.close()
                 raise
@@ -829,16 +1068,27 @@ class SQLiteOutbox:
 
         return self._writer
 
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            conn = self._connect()
+            if self.readonly:
+                try:
+                    _check_schema(conn, self.path)
+                except BaseException:
+                    conn.close()
+                    raise
+            self._reader = conn
+
+        return self._reader
+
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        if self._writer is None:
+        if self._writer is None and not self.readonly:
             # The schema is created by the write connection, once.
             with self._write_lock:
                 self._write_connection()
         with self._read_lock:
-            if self._reader is None:
-                self._reader = self._connect()
-            yield self._reader
+            yield self._read_connection()
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -849,19 +1099,30 @@ class SQLiteOutbox:
 
     # --- writes ---
 
-    def put(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+    def put(
+        self,
+        events: Sequence[WireEvent],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
+    ) -> int:
         """Store events in order, committed before this returns (group commit).
 
         Returns how many were stored: the longest prefix that fits, or all
-        or none with `atomic=True`. Raises `sqlite3.Error` when the write
-        fails (disk full, file locked past `busy_timeout`).
+        or none with `atomic=True`. `test` is kept with each (see
+        `Outbox.put`). Raises `sqlite3.Error` when the write fails (disk
+        full, file locked past `busy_timeout`).
         """
         if not events:
             return 0
-        return self.put_many([events], atomic=atomic)[0]
+        return self.put_many([events], atomic=atomic, test=test)[0]
 
     def put_many(
-        self, batches: Sequence[Sequence[WireEvent]], *, atomic: bool = False
+        self,
+        batches: Sequence[Sequence[WireEvent]],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
     ) -> list[int]:
         """`put` several callers' events in one transaction, each on its own.
 
@@ -870,7 +1131,7 @@ class SQLiteOutbox:
         before it, as if `put` had been called for each in turn. Raises
         `sqlite3.Error` when the write fails, for all of them.
         """
-        requests = [_PendingPut(events, atomic) for events in batches if events]
+        requests = [_PendingPut(events, atomic, test) for events in batches if events]
         if requests:
             self._put_requests(requests)
         stored = iter(request.stored for request in requests)
@@ -928,6 +1189,7 @@ class SQLiteOutbox:
                     request.events, request.atomic, room_events, room_bytes
                 )
                 request.stored = count
+                mode = None if request.test is None else int(request.test)
                 for event in request.events[:count]:
                     size = len(event.payload)
                     room_events -= 1
@@ -940,39 +1202,75 @@ class SQLiteOutbox:
                             size,
                             now,
                             now,
+                            mode,
                         )
                     )
             conn.executemany(
                 "INSERT INTO events (event_id, event_name, payload, size,"
-                " created_at, available_at) VALUES (?, ?, ?, ?, ?, ?)",
+                " created_at, available_at, test_mode)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
     def claim(self, limit: int, *, lease: float) -> Claim | None:
-        """Take up to `limit` due events for `lease` seconds, atomically."""
+        """Take up to `limit` due events for `lease` seconds, atomically.
+
+        All of the oldest due event's mode. The leases of processes of this
+        host that have ended are handed back first (see the class docs).
+        """
         claim_id = uuid.uuid4().hex
         now = self._clock()
         expires_at = now + lease
+        me = _claimant
         with self._writing() as conn:
+            self._release_dead_leases(conn, now)
+            oldest = conn.execute(
+                "SELECT test_mode FROM events WHERE state = 0 AND available_at <= ?"
+                " ORDER BY available_at, id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if oldest is None:
+                return None
+            (mode,) = oldest
             conn.execute(
-                "UPDATE events SET lease_id = ?, available_at = ? WHERE id IN ("
+                "UPDATE events SET lease_id = ?, available_at = ?, lease_host = ?,"
+                " lease_pid = ?, lease_token = ? WHERE id IN ("
                 " SELECT id FROM events WHERE state = 0 AND available_at <= ?"
-                " ORDER BY available_at, id LIMIT ?)",
-                (claim_id, expires_at, now, limit),
+                " AND test_mode IS ? ORDER BY available_at, id LIMIT ?)",
+                (claim_id, expires_at, me.host, me.pid, me.token, now, mode, limit),
             )
             rows = conn.execute(
                 "SELECT id, event_id, event_name, payload, attempts FROM events"
                 " WHERE lease_id = ? ORDER BY id",
                 (claim_id,),
             ).fetchall()
-        if not rows:
-            return None
         items = tuple(
             OutboxItem(key, WireEvent(event_id, name, bytes(payload)), attempts)
             for key, event_id, name, payload, attempts in rows
         )
 
-        return Claim(claim_id, expires_at, items)
+        return Claim(claim_id, expires_at, items, None if mode is None else bool(mode))
+
+    def _release_dead_leases(self, conn: sqlite3.Connection, now: float) -> None:
+        """Hand back the leases of processes of this host that have ended."""
+        me = _claimant
+        holders = conn.execute(
+            "SELECT DISTINCT lease_pid, lease_token FROM events"
+            " WHERE lease_id IS NOT NULL AND state = 0 AND available_at > ?"
+            " AND lease_host = ? AND lease_token IS NOT NULL",
+            (now, me.host),
+        ).fetchall()
+        for pid, token in holders:
+            if not _is_gone(pid, token, me):
+                continue
+            released = conn.execute(
+                "UPDATE events SET lease_id = NULL, lease_host = NULL,"
+                " lease_pid = NULL, lease_token = NULL, available_at = created_at"
+                " WHERE lease_token = ? AND lease_id IS NOT NULL AND state = 0",
+                (token,),
+            ).rowcount
+            if released:
+                logger.warning(RECLAIMED_LOG, released, pid)
 
     def complete(self, claim: Claim, keys: Iterable[int]) -> None:
         """Delete events Pinterest processed (whoever holds them now)."""
@@ -985,7 +1283,9 @@ class SQLiteOutbox:
         with self._writing() as conn:
             conn.executemany(
                 "UPDATE events SET state = 1, reason = ?, rejected_at = ?,"
-                " lease_id = NULL, attempts = attempts + 1 WHERE id = ? AND state = 0",
+                " lease_id = NULL, lease_host = NULL, lease_pid = NULL,"
+                " lease_token = NULL, attempts = attempts + 1"
+                " WHERE id = ? AND state = 0",
                 [(_clean_reason(r), now, key) for key, r in reasons.items()],
             )
             self._purge_rejected(conn, now)
@@ -996,7 +1296,8 @@ class SQLiteOutbox:
         text = _clean_reason(reason)
         with self._writing() as conn:
             conn.executemany(
-                "UPDATE events SET lease_id = NULL, attempts = attempts + 1,"
+                "UPDATE events SET lease_id = NULL, lease_host = NULL,"
+                " lease_pid = NULL, lease_token = NULL, attempts = attempts + 1,"
                 " available_at = ?, reason = ? WHERE id = ? AND lease_id = ?",
                 [(now + d, text, key, claim.claim_id) for key, d in delays.items()],
             )
@@ -1005,19 +1306,26 @@ class SQLiteOutbox:
         """Put back unsent events, due at once, in their original order."""
         with self._writing() as conn:
             conn.executemany(
-                "UPDATE events SET lease_id = NULL, available_at = created_at"
+                "UPDATE events SET lease_id = NULL, lease_host = NULL,"
+                " lease_pid = NULL, lease_token = NULL, available_at = created_at"
                 " WHERE id = ? AND lease_id = ?",
                 [(key, claim.claim_id) for key in keys],
             )
 
     def requeue_rejected(self, *, reason: str | None = None) -> int:
-        """Make rejected events (all, or those with `reason`) pending again."""
+        """Make rejected events (all, or those with `reason`) pending again.
+
+        Those past the retention are purged first, not requeued.
+        """
         now = self._clock()
         query = (
             "UPDATE events SET state = 0, attempts = 0, reason = NULL,"
-            " rejected_at = NULL, lease_id = NULL, available_at = ? WHERE state = 1"
+            " rejected_at = NULL, lease_id = NULL, lease_host = NULL,"
+            " lease_pid = NULL, lease_token = NULL, available_at = ?"
+            " WHERE state = 1"
         )
         with self._writing() as conn:
+            self._purge_rejected(conn, now)
             if reason is None:
                 cursor = conn.execute(query, (now,))
             else:
@@ -1053,11 +1361,20 @@ class SQLiteOutbox:
         return int(count)
 
     def stats(self) -> OutboxStats:
-        """Counts by state and the reasons behind deferred and rejected events."""
+        """Counts by state and the reasons behind deferred and rejected events.
+
+        Rejected events past the retention are left out (they are purged by
+        the next write that purges: `reject`, `requeue_rejected`).
+        """
         now = self._clock()
+        kept_since = now - self.rejected_retention
         with self._reading() as conn:
-            live, size, rejected = conn.execute(
-                "SELECT live_count, live_bytes, rejected_count FROM totals WHERE id = 0"
+            live, size = conn.execute(
+                "SELECT live_count, live_bytes FROM totals WHERE id = 0"
+            ).fetchone()
+            (rejected,) = conn.execute(
+                "SELECT count(*) FROM events WHERE state = 1 AND rejected_at > ?",
+                (kept_since,),
             ).fetchone()
             in_flight, deferred, next_at = conn.execute(
                 "SELECT"
@@ -1067,9 +1384,11 @@ class SQLiteOutbox:
                 " FROM events WHERE state = 0 AND available_at > ?",
                 (now,),
             ).fetchone()
-            rejected_reasons = self._reasons(conn, "state = 1")
+            rejected_reasons = self._reasons(
+                conn, "state = 1 AND rejected_at > ?", (kept_since,)
+            )
             deferred_reasons = self._reasons(
-                conn, "state = 0 AND reason IS NOT NULL AND attempts > 0"
+                conn, "state = 0 AND reason IS NOT NULL AND attempts > 0", ()
             )
 
         return OutboxStats(
@@ -1084,21 +1403,28 @@ class SQLiteOutbox:
         )
 
     @staticmethod
-    def _reasons(conn: sqlite3.Connection, where: str) -> dict[str, int]:
+    def _reasons(
+        conn: sqlite3.Connection, where: str, parameters: tuple[float, ...]
+    ) -> dict[str, int]:
         rows = conn.execute(
             f"SELECT reason, count(*) AS n FROM events WHERE {where}"  # noqa: S608 - fixed clauses, no input
-            f" GROUP BY reason ORDER BY n DESC, reason LIMIT {_MAX_LISTED_REASONS}"
+            f" GROUP BY reason ORDER BY n DESC, reason LIMIT {_MAX_LISTED_REASONS}",
+            parameters,
         ).fetchall()
         return {reason or "": n for reason, n in rows}
 
     def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
-        """The most recently rejected events, newest first, without payloads."""
+        """The most recently rejected events, newest first, without payloads.
+
+        Those past the retention are left out.
+        """
+        kept_since = self._clock() - self.rejected_retention
         with self._reading() as conn:
             rows = conn.execute(
                 "SELECT id, event_id, event_name, reason, rejected_at, attempts"
-                " FROM events WHERE state = 1 ORDER BY rejected_at DESC, id DESC"
-                " LIMIT ?",
-                (limit,),
+                " FROM events WHERE state = 1 AND rejected_at > ?"
+                " ORDER BY rejected_at DESC, id DESC LIMIT ?",
+                (kept_since, limit),
             ).fetchall()
 
         return [RejectedEvent(*row) for row in rows]
@@ -1113,16 +1439,42 @@ class SQLiteOutbox:
             self._reader = None
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
+def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a new file, or bring an older outbox up to date."""
     with _transaction(conn):
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > _SCHEMA_VERSION:
-            raise ConfigurationError(
-                "the outbox file was written by a newer pinterest_mw"
-            )
-        for statement in _statements(_SCHEMA):
+        version = _check_schema(conn, path, allow_empty=True)
+        if version == 0:
+            script = _SCHEMA
+        else:
+            steps = range(version + 1, _SCHEMA_VERSION + 1)
+            script = "".join(_UPGRADES[step] for step in steps)
+        for statement in _statements(script):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+
+def _check_schema(
+    conn: sqlite3.Connection, path: Path, *, allow_empty: bool = False
+) -> int:
+    """The outbox's schema version; `ConfigurationError` if it is none of ours.
+
+    Version 0 is a database without tables (a new file), allowed only with
+    `allow_empty`.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > _SCHEMA_VERSION:
+        raise _unusable(
+            path,
+            f"it was written by a newer pinterest_mw (schema version {version})",
+        )
+    listed = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    tables = {name for (name,) in listed}
+    if version == 0 and allow_empty and not tables:
+        return 0
+    if version < 1 or not {"events", "totals"} <= tables:
+        raise _unusable(path, "it is not a pinterest_mw outbox")
+
+    return int(version)
 
 
 @contextmanager

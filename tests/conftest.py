@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,6 +18,18 @@ if TYPE_CHECKING:
 # Not imported at the top: pytest must load the plugin module itself (below)
 # to rewrite its assertions.
 _FAKE = "pinterest_mw.testing"
+
+
+@pytest.fixture(autouse=True)
+def own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in a directory of its own.
+
+    The embedded default keeps events in `./pinterest-mw-data`, and a
+    sending client without an outbox takes that file over when it exists
+    (a `pinterest-mw serve` run from the checkout leaves one): no test may
+    read or write the directory the suite is started from.
+    """
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A separate process for the outbox tests that kill, restart and share processes.
+"""A separate process for the tests that kill, restart, signal and share processes.
 
 Usage:
 
@@ -6,12 +6,24 @@ Usage:
         Track COUNT events into the SQLite outbox at OUTBOX (nothing is sent
         before the process ends: the flush interval is long), print each
         event id, then "accepted", then sleep until killed.
+    python outbox_process.py send OUTBOX API_URL COUNT BATCH_SIZE
+        Track COUNT events into the SQLite outbox at OUTBOX and send them at
+        once, in batches of BATCH_SIZE; print each event id, then
+        "accepted", then sleep until killed (the test kills it mid-send).
     python outbox_process.py deliver OUTBOX API_URL TIMEOUT
         Deliver what the outbox holds until it is empty (or TIMEOUT seconds
         pass), then print "delivered <processed count>".
+    python outbox_process.py share OUTBOX API_URL BATCH_SIZE
+        Print "ready", wait for a line on stdin, then deliver what the outbox
+        holds in batches of BATCH_SIZE until it is empty (in every process
+        sharing it), then print "delivered <processed count>".
     python outbox_process.py exit API_URL COUNT
         Track COUNT events in memory with a long flush interval, print each
         event id, then return: the exit hook must deliver them.
+    python outbox_process.py sigterm API_URL COUNT
+        Track COUNT events in memory with a long flush interval, print each
+        event id, then "accepted", then sleep until a signal ends it: the
+        SIGTERM hook must deliver them.
 
 The fake API's token and ad account are used throughout.
 """
@@ -51,6 +63,13 @@ def track(target: Client, count: int) -> None:
         print(event.event_id, flush=True)
 
 
+def deliver(target: Client, timeout: float) -> None:
+    target.start()
+    target.flush(timeout)
+    print(f"delivered {target.counters.processed}", flush=True)
+    target.close()
+
+
 def main(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "accept":
@@ -58,16 +77,29 @@ def main(argv: list[str]) -> None:
         track(client(api_url, outbox=outbox, flush_interval=3600), count)
         print("accepted", flush=True)
         time.sleep(3600)
+    elif mode == "send":
+        outbox, api_url, count, size = argv[1], argv[2], int(argv[3]), int(argv[4])
+        sender = client(api_url, outbox=outbox, flush_interval=0.02, batch_size=size)
+        track(sender, count)
+        print("accepted", flush=True)
+        time.sleep(3600)
     elif mode == "deliver":
         outbox, api_url, timeout = argv[1], argv[2], float(argv[3])
-        deliverer = client(api_url, outbox=outbox, flush_interval=0.02)
-        deliverer.start()
-        deliverer.flush(timeout)
-        print(f"delivered {deliverer.counters.processed}", flush=True)
-        deliverer.close()
+        deliver(client(api_url, outbox=outbox, flush_interval=0.02), timeout)
+    elif mode == "share":
+        outbox, api_url, size = argv[1], argv[2], int(argv[3])
+        sharer = client(api_url, outbox=outbox, flush_interval=0.02, batch_size=size)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        deliver(sharer, 60)
     elif mode == "exit":
         api_url, count = argv[1], int(argv[2])
         track(client(api_url, flush_interval=3600), count)
+    elif mode == "sigterm":
+        api_url, count = argv[1], int(argv[2])
+        track(client(api_url, flush_interval=3600), count)
+        print("accepted", flush=True)
+        time.sleep(3600)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

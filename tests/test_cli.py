@@ -8,6 +8,7 @@ pinterest_mw.cli`) against the fake served on 127.0.0.1.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -18,6 +19,8 @@ import re
 import select
 import signal
 import socket
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -1148,7 +1151,7 @@ def test_map_matches_json_keys_ignoring_case(cli, tmp_path):
 
 
 def outbox_stats(path: Path) -> OutboxStats:
-    outbox = SQLiteOutbox(path)
+    outbox = SQLiteOutbox(path, readonly=True)
     try:
         return outbox.stats()
     finally:
@@ -1234,6 +1237,37 @@ def test_outbox_retry_can_pick_one_reason(cli, outbox_file):
     stats = outbox_stats(outbox_file)
     assert (stats.pending, stats.rejected) == (3, 2)
     assert result.stdout == "re-queued 1 rejected event with that reason\n"
+
+
+def test_outbox_listing_leaves_the_file_as_it_was(cli, outbox_file):
+    """Another process's outbox: no table created, no WAL switch, no chmod."""
+    with contextlib.closing(sqlite3.connect(outbox_file)) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    outbox_file.chmod(0o644)
+    before = outbox_file.read_bytes()
+
+    result = cli("outbox", "--path", str(outbox_file), "--rejected", "5")
+
+    with contextlib.closing(sqlite3.connect(outbox_file)) as conn:
+        (journal,) = conn.execute("PRAGMA journal_mode").fetchone()
+    assert result.exit_code == EXIT_OK
+    assert outbox_file.read_bytes() == before
+    assert (stat.S_IMODE(outbox_file.stat().st_mode), journal) == (0o644, "delete")
+
+
+def test_outbox_listing_refuses_a_file_that_is_not_an_outbox(cli, tmp_path):
+    path = tmp_path / "orders.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+
+    result = cli("outbox", "--path", str(path))
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count("\n") == 1
+    assert f"{path} cannot be used: it is not a pinterest_mw outbox" in result.stderr
+    assert tables == [("orders",)]
 
 
 @pytest.mark.parametrize("args", [["outbox"], ["outbox", "retry"]])
@@ -1442,6 +1476,29 @@ def test_serve_refuses_unusable_outbox_bounds(cli, args):
 
     assert result.exit_code == EXIT_ERROR
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"order_id,email\n1,ann@example.com\n" * 40,
+        b"SQLite format 3\x00" + b"\x01" * 4000,
+    ],
+    ids=["not-sqlite", "damaged"],
+)
+def test_serve_with_an_outbox_file_that_is_no_outbox_is_one_line(tmp_path, content):
+    """Refused at start-up, not with a 503 at the first request."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(content)
+
+    result = run_cli("serve", "--port", "0", "--outbox", str(junk), cwd=tmp_path)
+
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr.startswith("pinterest-mw: error: ")
+    assert result.stderr.count("\n") == 1
+    assert str(junk) in result.stderr
+    assert "ann@example.com" not in result.stderr
 
 
 def test_serve_refuses_a_bad_test_endpoint_variable(cli):
@@ -1672,12 +1729,17 @@ def test_serve_delivers_events_an_earlier_run_kept_first(tmp_path, fake_api):
     assert [e["event_id"] for e in fake.events] == kept["event_ids"]
 
 
-@pytest.mark.e2e
-def test_serve_with_two_workers_shares_one_outbox(tmp_path):
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.e2e
+def test_serve_with_two_workers_without_credentials_says_so_once(tmp_path):
     outbox = tmp_path / "kept.sqlite3"
+    port = free_port()
 
     with serving(tmp_path, "--outbox", str(outbox), "--workers", "2", port=port) as s:
         for index in range(4):
@@ -1686,6 +1748,87 @@ def test_serve_with_two_workers_shares_one_outbox(tmp_path):
 
     assert outbox_stats(outbox).pending == 4
     assert len([line for line in s.log if "not sent" in line]) == 1
+
+
+class PeerPorts:
+    """Wraps an ASGI app: the client port of every POST it receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.ports: set[int] = set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["client"]:
+            self.ports.add(scope["client"][1])
+        await self.app(scope, receive, send)
+
+
+def children_of(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (Linux /proc)."""
+    children = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat_file.parent.name))
+    return children
+
+
+def processes_connected_from(ports: set[int], parent: int) -> set[int]:
+    """Which children of `parent` hold the TCP connections from `ports`."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                inodes.add(f"socket:[{fields[9]}]")
+    owners = set()
+    for pid in children_of(parent):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if str(fd.readlink()) in inodes:
+                        owners.add(pid)
+    return owners
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not Path("/proc/net/tcp").exists(), reason="finds the sending processes in /proc"
+)
+def test_serve_with_two_workers_sends_each_event_once(tmp_path):
+    """Both workers claim from the shared outbox while the other one sends.
+
+    The fake holds each request a little, so that without working leases a
+    worker would claim a batch the other is still sending.
+    """
+    fake = FakePinterestAPI(latency=0.1)
+    peers = PeerPorts(fake.app)
+    fake.app = peers  # type: ignore[assignment]
+    args = ("--workers", "2", "--flush-interval", "0.05")
+
+    with (
+        serve_fake_api(fake) as url,
+        serving(tmp_path, *args, env=sending_env(url), port=free_port()) as s,
+    ):
+        wait_until(
+            lambda: "".join(s.log).count("Application startup complete") == 2,
+            "both workers to start",
+        )
+        posted = []
+        for index in range(40):
+            posted += post_event(s, f"buyer{index}@example.com")["event_ids"]
+            time.sleep(0.02)
+        wait_until(lambda: len(fake.events) >= 40, "40 events at the fake API")
+        senders = processes_connected_from(peers.ports, s.process.pid)
+        s.stop()
+
+    received = collections.Counter(event["event_id"] for event in fake.events)
+    assert sorted(received) == sorted(posted)
+    assert set(received.values()) == {1}
+    assert len(senders) == 2
 
 
 @pytest.mark.e2e

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from pinterest_mw._shutdown import close_all_at_exit
 from pinterest_mw.dispatch import (
     ACCOUNT_REFUSED_LOG,
     CLOSED_LOST_LOG,
@@ -28,7 +30,6 @@ from pinterest_mw.dispatch import (
     DeliveryBackoff,
     DeliveryFailure,
     ThreadDispatcher,
-    _close_all_at_exit,
 )
 from pinterest_mw.events import WireEvent, build_event
 from pinterest_mw.exceptions import (
@@ -80,6 +81,8 @@ class FakeSender:
     def __init__(self, *outcomes: Outcome) -> None:
         self.outcomes: deque[Outcome] = deque(outcomes)
         self.batches: list[list[str]] = []
+        # The `test` argument of each request, in order.
+        self.modes: list[bool | None] = []
         self.closed = False
         self._changed = threading.Condition()
 
@@ -93,9 +96,12 @@ class FakeSender:
         with self._changed:
             return self._changed.wait_for(lambda: len(self.batches) >= count, timeout)
 
-    def answer(self, batch: Sequence[WireEvent]) -> list[EventResult]:
+    def answer(
+        self, batch: Sequence[WireEvent], test: bool | None = None
+    ) -> list[EventResult]:
         with self._changed:
             self.batches.append([event.event_id for event in batch])
+            self.modes.append(test)
             outcome = self.outcomes.popleft() if self.outcomes else "processed"
             self._changed.notify_all()
         if isinstance(outcome, BaseException):
@@ -115,7 +121,7 @@ class FakeSender:
     def send_batch(
         self, batch: Sequence[WireEvent], *, test: bool | None = None
     ) -> list[EventResult]:
-        return self.answer(batch)
+        return self.answer(batch, test)
 
     def close(self) -> None:
         self.closed = True
@@ -131,7 +137,7 @@ class AsyncFakeSender:
         self, batch: Sequence[WireEvent], *, test: bool | None = None
     ) -> list[EventResult]:
         await anyio.lowlevel.checkpoint()
-        return self.fake.answer(batch)
+        return self.fake.answer(batch, test)
 
     async def aclose(self) -> None:
         self.fake.closed = True
@@ -289,7 +295,7 @@ def test_the_exit_hook_flushes_open_dispatchers(
     dispatcher = make_thread(sender, flush_interval=60)
     dispatcher.submit(wire(2))
 
-    _close_all_at_exit()
+    close_all_at_exit()
 
     assert sender.sent_ids == ["event-0", "event-1"]
 
@@ -945,10 +951,13 @@ async def test_async_dispatcher_writes_a_durable_outbox_off_the_loop(
 
     # `put` writes through `put_many`, and grouped writes call it directly.
     def recording_put_many(
-        batches: Sequence[Sequence[WireEvent]], *, atomic: bool = False
+        batches: Sequence[Sequence[WireEvent]],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
     ) -> list[int]:
         put_threads.append(threading.get_ident())
-        return put_many(batches, atomic=atomic)
+        return put_many(batches, atomic=atomic, test=test)
 
     outbox.put_many = recording_put_many  # type: ignore[method-assign]
 
@@ -1167,3 +1176,230 @@ async def test_a_claim_cancelled_midway_is_handed_back(
     assert await anyio.to_thread.run_sync(released.wait, 5)
     stats = outbox.stats()
     assert (stats.pending, stats.in_flight) == (1, 0)
+
+
+# --- test mode ---
+
+
+@pytest.mark.parametrize("mode", [True, False, None])
+def test_events_are_stored_in_the_dispatchers_test_mode(
+    make_thread: Callable[..., ThreadDispatcher], mode: bool | None
+) -> None:
+    outbox = MemoryOutbox()
+    dispatcher = make_thread(None, outbox, test_mode=mode)
+
+    dispatcher.submit(wire(1))
+
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    assert claim.test is mode
+
+
+@pytest.mark.anyio
+async def test_grouped_writes_store_the_dispatchers_test_mode(
+    sqlite: Callable[..., SQLiteOutbox],
+) -> None:
+    outbox = sqlite()
+    dispatcher = AsyncDispatcher(outbox, None, test_mode=True)
+
+    await dispatcher.asubmit(wire(1))
+
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    assert claim.test is True
+    await dispatcher.aclose()
+
+
+def _stored_in_both_modes() -> MemoryOutbox:
+    outbox = MemoryOutbox()
+    outbox.put(wire(2), test=True)
+    outbox.put(wire(1, start=2), test=False)
+    return outbox
+
+
+def test_each_batch_goes_out_in_the_mode_its_events_were_stored_in(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    """Whatever the mode of the dispatcher sending them."""
+    sender = FakeSender()
+    dispatcher = make_thread(sender, _stored_in_both_modes(), test_mode=False)
+
+    assert dispatcher.flush(timeout=5)
+    assert list(zip(sender.batches, sender.modes, strict=True)) == [
+        (["event-0", "event-1"], True),
+        (["event-2"], False),
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_async_dispatcher_sends_each_batch_in_its_mode(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_async(sender, _stored_in_both_modes(), test_mode=True)
+
+    dispatcher.start()
+
+    assert await dispatcher.aflush(timeout=5)
+    assert sender.modes == [True, False]
+
+
+# --- stopping ---
+
+
+@pytest.mark.anyio
+async def test_aclose_after_running_starts_no_new_worker(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    """Shutdown after a lifespan ended: no worker starts to claim what is left."""
+    sender = FakeSender()
+    outbox = MemoryOutbox()
+    dispatcher = make_async(sender, outbox, flush_interval=60)
+    async with dispatcher.running():
+        pass
+    outbox.put(wire(2))
+
+    await dispatcher.aclose(timeout=1)
+
+    assert sender.batches == []
+    assert dispatcher.counters.dropped == 2
+
+
+@pytest.mark.anyio
+async def test_a_stopping_async_worker_claims_no_further_batch() -> None:
+    entered, release = anyio.Event(), anyio.Event()
+    fake = FakeSender()
+
+    class HeldSender(AsyncFakeSender):
+        async def send_batch(
+            self, batch: Sequence[WireEvent], *, test: bool | None = None
+        ) -> list[EventResult]:
+            entered.set()
+            await release.wait()
+            return self.fake.answer(batch, test)
+
+    dispatcher = AsyncDispatcher(
+        MemoryOutbox(), lambda: HeldSender(fake), batch_size=1, flush_interval=0.01
+    )
+    await dispatcher.asubmit(wire(3))
+    with anyio.fail_after(5):
+        await entered.wait()
+
+    worker = dispatcher._stop_worker()  # as `running()` does at its end
+    release.set()
+    assert worker is not None
+    assert worker.task is not None
+    await asyncio.wait([worker.task], timeout=5)
+
+    assert fake.batches == [["event-0"]]
+    await dispatcher.aclose(timeout=0)
+
+
+def test_a_closing_thread_worker_claims_no_further_batch(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    """Its batch in flight is settled; the rest stays in the durable outbox."""
+    sender = BlockingSender()
+    outbox = sqlite()
+    dispatcher = make_thread(sender, outbox, batch_size=2, flush_interval=3600)
+    dispatcher.submit(wire(5))
+    assert sender.entered.wait(5)
+    thread = dispatcher._thread
+    assert thread is not None
+
+    dispatcher.close(timeout=0)
+    sender.release.set()
+    thread.join(10)
+
+    assert sender.batches == [["event-0", "event-1"]]
+    assert outbox.depth() == 3
+
+
+# --- at SIGTERM ---
+
+
+def test_at_sigterm_a_thread_dispatcher_delivers_and_closes(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    sender = FakeSender()
+    dispatcher = make_thread(sender, flush_interval=3600)
+    dispatcher.submit(wire(2))
+
+    dispatcher._deliver_at_signal(time.monotonic() + 5, closing=True)
+
+    assert sender.sent_ids == ["event-0", "event-1"]
+    assert dispatcher.submit(wire(1)) == 0
+
+
+def test_after_a_sigterm_the_server_survives_each_event_is_sent_at_once(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    """Its graceful shutdown may end the process any moment."""
+    sender = FakeSender()
+    dispatcher = make_thread(sender, flush_interval=3600)
+    dispatcher._deliver_at_signal(time.monotonic() + 5, closing=False)
+
+    dispatcher.submit(wire(1))
+
+    assert sender.wait_for_batches(1)
+    assert sender.sent_ids == ["event-0"]
+
+
+@pytest.mark.anyio
+async def test_at_sigterm_an_async_dispatcher_sends_with_a_loop_of_its_own(
+    make_async: Callable[..., AsyncDispatcher],
+) -> None:
+    """Without a blocking transport: its async sender, in a private loop."""
+    sender = FakeSender()
+    dispatcher = make_async(sender, flush_interval=3600)
+    await dispatcher.asubmit(wire(2))
+    deadline = time.monotonic() + 5
+
+    await anyio.to_thread.run_sync(
+        functools.partial(dispatcher._deliver_at_signal, deadline, closing=False)
+    )
+
+    assert sender.sent_ids == ["event-0", "event-1"]
+
+
+@pytest.mark.anyio
+async def test_at_sigterm_the_batch_of_a_frozen_loop_is_sent_again() -> None:
+    """The handler blocks the loop, whose request will never be answered."""
+    entered, release = anyio.Event(), anyio.Event()
+
+    class HeldSender(AsyncFakeSender):
+        async def send_batch(
+            self, batch: Sequence[WireEvent], *, test: bool | None = None
+        ) -> list[EventResult]:
+            entered.set()
+            await release.wait()
+            return self.fake.answer(batch, test)
+
+    blocking = FakeSender()
+    dispatcher = AsyncDispatcher(
+        MemoryOutbox(),
+        lambda: HeldSender(FakeSender()),
+        blocking_transport=lambda: blocking,
+        batch_size=2,
+        flush_interval=0.01,
+    )
+    await dispatcher.asubmit(wire(3))
+    with anyio.fail_after(5):
+        await entered.wait()
+    helper = threading.Thread(
+        target=dispatcher._deliver_at_signal,
+        args=(time.monotonic() + 5,),
+        kwargs={"closing": True},
+    )
+
+    helper.start()
+    helper.join(10)  # in the loop's thread, as a signal handler waits
+
+    assert sorted(blocking.sent_ids) == ["event-0", "event-1", "event-2"]
+    assert dispatcher._closed
+    release.set()
+    worker = dispatcher._worker
+    assert worker is not None
+    assert worker.task is not None
+    await asyncio.wait([worker.task], timeout=5)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import stat
+import subprocess
 import sys
 import threading
 import warnings
@@ -18,7 +20,13 @@ import pytest
 from pinterest_mw.events import WireEvent, build_event
 from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import sha256_hex
-from pinterest_mw.outbox import PURGED_LOG, MemoryOutbox, Outbox, SQLiteOutbox
+from pinterest_mw.outbox import (
+    PURGED_LOG,
+    RECLAIMED_LOG,
+    MemoryOutbox,
+    Outbox,
+    SQLiteOutbox,
+)
 
 RAW_EMAIL = "Ann.Example@Example.com"
 
@@ -509,17 +517,13 @@ def test_an_outbox_in_a_read_only_directory_is_refused(tmp_path: Path) -> None:
         folder.chmod(0o700)
 
 
-def test_a_missing_directory_is_created_at_first_use_not_construction(
-    tmp_path: Path,
-) -> None:
+def test_a_missing_directory_is_created_at_construction(tmp_path: Path) -> None:
+    """The file is opened, and checked, when the outbox is built."""
     path = tmp_path / "new" / "deeper" / "outbox.sqlite3"
-    outbox = SQLiteOutbox(path)
-    created_early = path.parent.exists()
 
-    outbox.put(wire(1))
-    outbox.close()
+    SQLiteOutbox(path).close()
 
-    assert (created_early, path.exists()) == (False, True)
+    assert path.is_file()
 
 
 def test_sqlite_file_holds_hashed_user_data_only(
@@ -692,3 +696,385 @@ def test_a_forked_child_opens_its_own_sqlite_connection(
     os.close(read_end)
 
     assert (child_depth, outbox.depth()) == (b"2", 2)
+
+
+# --- test mode ---
+
+
+def test_a_claim_takes_events_of_the_oldest_ones_mode_only(outbox: Outbox) -> None:
+    """Events stored in test mode never share a request with live ones."""
+    live, test = wire(4), [WireEvent(f"test-{i}", "checkout", b"{}") for i in range(2)]
+    outbox.put(live[:2], test=False)
+    outbox.put(test, test=True)
+    outbox.put(live[2:], test=False)
+
+    first = outbox.claim(10, lease=60)
+    second = outbox.claim(10, lease=60)
+
+    assert first is not None
+    assert second is not None
+    assert (ids(first.items), first.test) == (
+        ["event-0", "event-1", "event-2", "event-3"],
+        False,
+    )
+    assert (ids(second.items), second.test) == (["test-0", "test-1"], True)
+
+
+def test_events_stored_without_a_mode_are_claimed_for_the_senders_own(
+    outbox: Outbox,
+) -> None:
+    outbox.put(wire(1))
+
+    claim = outbox.claim(10, lease=60)
+
+    assert claim is not None
+    assert claim.test is None
+
+
+def test_a_requeued_event_keeps_its_mode(outbox: Outbox) -> None:
+    outbox.put(wire(1), test=True)
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    outbox.reject(claim, {claim.items[0].key: "HTTP 400"})
+    outbox.requeue_rejected()
+
+    again = outbox.claim(10, lease=60)
+
+    assert again is not None
+    assert again.test is True
+
+
+# --- retention of rejected events ---
+
+
+@pytest.fixture
+def expired_rejection(make_outbox: Callable[..., Outbox], clock: Clock) -> Outbox:
+    """An outbox holding one event rejected longer ago than its retention."""
+    outbox = make_outbox(rejected_retention=3600)
+    outbox.put(wire(1))
+    claim = outbox.claim(10, lease=60)
+    assert claim is not None
+    outbox.reject(claim, {claim.items[0].key: "HTTP 400"})
+    clock.advance(3601)
+    return outbox
+
+
+def test_rejected_events_past_the_retention_are_not_counted(
+    expired_rejection: Outbox,
+) -> None:
+    stats = expired_rejection.stats()
+
+    assert (stats.rejected, stats.rejected_reasons) == (0, {})
+
+
+def test_rejected_events_past_the_retention_are_not_listed(
+    expired_rejection: Outbox,
+) -> None:
+    assert expired_rejection.list_rejected() == []
+
+
+def test_rejected_events_past_the_retention_are_not_requeued(
+    expired_rejection: Outbox,
+) -> None:
+    assert expired_rejection.requeue_rejected() == 0
+    assert expired_rejection.depth() == 0
+
+
+# --- leases of processes that are gone ---
+
+
+def _ended_process_id() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=30)
+    return child.pid
+
+
+@pytest.fixture
+def live_process_id() -> Iterator[int]:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield child.pid
+    child.kill()
+    child.wait(timeout=30)
+
+
+def _lease_to(path: Path, pid: int, token: str, host: str | None = None) -> None:
+    """Make every leased event of the file look leased by another process."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "UPDATE events SET lease_pid = ?, lease_token = ?,"
+            " lease_host = coalesce(?, lease_host) WHERE lease_id IS NOT NULL",
+            (pid, token, host),
+        )
+
+
+@pytest.fixture
+def leased(sqlite: Callable[..., SQLiteOutbox], tmp_path: Path) -> SQLiteOutbox:
+    """An outbox with two events claimed for a minute."""
+    outbox = sqlite(tmp_path / "leased.sqlite3")
+    outbox.put(wire(2))
+    assert outbox.claim(10, lease=60) is not None
+    return outbox
+
+
+def test_a_lease_names_the_process_that_took_it(leased: SQLiteOutbox) -> None:
+    with closing(sqlite3.connect(leased.path)) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT lease_host, lease_pid, length(lease_token) FROM events"
+        ).fetchall()
+
+    [(host, pid, token_length)] = rows
+    assert (pid, token_length) == (os.getpid(), 16)
+    assert host.startswith(socket.gethostname())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="probes processes with signal 0")
+def test_a_claim_takes_over_the_leases_of_a_process_that_ended(
+    leased: SQLiteOutbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not after the lease expires: the process is known to be gone."""
+    gone = _ended_process_id()
+    _lease_to(leased.path, gone, "ended")
+
+    claim = leased.claim(10, lease=60)
+
+    assert claim is not None
+    assert ids(claim.items) == ["event-0", "event-1"]
+    assert caplog.messages == [RECLAIMED_LOG % (2, gone)]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="probes processes with signal 0")
+def test_opening_the_file_hands_back_the_leases_of_a_process_that_ended(
+    leased: SQLiteOutbox, sqlite: Callable[..., SQLiteOutbox]
+) -> None:
+    _lease_to(leased.path, _ended_process_id(), "ended")
+
+    reopened = sqlite(leased.path)
+
+    assert (reopened.stats().in_flight, reopened.stats().pending) == (0, 2)
+
+
+def test_leases_of_an_earlier_process_with_this_id_are_taken_over(
+    leased: SQLiteOutbox,
+) -> None:
+    """A container's first process has the same id after every restart."""
+    _lease_to(leased.path, os.getpid(), "an-earlier-run")
+
+    assert leased.claim(10, lease=60) is not None
+
+
+def test_leases_of_a_process_still_running_are_kept(
+    leased: SQLiteOutbox, live_process_id: int
+) -> None:
+    _lease_to(leased.path, live_process_id, "running")
+
+    assert leased.claim(10, lease=60) is None
+
+
+def test_this_processs_own_leases_are_kept(leased: SQLiteOutbox) -> None:
+    assert leased.claim(10, lease=60) is None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="probes processes with signal 0")
+def test_leases_of_another_host_wait_for_their_expiry(
+    leased: SQLiteOutbox, clock: Clock
+) -> None:
+    """Its process ids say nothing here, even those of no process."""
+    _lease_to(leased.path, _ended_process_id(), "elsewhere", host="another-host")
+
+    assert leased.claim(10, lease=60) is None
+
+
+# --- opening ---
+
+SCHEMA_1 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    available_at REAL NOT NULL,
+    lease_id TEXT,
+    reason TEXT,
+    rejected_at REAL
+);
+CREATE INDEX events_due ON events (state, available_at, id);
+CREATE INDEX events_lease ON events (lease_id) WHERE lease_id IS NOT NULL;
+CREATE INDEX events_rejected ON events (state, rejected_at) WHERE state = 1;
+CREATE TABLE totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    live_count INTEGER NOT NULL,
+    live_bytes INTEGER NOT NULL,
+    rejected_count INTEGER NOT NULL
+);
+INSERT INTO totals VALUES (0, 1, 2, 1);
+INSERT INTO events (event_id, event_name, payload, size, created_at, available_at)
+    VALUES ('kept', 'checkout', X'7b7d', 2, 1.0, 1.0);
+INSERT INTO events (event_id, event_name, payload, size, state, attempts,
+    created_at, available_at, reason, rejected_at)
+    VALUES ('refused', 'lead', X'7b7d', 2, 1, 1, 1.0, 1.0, 'HTTP 400', 1e10);
+PRAGMA user_version = 1;
+PRAGMA journal_mode = WAL;
+"""
+"""An outbox as the first release wrote it: one pending, one rejected event."""
+
+
+@pytest.fixture
+def schema_1_file(tmp_path: Path) -> Path:
+    path = tmp_path / "schema-1.sqlite3"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(SCHEMA_1)
+    return path
+
+
+def _user_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def test_an_outbox_of_schema_1_is_upgraded_and_keeps_its_events(
+    sqlite: Callable[..., SQLiteOutbox], schema_1_file: Path
+) -> None:
+    outbox = sqlite(schema_1_file)
+
+    claim = outbox.claim(10, lease=60)
+
+    assert _user_version(schema_1_file) == 2
+    assert claim is not None
+    assert (ids(claim.items), claim.test) == (["kept"], None)
+    assert [r.event_id for r in outbox.list_rejected()] == ["refused"]
+
+
+def _junk(path: Path) -> None:
+    path.write_bytes(b"order_id,email\n1,ann@example.com\n" * 20)
+
+
+def _damaged(path: Path) -> None:
+    SQLiteOutbox(path).close()
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)
+    path.write_bytes(bytes(data))
+    for side in ("-wal", "-shm"):
+        path.with_name(path.name + side).unlink(missing_ok=True)
+
+
+def _newer(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+
+
+def _foreign(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, email TEXT)")
+
+
+@pytest.mark.parametrize(
+    ("make_file", "reason"),
+    [
+        (_junk, "not an SQLite database"),
+        (_damaged, "malformed"),
+        (_newer, "newer pinterest_mw"),
+        (_foreign, "not a pinterest_mw outbox"),
+    ],
+    ids=["not-sqlite", "damaged", "newer", "another-apps-database"],
+)
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
+def test_a_file_that_is_no_usable_outbox_is_refused_at_construction(
+    tmp_path: Path, make_file: Callable[[Path], None], reason: str, readonly: bool
+) -> None:
+    """One line naming the path and the reason, never the file's content."""
+    path = tmp_path / "outbox.sqlite3"
+    make_file(path)
+
+    with pytest.raises(ConfigurationError) as raised:
+        SQLiteOutbox(path, readonly=readonly)
+
+    message = str(raised.value)
+    assert str(path) in message
+    assert reason in message
+    assert "\n" not in message
+    assert "ann@example.com" not in message
+
+
+@pytest.mark.parametrize("make_file", [_junk, _foreign], ids=["not-sqlite", "foreign"])
+def test_a_refused_file_is_left_as_it_was(
+    tmp_path: Path, make_file: Callable[[Path], None]
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    make_file(path)
+    path.chmod(0o644)
+    before = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+
+    with pytest.raises(ConfigurationError):
+        SQLiteOutbox(path)
+
+    assert (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) == before
+
+
+# --- read-only ---
+
+
+@pytest.fixture
+def kept_file(tmp_path: Path) -> Path:
+    """An outbox with one pending event, in rollback-journal mode, mode 0644."""
+    path = tmp_path / "kept.sqlite3"
+    outbox = SQLiteOutbox(path)
+    outbox.put(wire(1))
+    outbox.close()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    path.chmod(0o644)
+    return path
+
+
+def _journal_mode(path: Path) -> str:
+    with closing(sqlite3.connect(path)) as conn:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    return str(mode)
+
+
+def test_reading_an_outbox_read_only_changes_nothing_in_it(kept_file: Path) -> None:
+    """No schema change, no WAL switch, no chmod: the file stays byte for byte."""
+    before = kept_file.read_bytes()
+    outbox = SQLiteOutbox(kept_file, readonly=True)
+
+    stats = outbox.stats()
+    outbox.list_rejected()
+    outbox.depth()
+    outbox.close()
+
+    assert stats.pending == 1
+    assert kept_file.read_bytes() == before
+    assert stat.S_IMODE(kept_file.stat().st_mode) == 0o644
+    assert _journal_mode(kept_file) == "delete"
+
+
+def test_a_read_only_outbox_refuses_writes(kept_file: Path) -> None:
+    outbox = SQLiteOutbox(kept_file, readonly=True)
+
+    with pytest.raises(sqlite3.OperationalError, match="read-only"):
+        outbox.put(wire(1))
+    outbox.close()
+
+
+def test_a_read_only_outbox_reads_a_file_of_schema_1(schema_1_file: Path) -> None:
+    outbox = SQLiteOutbox(schema_1_file, readonly=True)
+
+    stats = outbox.stats()
+    outbox.close()
+
+    assert (stats.pending, stats.rejected) == (1, 1)
+    assert _user_version(schema_1_file) == 1
+
+
+def test_a_read_only_outbox_needs_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.sqlite3"
+
+    with pytest.raises(ConfigurationError, match=r"missing\.sqlite3"):
+        SQLiteOutbox(path, readonly=True)
+
+    assert not path.exists()
