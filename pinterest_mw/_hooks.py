@@ -4,7 +4,8 @@ Both queue events from inside someone else's request, so both go through one
 `Emitter` that never raises: a failure is logged (the event name and the
 kind of failure, never a value), counted in `hook_counters()` and handed to
 the user's `on_error`. The middleware also tells the decorator, through a
-contextvar, which request it serves and with which client.
+contextvar, which request it serves and with which client, and takes the
+decorator's events over until it has seen the status of the response.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import cast
 from pydantic_core import PydanticCustomError
 from starlette.types import Scope
 
+from ._field_paths import safe_path
 from .client import Client, EventInput, get_default_client
-from .context import RequestContext
-from .events import ActionSource, _validate_event_name
-from .exceptions import ConfigurationError, EventValidationError
+from .context import RequestContext, current_context, enrich_event_data
+from .events import ActionSource, Event, _validate_event_name, parse_event
+from .exceptions import ConfigurationError, EventValidationError, QueueFullError
 
 __all__ = ["HookCounters", "hook_counters"]
 
@@ -36,6 +38,7 @@ logger = logging.getLogger("pinterest_mw.decorators")
 ErrorHook = Callable[[Exception], None]
 
 NOT_QUEUED_MESSAGE = "%s: %s event not queued (%s)"
+QUEUE_FULL_MESSAGE = "the queue had no room for the event"
 
 NOT_VISIT_METHODS = frozenset({"CONNECT", "HEAD", "OPTIONS", "TRACE"})
 """Request methods that never emit an event.
@@ -61,10 +64,11 @@ class HookCounters:
     Request hooks are `@track_conversion` and the middleware's route rules.
 
     - `tracked`: events queued on a client;
-    - `skipped`: successful views whose event was skipped
-      (`current_event().skip()` or a `when` predicate saying no);
+    - `skipped`: views that returned successfully but whose event was
+      skipped (`current_event().skip()` or a `when` predicate saying no);
     - `failed`: events that could not be queued: a callable raised, the
-      event was invalid, or the queue refused it.
+      event was invalid, or the queue was full (whatever the overflow
+      policy: the client also counts the event in `counters.dropped`).
 
     What happens once queued is in the client's `counters`.
     """
@@ -96,12 +100,28 @@ def count(name: str) -> None:
 # --- the request being served ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Serving:
-    """What the middleware tells the hooks about the request it serves."""
+    """What the middleware tells the hooks about the request it serves.
 
-    scope: Scope | None
-    client: Client | None
+    A view's event waits in `held` until the middleware has seen the status
+    actually sent: only the middleware knows it (a response model that
+    fails validation, a `response_class`, a dependency that sets the
+    status all change it after the view returned).
+    """
+
+    __slots__ = ("client", "held", "is_open", "scope")
+
+    def __init__(self, scope: Scope | None, client: Client | None) -> None:
+        self.scope = scope
+        self.client = client
+        self.held: list[HeldEvent] = []
+        self.is_open = True
+
+    def hold(self, event: HeldEvent) -> bool:
+        """Keep `event` until the response is known; False once it was."""
+        if self.is_open:
+            self.held.append(event)
+        return self.is_open
 
 
 serving_var: ContextVar[Serving | None] = ContextVar(
@@ -110,12 +130,22 @@ serving_var: ContextVar[Serving | None] = ContextVar(
 
 
 @contextmanager
-def served_by_middleware(scope: Scope | None, client: Client | None) -> Iterator[None]:
-    """Let hooks find the ASGI scope and the middleware's client (for middleware)."""
-    token = serving_var.set(Serving(scope, client))
+def served_by_middleware(serving: Serving) -> Iterator[Serving]:
+    """Let hooks find the request and the middleware's client (for middleware).
+
+    Events held once the block ends are the middleware's to queue or drop;
+    when the app raises, they are dropped.
+    """
+    token = serving_var.set(serving)
     try:
-        yield
+        yield serving
+    except BaseException:
+        if serving.held:
+            logger.debug("%d held event(s) dropped: the app raised", len(serving.held))
+        serving.held.clear()
+        raise
     finally:
+        serving.is_open = False
         serving_var.reset(token)
 
 
@@ -124,6 +154,30 @@ def serving_client() -> Client:
     if serving is not None and serving.client is not None:
         return serving.client
     return get_default_client()
+
+
+def is_success(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
+
+
+def release_held(serving: Serving, status: int | None) -> None:
+    """Queue the events held for this response if its status is 2xx."""
+    for held in _releasable(serving, status):
+        held.emitter.submit(held.event_name, held.client, held.event)
+
+
+async def arelease_held(serving: Serving, status: int | None) -> None:
+    """`release_held` for async code."""
+    for held in _releasable(serving, status):
+        await held.emitter.asubmit(held.event_name, held.client, held.event)
+
+
+def _releasable(serving: Serving, status: int | None) -> list[HeldEvent]:
+    held, serving.held = serving.held, []
+    if held and not is_success(status):
+        logger.debug("no event for a response with status %s", status)
+        return []
+    return held
 
 
 def check_event_name(event_name: object, owner: str) -> str:
@@ -180,8 +234,10 @@ def _reason(error: Exception) -> str:
         cause = error.__cause__
         return f"the {error.source} callable raised {type(cause).__name__}"
     if isinstance(error, EventValidationError):
-        paths = ", ".join(sorted({e.path for e in error.errors}))
+        paths = ", ".join(sorted({safe_path(e.path) for e in error.errors}))
         return f"invalid event: {paths}"
+    if isinstance(error, QueueFullError):
+        return "the queue is full"
 
     return type(error).__name__
 
@@ -212,7 +268,12 @@ Prepare = Callable[[], tuple[EventInput, RequestContext | None]]
 
 
 class Emitter:
-    """Queues events on a client for a request hook, and never raises."""
+    """Queues events on a client for a request hook, and never raises.
+
+    `track` builds (validates and hashes) and queues at once; a hook that
+    must wait for the response builds first (`build`, so that the data is
+    read while the request is there) and queues later (`submit`).
+    """
 
     __slots__ = ("_client", "_log", "_on_error", "origin")
 
@@ -231,27 +292,78 @@ class Emitter:
     def client(self) -> Client:
         return self._client if self._client is not None else serving_client()
 
-    def track(self, event_name: str, prepare: Prepare) -> None:
+    def build(self, event_name: str, prepare: Prepare) -> HeldEvent | None:
+        """The event built, with its client; None when it failed (reported)."""
         try:
             data, context = prepare()
-            event = self.client().track(data, context=context)
+            client = self.client()
+            event = _build_event(client, data, context)
         except Exception as error:  # noqa: BLE001 - logged and counted by fail()
             self.fail(event_name, error)
-            return
-        self._tracked(event_name, event.event_id)
+            return None
+        return HeldEvent(self, event_name, client, event)
+
+    def track(self, event_name: str, prepare: Prepare) -> None:
+        held = self.build(event_name, prepare)
+        if held is not None:
+            self.submit(event_name, held.client, held.event)
 
     async def atrack(self, event_name: str, prepare: Prepare) -> None:
+        held = self.build(event_name, prepare)
+        if held is not None:
+            await self.asubmit(event_name, held.client, held.event)
+
+    def submit(self, event_name: str, client: Client, event: Event) -> None:
         try:
-            data, context = prepare()
-            event = await self.client().atrack(data, context=context)
+            accepted = client.submit([event])
         except Exception as error:  # noqa: BLE001 - logged and counted by fail()
             self.fail(event_name, error)
             return
-        self._tracked(event_name, event.event_id)
+        self._queued(event_name, event.event_id, accepted)
+
+    async def asubmit(self, event_name: str, client: Client, event: Event) -> None:
+        try:
+            accepted = await client.asubmit([event])
+        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
+            self.fail(event_name, error)
+            return
+        self._queued(event_name, event.event_id, accepted)
 
     def fail(self, event_name: str, error: Exception) -> None:
         _report_failure(self._log, self.origin, event_name, error, self._on_error)
 
-    def _tracked(self, event_name: str, event_id: str) -> None:
+    def _queued(self, event_name: str, event_id: str, accepted: int) -> None:
+        if not accepted:
+            # The overflow policy dropped it; the client counted it dropped.
+            self.fail(event_name, QueueFullError(QUEUE_FULL_MESSAGE))
+            return
         count("tracked")
         self._log.debug("%s: queued %s event %s", self.origin, event_name, event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """An event built by a hook, waiting to be queued on `client`."""
+
+    emitter: Emitter
+    event_name: str
+    client: Client
+    event: Event
+
+
+def _build_event(
+    client: Client, data: EventInput, context: RequestContext | None
+) -> Event:
+    """Build `data` as `client.track` would, without queueing it.
+
+    `client.submit` then says whether the queue took it, which `track`
+    does not.
+    """
+    if isinstance(data, Event):
+        return data
+    if context is None:
+        context = current_context()
+    if context is not None:
+        data = enrich_event_data(data, context)
+
+    return parse_event(data, default_region=client.default_region)

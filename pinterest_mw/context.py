@@ -8,12 +8,17 @@ page URL and language. The sub-apps, the middleware and
 place where it is written into an event.
 
 Client IP and proxies: the peer address of the connection is the client,
-unless the peer is one of the configured trusted proxies. Only then are
-`Forwarded` (RFC 7239) or `X-Forwarded-For` read, right to left, skipping
-further trusted proxies; the first untrusted hop is the client. A hop that is
-not an IP address (`unknown`, an obfuscated identifier, garbage) ends the
-walk with no client IP rather than a guess. Without trusted proxies these
-headers are ignored: any browser can send them.
+unless the peer is one of the configured trusted proxies (`TrustedProxies`;
+`"unix"` trusts a peer on a unix socket). Only then are the `for=` hops of
+`Forwarded` (RFC 7239), or else `X-Forwarded-For`, read right to left,
+skipping further trusted proxies; the first untrusted hop is the client. A
+hop that is not an IP address (`unknown`, an obfuscated identifier,
+garbage) ends the walk with no client IP rather than a guess, and so does a
+trusted peer that forwards no client address: its own address is not the
+client's. The scheme the client used (for the page URL, and whether the
+`_epik` cookie is `Secure`) is the server's, unless a trusted peer reports
+it in `X-Forwarded-Proto` or `Forwarded: proto=`. Without trusted proxies
+these headers are ignored: any browser can send them.
 
 Reading a context never raises: a header or URL that cannot be parsed
 (a malformed `Host`, `Referer` or address) is dropped, as if it were absent.
@@ -33,7 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from .exceptions import ConfigurationError, UnusableValueError
@@ -57,6 +62,11 @@ EPIK_QUERY_PARAMETER = "epik"
 ENV_TRUSTED_PROXIES = "PINTEREST_TRUSTED_PROXIES"
 """Comma-separated trusted proxies, read when an option leaves them unset."""
 
+UNIX_SOCKET = "unix"
+"""The trusted-proxy entry that trusts a peer on a unix socket."""
+
+_SCHEMES = frozenset({"http", "https"})
+
 _MARKETING_PREFIX = "utm_"
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,26 +76,44 @@ class TrustedProxies:
     """The proxies whose forwarding headers are believed.
 
     Args:
-        proxies: IP addresses or CIDR networks (`"10.0.0.0/8"`, `"::1"`).
+        proxies: IP addresses or CIDR networks (`"10.0.0.0/8"`, `"::1"`),
+            and `"unix"` to trust a peer on a unix socket (a server started
+            with `uvicorn --uds` or `gunicorn --bind unix:...` behind nginx:
+            such a peer has no IP address, so no network can name it).
             Empty means no proxy is trusted and forwarding headers are
             ignored.
 
+    Only trust `"unix"` when the app listens on unix sockets alone, with
+    only the proxy allowed to connect: the server reports no address for
+    such a peer, and a peer without an address is what `"unix"` trusts.
+
+    .. versionchanged:: 0.2
+       `"unix"` trusts a peer on a unix socket.
+
     Raises:
-        ConfigurationError: an entry is neither an address nor a network.
+        ConfigurationError: an entry is neither an address, a network nor
+            `"unix"`.
     """
 
-    __slots__ = ("_networks",)
+    __slots__ = ("_networks", "_unix")
 
     def __init__(self, proxies: Iterable[str] = ()) -> None:
         networks: list[_IPNetwork] = []
+        unix = False
         for entry in proxies:
             try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+                text = entry.strip()
+                if text.lower() == UNIX_SOCKET:
+                    unix = True
+                    continue
+                networks.append(ipaddress.ip_network(text, strict=False))
             except (AttributeError, TypeError, ValueError):
                 raise ConfigurationError(
                     "trusted_proxies: an entry is not an IP address or network"
+                    f" (or {UNIX_SOCKET!r})"
                 ) from None
         self._networks = tuple(networks)
+        self._unix = unix
 
     @classmethod
     def from_option(
@@ -95,7 +123,7 @@ class TrustedProxies:
 
         A ready-made `TrustedProxies` is used as it is; None reads
         `PINTEREST_TRUSTED_PROXIES` (comma-separated, none when unset); any
-        other value is a collection of addresses or networks.
+        other value is a collection of addresses, networks and `"unix"`.
 
         .. versionadded:: 0.2
 
@@ -115,10 +143,13 @@ class TrustedProxies:
         return cls(value)
 
     def __bool__(self) -> bool:
-        return bool(self._networks)
+        return bool(self._networks) or self._unix
 
     def __repr__(self) -> str:
-        return f"TrustedProxies({[str(net) for net in self._networks]!r})"
+        entries = [str(net) for net in self._networks]
+        if self._unix:
+            entries.append(UNIX_SOCKET)
+        return f"TrustedProxies({entries!r})"
 
     def is_trusted(self, address: str) -> bool:
         """Whether `address` (a bare IP) is one of the trusted proxies."""
@@ -141,29 +172,115 @@ class TrustedProxies:
 
         `peer` is the connection's remote address; `forwarded` and
         `forwarded_for` are the raw `Forwarded` and `X-Forwarded-For`
-        header values. `Forwarded` wins when both are present.
+        header values. The `for=` hops of `Forwarded` win when it has any;
+        a trusted peer that forwards no client address gives None, not its
+        own address.
+
+        .. versionchanged:: 0.2
+           A `Forwarded` header without `for=` no longer hides
+           `X-Forwarded-For`, and a trusted peer without either gives None.
+        """
+        headers = {"forwarded": forwarded, "x-forwarded-for": forwarded_for}
+        found = {name: value for name, value in headers.items() if value}
+
+        return self._resolve(peer, found).client_ip
+
+    def _resolve(self, peer: str | None, headers: Mapping[str, str]) -> _Forwarding:
+        """The client's address and scheme, from the peer or its forwarding headers.
+
+        `headers` maps lower-case names to values; only `forwarded`,
+        `x-forwarded-for` and `x-forwarded-proto` are read, and only when
+        the peer is trusted.
         """
         peer_ip = _clean_ip(peer)
-        if peer_ip is None or not self.is_trusted(peer_ip):
-            return peer_ip
+        if not self._trusts_peer(peer, peer_ip):
+            return _Forwarding(peer_ip, None)
 
-        if forwarded:
-            hops = _forwarded_for_hops(forwarded)
-        elif forwarded_for:
-            hops = [hop.strip() for hop in forwarded_for.split(",")]
-        else:
-            return peer_ip
+        hops, protocols = _forwarding_chain(headers)
+        client = self._client_hop(hops)
+        if client is None:
+            return _Forwarding(None, _protocol(protocols, None, len(hops)))
+        index, client_ip = client
 
-        client = peer_ip
-        for hop in reversed(hops):
-            hop_ip = _clean_ip(hop)
+        return _Forwarding(client_ip, _protocol(protocols, index, len(hops)))
+
+    def _trusts_peer(self, peer: str | None, peer_ip: str | None) -> bool:
+        if peer_ip is not None:
+            return self.is_trusted(peer_ip)
+        return self._unix and _is_unix_socket_peer(peer)
+
+    def _client_hop(self, hops: list[str]) -> tuple[int, str] | None:
+        """Where the client is in `hops`, and its IP: the first untrusted
+        hop from the right, or the leftmost when all are trusted; None when
+        there are no hops or one on the way is not an IP address."""
+        for index in range(len(hops) - 1, -1, -1):
+            hop_ip = _clean_ip(hops[index])
             if hop_ip is None:
                 return None
-            client = hop_ip
-            if not self.is_trusted(hop_ip):
-                break
+            if not self.is_trusted(hop_ip) or index == 0:
+                return index, hop_ip
+        return None
 
-        return client
+
+class _Forwarding(NamedTuple):
+    """What the peer, or the trusted proxies, say about the client."""
+
+    client_ip: str | None
+    scheme: str | None
+    """`http` or `https` as a trusted proxy reports it; None: the server's."""
+
+
+def _is_unix_socket_peer(peer: str | None) -> bool:
+    """Whether a peer looks like a unix socket's: no address, or a path.
+
+    ASGI servers report no client (uvicorn) or an empty one; WSGI servers
+    an empty `REMOTE_ADDR`; some give the socket's path.
+    """
+    return not peer or peer.startswith(("/", "@", "\0"))
+
+
+def _forwarding_chain(headers: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The forwarded-for hops and the protocols the proxies report.
+
+    `Forwarded` (RFC 7239) when it names any `for=` hop, its `proto=`
+    values aligned with those hops; else `X-Forwarded-For`, with
+    `X-Forwarded-Proto` (or, without it, `Forwarded`'s `proto=` values).
+    """
+    forwarded = headers.get("forwarded")
+    elements = _forwarded_elements(forwarded) if forwarded else []
+    with_for = [element for element in elements if "for" in element]
+    if with_for:
+        return (
+            [element["for"] for element in with_for],
+            [element.get("proto", "") for element in with_for],
+        )
+
+    forwarded_for = headers.get("x-forwarded-for")
+    hops = [hop.strip() for hop in forwarded_for.split(",")] if forwarded_for else []
+    forwarded_proto = headers.get("x-forwarded-proto")
+    if forwarded_proto:
+        protocols = [value.strip() for value in forwarded_proto.split(",")]
+    else:
+        protocols = [element["proto"] for element in elements if "proto" in element]
+
+    return hops, protocols
+
+
+def _protocol(protocols: list[str], index: int | None, hop_count: int) -> str | None:
+    """The scheme the client used, from the proxies' protocol list.
+
+    A list as long as the hops is read at the client's position; a single
+    value (a proxy that sets rather than appends) is taken as it is.
+    """
+    if index is not None and len(protocols) == hop_count:
+        value = protocols[index]
+    elif len(protocols) == 1:
+        value = protocols[0]
+    else:
+        return None
+    value = value.strip().strip('"').lower()
+
+    return value if value in _SCHEMES else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +326,14 @@ class RequestContext:
         headers = _scope_headers(scope.get("headers", ()))
         client = scope.get("client")
         peer = client[0] if client else None
+        forwarding = (trusted_proxies or _NO_PROXIES)._resolve(peer, headers)
         if page == "url":
-            page_url = _scope_url(scope, headers.get("host"))
+            scheme = forwarding.scheme or scope.get("scheme", "http")
+            page_url = _scope_url(scope, headers.get("host"), scheme)
         else:
             page_url = headers.get("referer")
 
-        return cls._build(headers, peer, page_url, trusted_proxies)
+        return cls._build(headers, forwarding.client_ip, page_url)
 
     @classmethod
     def from_environ(
@@ -231,30 +350,22 @@ class RequestContext:
         cookies here, since a cookie value cannot hold a comma).
         """
         headers = _environ_headers(environ)
+        peer = environ.get("REMOTE_ADDR")
+        forwarding = (trusted_proxies or _NO_PROXIES)._resolve(
+            peer if isinstance(peer, str) else None, headers
+        )
         if page == "url":
-            page_url = _environ_url(environ)
+            scheme = forwarding.scheme or environ.get("wsgi.url_scheme", "http")
+            page_url = _environ_url(environ, scheme)
         else:
             page_url = headers.get("referer")
-        peer = environ.get("REMOTE_ADDR")
 
-        return cls._build(
-            headers, peer if isinstance(peer, str) else None, page_url, trusted_proxies
-        )
+        return cls._build(headers, forwarding.client_ip, page_url)
 
     @classmethod
     def _build(
-        cls,
-        headers: Mapping[str, str],
-        peer: str | None,
-        page_url: str | None,
-        trusted_proxies: TrustedProxies | None,
+        cls, headers: Mapping[str, str], client_ip: str | None, page_url: str | None
     ) -> RequestContext:
-        proxies = trusted_proxies or _NO_PROXIES
-        client_ip = proxies.client_ip(
-            peer,
-            forwarded=headers.get("forwarded"),
-            forwarded_for=headers.get("x-forwarded-for"),
-        )
         click_id = _epik_from_url(page_url) or _cookie(
             headers.get("cookie"), EPIK_COOKIE
         )
@@ -269,6 +380,29 @@ class RequestContext:
 
 
 _NO_PROXIES = TrustedProxies()
+
+
+def scope_scheme(scope: Scope, trusted_proxies: TrustedProxies | None) -> str:
+    """The scheme the client used for an ASGI request: `http` or `https`.
+
+    The server's (`scope["scheme"]`), unless a trusted proxy says otherwise
+    in `X-Forwarded-Proto` or `Forwarded: proto=`.
+    """
+    client = scope.get("client")
+    forwarding = (trusted_proxies or _NO_PROXIES)._resolve(
+        client[0] if client else None, _scope_headers(scope.get("headers", ()))
+    )
+    return forwarding.scheme or str(scope.get("scheme", "http"))
+
+
+def environ_scheme(environ: Environ, trusted_proxies: TrustedProxies | None) -> str:
+    """`scope_scheme` for a WSGI request (`wsgi.url_scheme`)."""
+    peer = environ.get("REMOTE_ADDR")
+    forwarding = (trusted_proxies or _NO_PROXIES)._resolve(
+        peer if isinstance(peer, str) else None, _environ_headers(environ)
+    )
+    return forwarding.scheme or str(environ.get("wsgi.url_scheme", "http"))
+
 
 _current: ContextVar[RequestContext | None] = ContextVar(
     "pinterest_mw_request_context", default=None
@@ -365,15 +499,21 @@ def _clean_ip(value: str | None) -> str | None:
         return None
 
 
-def _forwarded_for_hops(header: str) -> list[str]:
-    """The `for=` values of a `Forwarded` header, in order, quotes removed."""
-    hops = []
+def _forwarded_elements(header: str) -> list[dict[str, str]]:
+    """The elements of a `Forwarded` header, as lower-case names to values.
+
+    Quotes are removed; a name given twice in one element keeps its first
+    value.
+    """
+    elements = []
     for element in header.split(","):
+        pairs: dict[str, str] = {}
         for pair in element.split(";"):
-            name, _, value = pair.strip().partition("=")
-            if name.lower() == "for":
-                hops.append(value.strip().strip('"'))
-    return hops
+            name, equals, value = pair.strip().partition("=")
+            if equals:
+                pairs.setdefault(name.lower(), value.strip().strip('"'))
+        elements.append(pairs)
+    return elements
 
 
 # The request headers a context reads: their ASGI names (lower-case bytes)
@@ -386,6 +526,7 @@ _HEADER_NAMES: dict[bytes, str] = {
     b"referer": "referer",
     b"user-agent": "user-agent",
     b"x-forwarded-for": "x-forwarded-for",
+    b"x-forwarded-proto": "x-forwarded-proto",
 }
 _ENVIRON_KEYS = tuple(
     (name, "HTTP_" + name.upper().replace("-", "_")) for name in _HEADER_NAMES.values()
@@ -511,7 +652,7 @@ def environ_path(environ: Environ) -> str:
         return path
 
 
-def _scope_url(scope: Scope, host: str | None) -> str | None:
+def _scope_url(scope: Scope, host: str | None, scheme: str) -> str | None:
     if host is None:
         server = scope.get("server")
         if not server:
@@ -519,18 +660,17 @@ def _scope_url(scope: Scope, host: str | None) -> str | None:
         host_name, port = server
         default_port = _DEFAULT_PORTS.get(scope.get("scheme", "http"))
         host = host_name if port in (None, default_port) else f"{host_name}:{port}"
-    url = f"{scope.get('scheme', 'http')}://{host}{quote(scope_path(scope))}"
+    url = f"{scheme}://{host}{quote(scope_path(scope))}"
     query = scope.get("query_string", b"").decode("latin-1")
 
     return f"{url}?{query}" if query else url
 
 
-def _environ_url(environ: Environ) -> str | None:
+def _environ_url(environ: Environ, scheme: str) -> str | None:
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
     if not host:
         return None
     query = environ.get("QUERY_STRING", "")
-    scheme = environ.get("wsgi.url_scheme", "http")
     url = f"{scheme}://{host}{quote(environ_path(environ))}"
 
     return f"{url}?{query}" if query else url

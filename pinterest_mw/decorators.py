@@ -11,14 +11,23 @@
 async def thank_you(request: Request) -> dict[str, Any]: ...
 ```
 
-The decorated view runs as before. When it returns a successful (2xx)
-response, the event is queued on the client (never sent from the request:
-a background worker delivers it); an exception, an `abort()`, a redirect
-or an error status emits nothing and reaches the framework unchanged. The
+The decorated view runs as before. When the response sent is successful
+(2xx), the event is queued on the client (never sent from the request: a
+background worker delivers it); an exception, an `abort()`, a redirect or
+an error status emits nothing and reaches the framework unchanged. The
 view's return value is handed back untouched. A `HEAD` or `OPTIONS`
 request (which Starlette and Flask may route to a GET view, for link
 checkers, prefetchers and preflights) emits nothing either, nor do `TRACE`
-and `CONNECT`.
+and `CONNECT`, nor a websocket endpoint.
+
+Which status was sent, only the middleware knows for sure. Under
+`PinterestMiddleware` or `PinterestWSGIMiddleware` the event is built when
+the view returns and queued by the middleware once the response starts
+with a 2xx status. Without it, the status is read from what the view
+returned (see `track_conversion`), which FastAPI can still change: a
+`response_model` that refuses the value (a 500), or a dependency that sets
+the status on its `Response`, emit an event for a response that was not a
+success. Install the middleware with FastAPI.
 
 What goes into the event:
 
@@ -30,19 +39,20 @@ What goes into the event:
 - from the request: client IP, user agent, `_epik` click id, page URL and
   language (`pinterest_mw.context`).
 
-Finding the request, in this order: the `PinterestMiddleware` serving the
-request (which also applies its trusted proxies to the client IP), a
-Starlette `Request` among the view's arguments, Flask's `request`. Without
-any (a FastAPI endpoint without a `Request` parameter and no middleware,
-or a call outside a web request) the callables receive `None`, the event
-carries no IP, user agent or click id, and a WARNING says so once per
-view. Without the middleware, forwarding headers are not believed: behind
-a proxy the client IP would be the proxy's, so install the middleware with
-`trusted_proxies` there.
+Finding the request, innermost framework first: a Starlette `Request`
+among the view's arguments, Flask's `request` (also for a Flask app mounted
+in a Starlette one), the request the middleware serves. Without any (a
+FastAPI endpoint without a `Request` parameter and no middleware, or a call
+outside a web request) the callables receive `None`, the event carries no
+IP, user agent or click id, and a WARNING says so once per view. The
+request context (client IP through the trusted proxies, ...) is the
+middleware's; without it, it is read from the request with the proxies of
+`PINTEREST_TRUSTED_PROXIES`, read once when the view is decorated.
 
 Tracking never breaks the view: a failing callable, an invalid event or a
-full queue is logged (event name and the kind of failure, never a value),
-counted in `hook_counters().failed` and passed to `on_error`.
+full queue (whatever the overflow policy) is logged (event name and the
+kind of failure, never a value or a key of the caller's), counted in
+`hook_counters().failed` and passed to `on_error`.
 
 Privacy: user data is hashed when the event is built, before it is queued;
 the raw values given by callables or set on `current_event()` live only in
@@ -62,11 +72,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from itertools import chain
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 import anyio.to_thread
+from starlette.endpoints import HTTPEndpoint, WebSocketEndpoint
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
+from starlette.websockets import WebSocket
 
 from ._hooks import (
     NOT_QUEUED_MESSAGE as NOT_QUEUED_MESSAGE,
@@ -74,6 +86,7 @@ from ._hooks import (
 from ._hooks import (
     Emitter,
     ErrorHook,
+    HeldEvent,
     HookCounters,
     Prepare,
     SourceError,
@@ -86,7 +99,7 @@ from ._hooks import (
     serving_var,
 )
 from .client import Client, EventInput
-from .context import RequestContext, current_context
+from .context import RequestContext, TrustedProxies, current_context
 from .events import ActionSource
 from .exceptions import ConfigurationError
 
@@ -114,6 +127,10 @@ NO_REQUEST_MESSAGE = (
 EVENT_ID_FAILED_MESSAGE = (
     "track_conversion(%r): the event_id callable raised %s; a random id is used"
 )
+WEBSOCKET_MESSAGE = (
+    "track_conversion(%r) on %s: a websocket endpoint emits no event"
+    " (remove the decorator)"
+)
 NO_CURRENT_EVENT_MESSAGE = (
     "current_event() is only available while a @track_conversion view runs"
 )
@@ -127,30 +144,50 @@ def _flask_request() -> Any:
     return flask.request._get_current_object()
 
 
-def _find_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, bool]:
-    """The request a view is serving, and whether it is Flask's."""
-    serving = serving_var.get()
-    if serving is not None and serving.scope is not None:
-        return StarletteRequest(serving.scope), False
+class _Found(NamedTuple):
+    """The request a view serves, and the framework that runs the view."""
+
+    request: Any
+    framework: str | None
+    """`"starlette"` (FastAPI too), `"flask"`, `"websocket"`, or None."""
+
+    @property
+    def is_flask(self) -> bool:
+        return self.framework == "flask"
+
+
+def _find_request(args: Sequence[Any], kwargs: Mapping[str, Any]) -> _Found:
+    """The request a view is serving: the innermost framework's wins.
+
+    A Flask app mounted in a Starlette one runs its views inside both
+    requests: Flask's decides how the view's return value is read.
+    """
     for value in chain(args, kwargs.values()):
         if isinstance(value, StarletteRequest):
-            return value, False
+            return _Found(value, "starlette")
+        if isinstance(value, WebSocket):
+            return _Found(value, "websocket")
     flask_request = _flask_request()
     if flask_request is not None:
-        return flask_request, True
+        return _Found(flask_request, "flask")
+    serving = serving_var.get()
+    if serving is not None and serving.scope is not None:
+        return _Found(StarletteRequest(serving.scope), "starlette")
 
-    return None, False
+    return _Found(None, None)
 
 
-def _context_of(request: Any, is_flask: bool) -> RequestContext | None:
-    """The middleware's context, or one read from `request` without proxies."""
+def _context_of(found: _Found, proxies: TrustedProxies) -> RequestContext | None:
+    """The middleware's context, or one read from the request found."""
     context = current_context()
-    if context is not None or request is None:
+    if context is not None or found.request is None:
         return context
-    if is_flask:
-        return RequestContext.from_environ(request.environ)
+    if found.is_flask:
+        return RequestContext.from_environ(
+            found.request.environ, trusted_proxies=proxies
+        )
 
-    return RequestContext.from_scope(request.scope)
+    return RequestContext.from_scope(found.request.scope, trusted_proxies=proxies)
 
 
 # --- the current event ------------------------------------------------------------
@@ -368,11 +405,27 @@ def _default_status(kwargs: Mapping[str, Any], request: Any) -> int:
         # FastAPI's `response: Response` parameter; its status is None until set.
         if isinstance(value, StarletteResponse) and value.status_code is not None:
             return value.status_code
-    if isinstance(request, StarletteRequest):
-        status = getattr(request.scope.get("route"), "status_code", None)
-        if isinstance(status, int):
-            return status
-    return 200
+    if not isinstance(request, StarletteRequest):
+        return 200
+    route = request.scope.get("route")
+    status = getattr(route, "status_code", None)
+    if isinstance(status, int):
+        return status
+    response_class = getattr(route, "response_class", None)
+    # FastAPI wraps its default class in a placeholder holding it as `value`.
+    return _class_status(getattr(response_class, "value", response_class))
+
+
+@functools.lru_cache(maxsize=64)
+def _class_status(response_class: object) -> int:
+    """The status a response class answers with by default (a redirect's 307)."""
+    try:
+        signature = inspect.signature(cast(Callable[..., Any], response_class))
+    except (TypeError, ValueError):
+        return 200
+    default = getattr(signature.parameters.get("status_code"), "default", None)
+
+    return default if isinstance(default, int) else 200
 
 
 def _is_success(
@@ -386,6 +439,15 @@ def _is_success(
         status = _default_status(kwargs, request)
 
     return 200 <= status < 300
+
+
+def _check_view(view: object, owner: str) -> None:
+    """Refuse what a function wrapper would break: an endpoint class."""
+    if isinstance(view, type) and issubclass(view, HTTPEndpoint | WebSocketEndpoint):
+        raise ConfigurationError(
+            f"{owner}: decorate the methods of {view.__name__} (get, post, ...),"
+            " not the class: Starlette calls an endpoint class as an ASGI app"
+        )
 
 
 class _Tracker:
@@ -405,6 +467,7 @@ class _Tracker:
         on_error: ErrorHook | None,
     ) -> None:
         owner = f"track_conversion({event_name!r})"
+        _check_view(view, owner)
         self.event_name = check_event_name(event_name, "track_conversion")
         self.action_source = check_action_source(action_source, owner)
         if event_id is not None and not callable(event_id):
@@ -418,34 +481,68 @@ class _Tracker:
         self.when = _source(when, "when")
         self.view_name = getattr(view, "__qualname__", type(view).__qualname__)
         self.emitter = Emitter(owner, client, on_error)
-        self._warned_no_request = False
+        # Without the middleware, the same proxies as the sub-apps: read once.
+        self.proxies = TrustedProxies.from_option(None)
+        self._warned: set[str] = set()
 
     def start(
         self, args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> tuple[PendingEvent, Any, bool]:
+    ) -> tuple[PendingEvent, _Found]:
         """Find the request and make the pending event, before the view runs."""
-        request, is_flask = _find_request(args, kwargs)
-        if request is None and current_context() is None:
-            self._warn_no_request()
-        pending = PendingEvent(self.event_name, self._first_event_id(request))
+        found = _find_request(args, kwargs)
+        if found.framework == "websocket":
+            self._warn_once(WEBSOCKET_MESSAGE)
+            return PendingEvent(self.event_name, str(uuid.uuid4())), found
+        if found.request is None and current_context() is None:
+            self._warn_once(NO_REQUEST_MESSAGE)
+        pending = PendingEvent(self.event_name, self._first_event_id(found.request))
 
-        return pending, request, is_flask
+        return pending, found
+
+    def finish(
+        self,
+        pending: PendingEvent,
+        found: _Found,
+        result: object,
+        kwargs: Mapping[str, Any],
+    ) -> HeldEvent | None:
+        """Build the event the view's outcome calls for; return it to queue.
+
+        The event is built here, while the request is there for the
+        callables. Under the middleware it is handed over, to be queued once
+        the response sent is known to be 2xx, and None is returned, as when
+        no event is due. Never raises.
+        """
+        if not self.should_emit(pending, found, result, kwargs):
+            return None
+        held = self.emitter.build(
+            self.event_name, self.preparer(pending, found, result)
+        )
+        if held is None:
+            return None
+        serving = serving_var.get()
+        if serving is not None and serving.hold(held):
+            return None
+
+        return held
 
     def should_emit(
         self,
         pending: PendingEvent,
-        request: Any,
-        is_flask: bool,
+        found: _Found,
         result: object,
         kwargs: Mapping[str, Any],
     ) -> bool:
         """Whether the view's outcome calls for the event (never raises)."""
+        request = found.request
+        if found.framework == "websocket":
+            return False
         if not is_visit_method(getattr(request, "method", None)):
             logger.debug(
                 "%s: no event for a %s request", self.emitter.origin, request.method
             )
             return False
-        if not _is_success(result, kwargs, request, is_flask):
+        if not _is_success(result, kwargs, request, found.is_flask):
             logger.debug("%s: no event, the view did not succeed", self.emitter.origin)
             return False
         if pending.is_skipped or not self._wanted(request, result):
@@ -454,9 +551,9 @@ class _Tracker:
 
         return True
 
-    def preparer(
-        self, pending: PendingEvent, request: Any, is_flask: bool, result: object
-    ) -> Prepare:
+    def preparer(self, pending: PendingEvent, found: _Found, result: object) -> Prepare:
+        request = found.request
+
         def prepare() -> tuple[EventInput, RequestContext | None]:
             user_data = dict(self._data(self.user_data, "user_data", request, result))
             user_data.update(pending.user_data)
@@ -473,7 +570,7 @@ class _Tracker:
             }
             if custom_data:
                 data["custom_data"] = custom_data
-            return data, _context_of(request, is_flask)
+            return data, _context_of(found, self.proxies)
 
         return prepare
 
@@ -504,11 +601,11 @@ class _Tracker:
             )
             return str(uuid.uuid4())
 
-    def _warn_no_request(self) -> None:
-        if self._warned_no_request:
+    def _warn_once(self, message: str) -> None:
+        if message in self._warned:
             return
-        self._warned_no_request = True
-        logger.warning(NO_REQUEST_MESSAGE, self.event_name, self.view_name)
+        self._warned.add(message)
+        logger.warning(message, self.event_name, self.view_name)
 
 
 def track_conversion(
@@ -536,22 +633,31 @@ def track_conversion(
     async def pay(order_id: int, user: User = Depends(current_user)): ...
     ```
 
-    Success is read from what the view returns: a response object's status;
-    a Flask `(body, status)` tuple's; for a plain value (a dict, a string,
-    a model) the status FastAPI would use (a `response: Response`
-    parameter's, else the route's `status_code`), or 200. An exception, a
+    Under `PinterestMiddleware` or `PinterestWSGIMiddleware`, success is
+    the status of the response actually sent: the event is queued when it
+    starts with a 2xx status. Without the middleware, success is read from
+    what the view returns: a response object's status; a Flask
+    `(body, status)` tuple's; for a plain value (a dict, a string, a model)
+    the status FastAPI would use (a `response: Response` parameter's, else
+    the route's `status_code`, else its `response_class`'s default, such
+    as a redirect's 307), or 200. That reading cannot see what FastAPI
+    does after the view returns (a failing `response_model`, a status set
+    by a dependency): use the middleware with FastAPI. An exception, a
     redirect or an error status emits nothing, and so does a `HEAD`,
     `OPTIONS`, `TRACE` or `CONNECT` request (when the request is known:
-    see the module docs).
+    see the module docs) or a websocket endpoint.
 
     .. versionchanged:: 0.2
-       `HEAD` and `OPTIONS` requests emit nothing.
+       `HEAD` and `OPTIONS` requests emit nothing. Under the middleware,
+       the status sent decides; a websocket endpoint emits nothing.
 
     See the module docs for what goes into the event and how the request
-    is found. The event is queued with `client.track` from a sync view and
-    `await client.atrack` from an async one (an async Flask view, whose
-    event loop ends with the request, queues from a worker thread); none
-    of them waits for Pinterest.
+    is found. The event is built (validated and hashed) when the view
+    returns, then queued by the middleware, or without it with
+    `client.submit` from a sync view and `await client.asubmit` from an
+    async one (an async Flask view, whose event loop ends with the
+    request, queues from a worker thread); none of them waits for
+    Pinterest.
 
     Args:
         event_name: a standard event name (`"checkout"`, `"lead"`, ...) or
@@ -578,8 +684,9 @@ def track_conversion(
 
     Raises:
         ConfigurationError: at decoration time, for an unknown event name
-            or action source, a fixed `event_id`, or a callable of the wrong
-            shape.
+            or action source, a fixed `event_id`, a callable of the wrong
+            shape, a Starlette endpoint class (decorate its methods), or an
+            unusable `PINTEREST_TRUSTED_PROXIES`.
     """
 
     def decorate(view: Callable[P, R]) -> Callable[P, R]:
@@ -611,18 +718,16 @@ def track_conversion(
 def _sync_wrapper(view: Callable[..., Any], tracker: _Tracker) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        pending, request, is_flask = tracker.start(args, kwargs)
+        pending, found = tracker.start(args, kwargs)
         token = _current_event.set(pending)
         try:
             result = view(*args, **kwargs)
         finally:
             _current_event.reset(token)
 
-        if tracker.should_emit(pending, request, is_flask, result, kwargs):
-            tracker.emitter.track(
-                tracker.event_name,
-                tracker.preparer(pending, request, is_flask, result),
-            )
+        held = tracker.finish(pending, found, result, kwargs)
+        if held is not None:
+            tracker.emitter.submit(held.event_name, held.client, held.event)
 
         return result
 
@@ -634,26 +739,25 @@ def _async_wrapper(
 ) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        pending, request, is_flask = tracker.start(args, kwargs)
+        pending, found = tracker.start(args, kwargs)
         token = _current_event.set(pending)
         try:
             result = await view(*args, **kwargs)
         finally:
             _current_event.reset(token)
 
-        if not tracker.should_emit(pending, request, is_flask, result, kwargs):
+        held = tracker.finish(pending, found, result, kwargs)
+        if held is None:
             return result
-
-        prepare = tracker.preparer(pending, request, is_flask, result)
-        if is_flask:
+        if found.is_flask:
             # Flask runs an async view in an event loop that ends with the
             # request: queued from that loop, the client would start its
             # delivery there. From a thread, it delivers from a thread.
             await anyio.to_thread.run_sync(
-                tracker.emitter.track, tracker.event_name, prepare
+                tracker.emitter.submit, held.event_name, held.client, held.event
             )
         else:
-            await tracker.emitter.atrack(tracker.event_name, prepare)
+            await tracker.emitter.asubmit(held.event_name, held.client, held.event)
 
         return result
 

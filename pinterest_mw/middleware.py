@@ -12,22 +12,29 @@ IP through the trusted proxies, user agent, `_epik` click id, page URL,
 language; see `pinterest_mw.context`) and makes it current while the app
 runs. So `client.track({...})` anywhere in a view is enriched from the
 request, and `@track_conversion` finds the request, its client IP and the
-middleware's client. Other scopes (websocket, lifespan) pass straight
-through.
+middleware's client. A `@track_conversion` view's event waits for the
+response: the middleware queues it once the response starts with a 2xx
+status, the status actually sent, and drops it otherwise. Other scopes
+(websocket, lifespan) pass straight through.
 
 Two options do more:
 
 - `epik_cookie=True` stores Pinterest's click id on landing pages: a
   successful HTML response to a GET of a URL with an `epik` query parameter
-  gets a
-  first-party `_epik` cookie (one year, `SameSite=Lax`, not `HttpOnly` so
-  that the Pinterest tag can read it). It is `Secure` when the request's
-  scheme is https as the server reports it (ASGI `scope["scheme"]`, WSGI
-  `wsgi.url_scheme`): browsers drop a `Secure` cookie set over plain http.
-  Behind a proxy that ends TLS, the server reports https only when told to
-  (uvicorn's `--forwarded-allow-ips`, werkzeug's `ProxyFix`). The URL's
-  value replaces an older cookie. The cookie is an advertising identifier:
-  set it only where your consent rules allow.
+  gets a first-party `_epik` cookie (one year, `SameSite=Lax`, not
+  `HttpOnly` so that the Pinterest tag can read it). It is `Secure` when
+  the request was made over https: as the server reports it (ASGI
+  `scope["scheme"]`, WSGI `wsgi.url_scheme`), or as a trusted proxy that
+  ends TLS reports it (`X-Forwarded-Proto`, `Forwarded: proto=`); browsers
+  drop a `Secure` cookie set over plain http. The URL's value replaces an
+  older cookie. The cookie is one visitor's, so it is never set on a
+  response that a shared cache (a CDN) may store and hand to others: a
+  response whose `Cache-Control` is there without `private` or `no-store`
+  gets no cookie, and one without `Cache-Control` gets `Cache-Control:
+  private` with it. (`Vary: Cookie` would not help: the next visitor
+  arrives without the cookie too.) A CDN configured to cache pages
+  whatever their headers must leave out URLs with `epik`. The cookie is an
+  advertising identifier: set it only where your consent rules allow.
 - `route_rules` emit events without touching views, for example a
   `page_visit` for every successful HTML page (by default a rule acts on
   `GET` requests answered with `text/html`): see `RouteRule`. Each rule
@@ -58,9 +65,13 @@ from ._hooks import (
     NOT_VISIT_METHODS,
     Emitter,
     ErrorHook,
+    Serving,
+    arelease_held,
     check_action_source,
     check_event_name,
+    is_success,
     is_visit_method,
+    release_held,
     served_by_middleware,
 )
 from .client import Client, EventInput
@@ -68,7 +79,9 @@ from .context import (
     RequestContext,
     TrustedProxies,
     environ_path,
+    environ_scheme,
     scope_path,
+    scope_scheme,
     use_context,
 )
 from .events import ActionSource
@@ -88,6 +101,7 @@ _EPIK = "epik"
 _EPIK_COOKIE = "_epik"
 # RFC 6265 cookie-octets only: anything else could change the header's meaning.
 _EPIK_VALUE = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]{1,1024}")
+_PRIVATE_DIRECTIVES = frozenset({"private", "no-store"})
 _COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
@@ -107,13 +121,14 @@ class RouteRule:
     A response matches when its status is 2xx, the request's method is in
     `methods`, its path (the full path, mount points included) matches one
     `include` pattern and no `exclude` pattern, and the response's media
-    type is in `content_types`. Patterns are shell-style (`fnmatch`): `*`
-    matches any characters, `/` included. By default a rule acts on `GET`
-    requests answered with `text/html`; `methods` or `content_types` of
-    None match any method or media type, except that `HEAD`, `OPTIONS`,
-    `TRACE` and `CONNECT` requests never emit (they are not visits: link
-    checkers, prefetchers, preflights), and naming one in `methods` is a
-    `ConfigurationError`.
+    type is in `content_types` (compared without parameters and case:
+    `"text/html; charset=utf-8"` is read as `"text/html"`). Patterns are
+    shell-style (`fnmatch`): `*` matches any characters, `/` included. By
+    default a rule acts on `GET` requests answered with `text/html`;
+    `methods` or `content_types` of None match any method or media type,
+    except that `HEAD`, `OPTIONS`, `TRACE` and `CONNECT` requests never
+    emit (they are not visits: link checkers, prefetchers, preflights), and
+    naming one in `methods` is a `ConfigurationError`.
 
     The event carries what the request tells (IP, user agent, click id,
     page URL, language) and a random event id: the Pinterest tag on the
@@ -121,7 +136,8 @@ class RouteRule:
     too, or use `@track_conversion` where deduplication matters.
 
     .. versionchanged:: 0.2
-       `HEAD` and `OPTIONS` requests never match.
+       `HEAD` and `OPTIONS` requests never match; `content_types` entries
+       are read as media types, parameters dropped.
     """
 
     __slots__ = (
@@ -154,7 +170,7 @@ class RouteRule:
                 f"{', '.join(sorted(self.methods & NOT_VISIT_METHODS))}:"
                 " such requests are not visits and never emit"
             )
-        self.content_types = _lower_set(content_types, "content_types")
+        self.content_types = _media_types(content_types)
         self.include = _pattern_list(include, "include")
         self.exclude = _pattern_list(exclude, "exclude")
         self._include_re = _compile(self.include)
@@ -181,7 +197,7 @@ class RouteRule:
 
     def matches_response(self, status: int | None, media_type: str | None) -> bool:
         """Whether a response with this status and media type emits the event."""
-        if status is None or not 200 <= status < 300:
+        if not is_success(status):
             return False
         return self.content_types is None or media_type in self.content_types
 
@@ -198,12 +214,15 @@ def _upper_set(values: Iterable[str] | None, name: str) -> frozenset[str] | None
     return frozenset(value.upper() for value in values)
 
 
-def _lower_set(values: Iterable[str] | None, name: str) -> frozenset[str] | None:
+def _media_types(values: Iterable[str] | None) -> frozenset[str] | None:
+    """Media types as responses are compared: parameters dropped, lower-case."""
     if values is None:
         return None
     if isinstance(values, str):
-        raise ConfigurationError(f"RouteRule: {name} must be a collection of strings")
-    return frozenset(value.lower() for value in values)
+        raise ConfigurationError(
+            "RouteRule: content_types must be a collection of strings"
+        )
+    return frozenset(_media_type(value) for value in values)
 
 
 def _pattern_list(patterns: Iterable[str], name: str) -> tuple[str, ...]:
@@ -230,17 +249,52 @@ def _media_type(content_type: str) -> str:
 class _Answer:
     """What the app answered, as far as the hooks care."""
 
-    __slots__ = ("media_type", "sets_epik", "status")
+    __slots__ = ("cache_control", "media_type", "sets_epik", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
         self.media_type: str | None = None
         self.sets_epik = False
+        self.cache_control: str | None = None
 
-    def is_html_success(self) -> bool:
-        if self.status is None or not 200 <= self.status < 300:
+    def note_header(self, name: str, value: str) -> None:
+        """Note one response header (`name` in lower case)."""
+        if name == "content-type":
+            self.media_type = _media_type(value)
+        elif name == "set-cookie" and value.startswith(f"{_EPIK_COOKIE}="):
+            self.sets_epik = True
+        elif name == "cache-control":
+            joined = f"{self.cache_control}, {value}" if self.cache_control else value
+            self.cache_control = joined
+
+    def takes_epik_cookie(self) -> bool:
+        """Whether the `_epik` cookie may be added to this response.
+
+        A successful HTML page that sets none itself, and that no shared
+        cache may store: one that a CDN keeps would hand this visitor's
+        click id to the next ones.
+        """
+        if not is_success(self.status) or self.media_type != "text/html":
             return False
-        return self.media_type == "text/html"
+        if self.sets_epik:
+            return False
+        if self.cache_control is not None and not _is_private(self.cache_control):
+            logger.debug("epik cookie not set: the response may be cached by others")
+            return False
+        return True
+
+    def needs_private(self) -> bool:
+        """Whether the cookie must come with `Cache-Control: private`."""
+        return self.cache_control is None
+
+
+def _is_private(cache_control: str) -> bool:
+    """Whether `Cache-Control` keeps a response out of shared caches."""
+    directives = {
+        directive.split("=", 1)[0].strip().lower()
+        for directive in cache_control.split(",")
+    }
+    return bool(directives & _PRIVATE_DIRECTIVES)
 
 
 class _Hooks:
@@ -273,12 +327,12 @@ class _Hooks:
         return tuple(rule for rule in self.rules if rule.matches_request(method, path))
 
     def epik_cookie_for(
-        self, method: str, query_string: str, scheme: object
+        self, method: str, query_string: str, scheme: Callable[[], str]
     ) -> str | None:
         """The `Set-Cookie` value for the URL's `epik`, if any and acceptable.
 
         Only for a GET, the request a click on a pin makes; `Secure` only
-        for a request the server reports as https.
+        for a request made over https (`scheme()`, called only then).
         """
         if not self.epik_cookie or method != "GET" or _EPIK not in query_string:
             return None
@@ -288,7 +342,7 @@ class _Hooks:
             if _EPIK_VALUE.fullmatch(value):
                 attributes = (
                     self.secure_cookie_attributes
-                    if scheme == "https"
+                    if scheme() == "https"
                     else self.cookie_attributes
                 )
                 return f"{_EPIK_COOKIE}={value}{attributes}"
@@ -308,16 +362,28 @@ class _Hooks:
         return lambda: (rule.event_data(), context)
 
     def emit(
-        self, rules: Iterable[RouteRule], answer: _Answer, context: RequestContext
+        self,
+        rules: Iterable[RouteRule],
+        answer: _Answer,
+        context: RequestContext,
+        serving: Serving,
     ) -> None:
+        """Queue the events of the rules that match and of the views served."""
         for rule in self.rule_events(rules, answer):
             self.emitter.track(rule.event_name, self.preparer(rule, context))
+        release_held(serving, answer.status)
 
     async def aemit(
-        self, rules: Iterable[RouteRule], answer: _Answer, context: RequestContext
+        self,
+        rules: Iterable[RouteRule],
+        answer: _Answer,
+        context: RequestContext,
+        serving: Serving,
     ) -> None:
+        """`emit` for async code."""
         for rule in self.rule_events(rules, answer):
             await self.emitter.atrack(rule.event_name, self.preparer(rule, context))
+        await arelease_held(serving, answer.status)
 
 
 def _cookie_attributes(domain: str | None, *, secure: bool) -> str:
@@ -354,14 +420,16 @@ class PinterestMiddleware:
         client: where route rules queue their events, and the default
             client of `@track_conversion` views it serves; default
             `get_default_client()`, looked up at each event.
-        trusted_proxies: the proxies (IPs or CIDR networks) whose
-            `Forwarded`/`X-Forwarded-For` headers are believed; None reads
-            `PINTEREST_TRUSTED_PROXIES` (comma-separated). The same option
-            and rules as the mounted sub-app (`pinterest_mw.context`).
+        trusted_proxies: the proxies (IPs or CIDR networks, or `"unix"` for
+            a peer on a unix socket) whose `Forwarded`/`X-Forwarded-*`
+            headers are believed; None reads `PINTEREST_TRUSTED_PROXIES`
+            (comma-separated). The same option and rules as the mounted
+            sub-app (`pinterest_mw.context`).
         route_rules: `RouteRule`s emitting events for matching responses.
         epik_cookie: store the `epik` query parameter as the `_epik` cookie
-            on successful HTML responses to GET requests (off by default:
-            consent); `Secure` on https requests only.
+            on successful HTML responses to GET requests that no shared
+            cache may store (off by default: consent); `Secure` on https
+            requests only.
         cookie_domain: the cookie's `Domain`, to share it with subdomains.
         on_error: called with the exception when a rule's event could not
             be queued.
@@ -404,47 +472,47 @@ class PinterestMiddleware:
         cookie = hooks.epik_cookie_for(
             scope["method"],
             scope.get("query_string", b"").decode("latin-1"),
-            scope.get("scheme"),
+            lambda: scope_scheme(scope, hooks.proxies),
         )
-        if not rules and cookie is None:
-            with use_context(context), served_by_middleware(scope, hooks.client):
-                await self.app(scope, receive, send)
-            return
 
         answer = _Answer()
-        watched = _watch(send, answer, cookie.encode("latin-1") if cookie else None)
-        with use_context(context), served_by_middleware(scope, hooks.client):
+        serving = Serving(scope, hooks.client)
+        watched = _watch(
+            send, answer, cookie.encode("latin-1") if cookie else None, serving
+        )
+        with use_context(context), served_by_middleware(serving):
             await self.app(scope, receive, watched)
 
-        await hooks.aemit(rules, answer, context)
+        await hooks.aemit(rules, answer, context, serving)
 
 
 def _watch(
-    send: Send, answer: _Answer, cookie: bytes | None
+    send: Send, answer: _Answer, cookie: bytes | None, serving: Serving
 ) -> Callable[[Message], Awaitable[None]]:
-    """A `send` that notes the response's start and adds the cookie if due."""
+    """A `send` that notes the response's start and adds the cookie if due.
+
+    Once the start is sent, the views' held events are queued if it is 2xx.
+    """
 
     async def watched(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
-            _note_asgi_answer(answer, message["status"], headers)
-            if cookie is not None and answer.is_html_success() and not answer.sets_epik:
-                message = {**message, "headers": [*headers, (b"set-cookie", cookie)]}
+            answer.status = message["status"]
+            for name, value in headers:
+                answer.note_header(
+                    name.decode("latin-1").lower(), value.decode("latin-1")
+                )
+            if cookie is not None and answer.takes_epik_cookie():
+                headers.append((b"set-cookie", cookie))
+                if answer.needs_private():
+                    headers.append((b"cache-control", b"private"))
+                message = {**message, "headers": headers}
+            await send(message)
+            await arelease_held(serving, answer.status)
+            return
         await send(message)
 
     return watched
-
-
-def _note_asgi_answer(
-    answer: _Answer, status: int, headers: list[tuple[bytes, bytes]]
-) -> None:
-    answer.status = status
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-type":
-            answer.media_type = _media_type(value.decode("latin-1"))
-        elif lowered == b"set-cookie" and value.startswith(b"_epik="):
-            answer.sets_epik = True
 
 
 # --- WSGI -------------------------------------------------------------------------
@@ -463,7 +531,9 @@ class PinterestWSGIMiddleware:
     when the server closes a body it iterated to the end. A body that
     raises, or that the server stops reading (the client went away), emits
     nothing. With route rules, the body is wrapped, so a server cannot
-    apply its `wsgi.file_wrapper` shortcut to it.
+    apply its `wsgi.file_wrapper` shortcut to it. A `@track_conversion`
+    view's event is queued when the app returns, if it has started a 2xx
+    response by then (Flask has), else like a rule's.
     """
 
     def __init__(
@@ -500,20 +570,22 @@ class PinterestWSGIMiddleware:
         cookie = hooks.epik_cookie_for(
             environ.get("REQUEST_METHOD", ""),
             environ.get("QUERY_STRING", ""),
-            environ.get("wsgi.url_scheme"),
+            lambda: environ_scheme(environ, hooks.proxies),
         )
-        if not rules and cookie is None:
-            with use_context(context), served_by_middleware(None, hooks.client):
-                return self.app(environ, start_response)
 
         answer = _Answer()
         watched = _watch_start_response(start_response, answer, cookie)
-        with use_context(context), served_by_middleware(None, hooks.client):
+        serving = Serving(None, hooks.client)
+        with use_context(context), served_by_middleware(serving):
             body = self.app(environ, watched)
-        if not rules:
+        if answer.status is not None:
+            # The views' events: their response has its status (an app that
+            # starts it while its body is read has them queued at the end).
+            release_held(serving, answer.status)
+        if not rules and not serving.held:
             return body
 
-        return _EmitWhenSent(body, lambda: hooks.emit(rules, answer, context))
+        return _EmitWhenSent(body, lambda: hooks.emit(rules, answer, context, serving))
 
 
 def _watch_start_response(
@@ -523,8 +595,10 @@ def _watch_start_response(
         status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], object]:
         _note_wsgi_answer(answer, status, headers)
-        if cookie is not None and answer.is_html_success() and not answer.sets_epik:
+        if cookie is not None and answer.takes_epik_cookie():
             headers = [*headers, ("Set-Cookie", cookie)]
+            if answer.needs_private():
+                headers.append(("Cache-Control", "private"))
         return start_response(status, headers, exc_info)
 
     return watched
@@ -533,16 +607,14 @@ def _watch_start_response(
 def _note_wsgi_answer(
     answer: _Answer, status: str, headers: list[tuple[str, str]]
 ) -> None:
+    # An app may call start_response again with exc_info: the last call counts.
     code = status.split(" ", 1)[0]
     answer.status = int(code) if code.isdigit() else None
     answer.media_type = None
     answer.sets_epik = False
+    answer.cache_control = None
     for name, value in headers:
-        lowered = name.lower()
-        if lowered == "content-type":
-            answer.media_type = _media_type(value)
-        elif lowered == "set-cookie" and value.startswith("_epik="):
-            answer.sets_epik = True
+        answer.note_header(name.lower(), value)
 
 
 class _EmitWhenSent:

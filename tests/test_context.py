@@ -118,6 +118,148 @@ class TestClientIP:
         with pytest.raises(ConfigurationError, match="trusted_proxies"):
             TrustedProxies(["10.0.0.0/8", "proxy.internal"])
 
+    @pytest.mark.parametrize("forwarded", ["proto=https", "by=10.0.0.2;host=x"])
+    def test_forwarded_without_for_leaves_x_forwarded_for_in_charge(
+        self, forwarded: str
+    ) -> None:
+        """A `Forwarded` header naming no hop says nothing about the client."""
+        ip = PROXIES.client_ip(
+            "10.0.0.2", forwarded=forwarded, forwarded_for="198.51.100.1"
+        )
+
+        assert ip == "198.51.100.1"
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"forwarded": "proto=https"}, {"forwarded_for": ""}],
+        ids=["none", "forwarded-without-for", "empty-x-forwarded-for"],
+    )
+    def test_trusted_peer_forwarding_no_client_gives_no_client_ip(
+        self, headers: dict[str, str]
+    ) -> None:
+        """The proxy's own address is not the client's."""
+        assert PROXIES.client_ip("10.0.0.2", **headers) is None
+
+
+UNIX = TrustedProxies(["unix"])
+
+
+class TestUnixSocketPeer:
+    @pytest.mark.parametrize("peer", [None, "", "/run/shop/app.sock"])
+    def test_unix_entry_believes_a_peer_on_a_unix_socket(
+        self, peer: str | None
+    ) -> None:
+        ip = UNIX.client_ip(peer, forwarded_for="198.51.100.1, 10.0.0.7")
+
+        assert ip == "10.0.0.7"
+
+    @pytest.mark.parametrize("peer", [None, "/run/shop/app.sock"])
+    def test_without_the_unix_entry_a_socket_peer_is_not_believed(
+        self, peer: str | None
+    ) -> None:
+        assert PROXIES.client_ip(peer, forwarded_for="198.51.100.1") is None
+
+    @pytest.mark.parametrize("peer", ["10.0.0.2", "testclient"])
+    def test_unix_entry_trusts_no_network_peer(self, peer: str) -> None:
+        ip = UNIX.client_ip(peer, forwarded_for="198.51.100.1")
+
+        assert ip == ("10.0.0.2" if peer == "10.0.0.2" else None)
+
+    def test_asgi_scope_without_client_reads_the_forwarded_client(self) -> None:
+        """uvicorn --uds reports no client for a unix-socket peer."""
+        request = scope({"X-Forwarded-For": "198.51.100.1"})
+        request["client"] = None
+
+        context = RequestContext.from_scope(request, trusted_proxies=UNIX)
+
+        assert context.client_ip == "198.51.100.1"
+
+    def test_unix_entry_is_read_from_the_environment(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(ENV_TRUSTED_PROXIES, "UNIX, 10.0.0.0/8")
+
+        proxies = TrustedProxies.from_option(None)
+
+        assert proxies.client_ip(None, forwarded_for="198.51.100.1") == "198.51.100.1"
+        assert repr(proxies) == "TrustedProxies(['10.0.0.0/8', 'unix'])"
+
+
+def plain_http(request: dict[str, Any]) -> dict[str, Any]:
+    """`request` as the server behind a TLS-terminating proxy sees it."""
+    if "type" in request:
+        return {**request, "scheme": "http", "server": ("shop.example", 80)}
+    return {**request, "wsgi.url_scheme": "http"}
+
+
+def read(request: dict[str, Any], proxies: TrustedProxies) -> RequestContext:
+    if "type" in request:
+        return RequestContext.from_scope(request, trusted_proxies=proxies)
+    return RequestContext.from_environ(request, trusted_proxies=proxies)
+
+
+def behind_proxy(kind: str, headers: dict[str, str], peer: str) -> dict[str, Any]:
+    if kind == "asgi":
+        return plain_http(scope(headers, peer=peer))
+    return plain_http(environ(headers, REMOTE_ADDR=peer))
+
+
+class TestForwardedScheme:
+    @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"X-Forwarded-For": "198.51.100.1", "X-Forwarded-Proto": "https"},
+            {"Forwarded": "for=198.51.100.1;proto=https"},
+            {"Forwarded": "proto=https", "X-Forwarded-For": "198.51.100.1"},
+        ],
+        ids=["x-forwarded-proto", "forwarded", "forwarded-proto-only"],
+    )
+    def test_trusted_proxy_reports_the_clients_https(
+        self, kind: str, headers: dict[str, str]
+    ) -> None:
+        context = read(behind_proxy(kind, headers, "10.0.0.2"), PROXIES)
+
+        assert context.page_url == "https://shop.example/thank-you"
+
+    @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+    def test_untrusted_peer_cannot_claim_https(self, kind: str) -> None:
+        headers = {"X-Forwarded-For": "198.51.100.1", "X-Forwarded-Proto": "https"}
+
+        context = read(behind_proxy(kind, headers, "203.0.113.9"), PROXIES)
+
+        assert context.page_url == "http://shop.example/thank-you"
+
+    @pytest.mark.parametrize(
+        ("headers", "scheme"),
+        [
+            (
+                {
+                    "X-Forwarded-For": "198.51.100.1, 10.0.0.7",
+                    "X-Forwarded-Proto": "https, http",
+                },
+                "https",
+            ),
+            (
+                {"Forwarded": "for=198.51.100.1;proto=https, for=10.0.0.7;proto=http"},
+                "https",
+            ),
+            ({"X-Forwarded-For": "198.51.100.1", "X-Forwarded-Proto": "ftp"}, "http"),
+            (
+                {"X-Forwarded-For": "198.51.100.1", "X-Forwarded-Proto": "https, http"},
+                "http",
+            ),
+        ],
+        ids=["list-aligned", "forwarded-chain", "not-a-web-scheme", "list-unaligned"],
+    )
+    def test_protocol_of_the_clients_hop_is_read(
+        self, headers: dict[str, str], scheme: str
+    ) -> None:
+        """A list is read at the client's position; one that cannot be, not at all."""
+        context = read(behind_proxy("asgi", headers, "10.0.0.2"), PROXIES)
+
+        assert context.page_url == f"{scheme}://shop.example/thank-you"
+
 
 class TestFromScope:
     def test_reads_user_agent_language_and_page_url(self) -> None:

@@ -23,17 +23,21 @@ from _helpers import EMAIL, FAST, MOCK_URL, SHOP
 from fastapi import Depends, FastAPI
 from fastapi import HTTPException as FastAPIHTTPException
 from fastapi import Response as FastAPIResponse
+from pydantic import BaseModel
 from pytest_httpx import HTTPXMock
 from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import HTTPException, StarletteDeprecationWarning
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from pinterest_mw.client import Client, set_default_client
 from pinterest_mw.decorators import (
     NO_CURRENT_EVENT_MESSAGE,
     NO_REQUEST_MESSAGE,
+    WEBSOCKET_MESSAGE,
     HookCounters,
     PendingEvent,
     current_event,
@@ -41,14 +45,19 @@ from pinterest_mw.decorators import (
     hook_counters,
     track_conversion,
 )
-from pinterest_mw.exceptions import ConfigurationError, EventValidationError
+from pinterest_mw.exceptions import (
+    ConfigurationError,
+    EventValidationError,
+    QueueFullError,
+)
 from pinterest_mw.hashing import sha256_hex
-from pinterest_mw.middleware import PinterestMiddleware
+from pinterest_mw.middleware import PinterestMiddleware, PinterestWSGIMiddleware
 from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
 
 with warnings.catch_warnings():
     # Starlette 1.10 asks for httpx2 under its TestClient; httpx still works.
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.middleware.wsgi import WSGIMiddleware
     from starlette.testclient import TestClient
 
 PEER = "203.0.113.9"
@@ -614,6 +623,150 @@ def test_flask_tuple_status_decides(returned: Any, events: int, client: Client) 
     assert client.counters.accepted == events
 
 
+# --- the status actually sent --------------------------------------------------------
+
+
+class Total(BaseModel):
+    total: int
+
+
+def sent_status_app(client: Client) -> FastAPI:
+    """Views whose return value looks successful; FastAPI answers otherwise."""
+    app = FastAPI()
+    app.add_middleware(PinterestMiddleware, client=client)
+    track = track_conversion("checkout")
+
+    @app.get("/valid-model", response_model=Total)
+    @track
+    async def valid_model() -> Any:
+        return {"total": 3}
+
+    @app.get("/invalid-model", response_model=Total)
+    @track
+    async def invalid_model() -> Any:
+        return {"total": "not a number"}
+
+    @app.get("/redirect-class", response_class=RedirectResponse)
+    @track
+    def redirect_class() -> str:
+        return "https://shop.example/elsewhere"
+
+    def deny(response: FastAPIResponse) -> None:
+        response.status_code = 403
+
+    @app.get("/denied-by-dependency", dependencies=[Depends(deny)])
+    @track
+    async def denied_by_dependency() -> dict[str, bool]:
+        return {"ok": False}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "events"),
+    [
+        ("/valid-model", 200, 1),
+        ("/invalid-model", 500, 0),
+        ("/redirect-class", 307, 0),
+        ("/denied-by-dependency", 403, 0),
+    ],
+)
+def test_under_the_middleware_the_status_sent_decides(
+    path: str, status: int, events: int, client: Client
+) -> None:
+    """FastAPI changes the status after the view returned; the middleware sees it."""
+    with TestClient(
+        sent_status_app(client),
+        headers={"user-agent": USER_AGENT},
+        client=(PEER, 1),
+        follow_redirects=False,
+        raise_server_exceptions=False,
+    ) as test_client:
+        reply = test_client.get(path)
+
+    assert (reply.status_code, client.counters.accepted) == (status, events)
+
+
+def test_without_the_middleware_a_redirecting_response_class_emits_nothing(
+    client: Client,
+) -> None:
+    """FastAPI's redirect idiom: a URL returned, a 307 sent."""
+    app = FastAPI()
+
+    @app.get("/go", response_class=RedirectResponse)
+    @track_conversion("checkout", client=client)
+    async def go(request: Request) -> str:
+        return "https://shop.example/elsewhere"
+
+    with TestClient(
+        app, headers={"user-agent": USER_AGENT}, client=(PEER, 1)
+    ) as test_client:
+        reply = test_client.get("/go", follow_redirects=False)
+
+    assert (reply.status_code, client.counters.accepted) == (307, 0)
+
+
+def test_under_the_wsgi_middleware_the_status_sent_decides(client: Client) -> None:
+    """An `after_request` hook turns the view's page into an error."""
+    app = flask.Flask(__name__)
+    app.add_url_rule("/", "view", track_conversion("lead", client=client)(lambda: "ok"))
+
+    @app.after_request
+    def fail(response: flask.Response) -> flask.Response:
+        response.status_code = 500
+        return response
+
+    app.wsgi_app = PinterestWSGIMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+
+    reply = FlaskHarness(app).get("/")
+
+    assert (reply.status, client.counters.accepted) == (500, 0)
+
+
+def mounted_flask_app(
+    client: Client, returned: Any, user_data: Any = None
+) -> Starlette:
+    """A Flask app mounted in a Starlette one, behind `PinterestMiddleware`."""
+    legacy = flask.Flask(__name__)
+
+    @legacy.get("/orders/<order_id>")
+    @track_conversion("checkout", user_data=user_data or {"email": EMAIL})
+    def order(order_id: str) -> Any:
+        return returned
+
+    app = Starlette(routes=[Mount("/legacy", WSGIMiddleware(legacy))])
+    app.add_middleware(PinterestMiddleware, client=client)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("returned", "events"),
+    [("ok", 1), (("missing", 404), 0), (("bad", 500), 0), (None, 0)],
+)
+def test_flask_app_mounted_under_the_middleware_emits_on_success_only(
+    returned: Any, events: int, client: Client
+) -> None:
+    app = mounted_flask_app(client, returned)
+
+    get_from(app, "/legacy/orders/7")
+
+    assert client.counters.accepted == events
+
+
+def test_flask_app_mounted_under_the_middleware_hands_flasks_request(
+    client: Client,
+) -> None:
+    """The innermost framework runs the view: the callables get its request."""
+    seen: list[Any] = []
+    app = mounted_flask_app(
+        client, "ok", lambda request: seen.append(request.view_args)
+    )
+
+    reply = get_from(app, "/legacy/orders/7")
+
+    assert (reply.status_code, seen) == (200, [{"order_id": "7"}])
+
+
 def wait_until(condition: Callable[[], bool], deadline: float = 5.0) -> bool:
     """Poll `condition` until it holds; a bound against hanging, not a timing test."""
     end = time.monotonic() + deadline
@@ -803,6 +956,29 @@ def test_forwarding_headers_are_not_believed_without_the_middleware(
     assert event["user_data"]["client_ip_address"] == PEER
 
 
+@pytest.mark.parametrize("framework", ["starlette", "flask"])
+def test_trusted_proxies_of_the_environment_apply_without_the_middleware(
+    framework: str,
+    client: Client,
+    fake_pinterest: FakePinterestAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As for the sub-apps and the middleware: `PINTEREST_TRUSTED_PROXIES`."""
+    monkeypatch.setenv("PINTEREST_TRUSTED_PROXIES", f"{PEER}/32")
+    forwarded = {"x-forwarded-for": "198.51.100.7"}
+
+    if framework == "starlette":
+        get_from(order_page(client), "/orders/1", **forwarded)
+    else:
+        app = flask.Flask(__name__)
+        view = track_conversion("lead", client=client)(lambda: "ok")
+        app.add_url_rule("/", "view", view)
+        FlaskHarness(app).get("/", **forwarded)
+
+    [event] = sent_events(client, fake_pinterest)
+    assert event["user_data"]["client_ip_address"] == "198.51.100.7"
+
+
 # --- skipping ----------------------------------------------------------------------
 
 
@@ -942,6 +1118,26 @@ def test_invalid_event_is_logged_with_its_paths_and_passed_on(
     assert EMAIL not in caplog.text
 
 
+def test_keys_of_the_callers_own_are_hidden_in_the_log(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key can be personal data itself: `{email: email}` is a common slip."""
+    app = order_page(
+        client,
+        user_data=lambda request: {EMAIL: EMAIL},
+        custom_data=lambda request: {"Secret-Key-9": 1},
+    )
+
+    with caplog.at_level(logging.WARNING, logger="pinterest_mw"):
+        get_from(app, "/orders/1")
+
+    assert "user_data.<unknown key>" in caplog.text
+    assert "custom_data.<unknown key>" in caplog.text
+    assert EMAIL not in caplog.text
+    assert "example.com" not in caplog.text.lower()
+    assert "Secret-Key-9" not in caplog.text
+
+
 def test_failing_on_error_hook_is_contained(client: Client) -> None:
     """The view still answers when the on_error hook itself raises."""
 
@@ -964,15 +1160,35 @@ def test_failing_event_id_callable_falls_back_to_a_random_id(
     assert [e["event_id"] for e in sent_events(client, fake_pinterest)] == [reply.text]
 
 
-def test_full_queue_does_not_break_the_view(make_client: Callable[..., Client]) -> None:
-    client = make_client(max_queue_size=1, overflow="raise", flush_interval=60)
-    app = order_page(client)
+@pytest.mark.parametrize("overflow", ["raise", "drop_newest"])
+def test_full_queue_does_not_break_the_view_and_is_reported(
+    overflow: str, make_client: Callable[..., Client]
+) -> None:
+    """Whatever the overflow policy, an event the queue refused is a failure."""
+    errors: list[Exception] = []
+    client = make_client(max_queue_size=1, overflow=overflow, flush_interval=60)
+    app = order_page(client, on_error=errors.append)
     before = counted()
 
     statuses = [get_from(app, f"/orders/{n}").status_code for n in range(2)]
 
     assert statuses == [200, 200]
     assert delta(before) == {"tracked": 1, "skipped": 0, "failed": 1}
+    assert [type(error) for error in errors] == [QueueFullError]
+
+
+def test_full_queue_is_logged_as_such(
+    make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(max_queue_size=1, flush_interval=60)
+    app = order_page(client)
+
+    with caplog.at_level(logging.WARNING, logger="pinterest_mw.decorators"):
+        for n in range(2):
+            get_from(app, f"/orders/{n}")
+
+    [record] = [r for r in caplog.records if r.name == "pinterest_mw.decorators"]
+    assert record.getMessage().endswith("checkout event not queued (the queue is full)")
 
 
 # --- without a request -------------------------------------------------------------
@@ -1127,6 +1343,51 @@ def test_unusable_decorator_arguments_raise_at_decoration(
 
     with pytest.raises(ConfigurationError):
         track_conversion(name, **options)(lambda request: None)
+
+
+class Checkout(HTTPEndpoint):
+    async def get(self, request: Request) -> Response:
+        return PlainTextResponse(current_event().event_id)
+
+
+def test_endpoint_class_is_refused_at_decoration() -> None:
+    """Starlette would call the wrapper as a function and answer 500."""
+    with pytest.raises(ConfigurationError, match="decorate the methods of Checkout"):
+        track_conversion("checkout")(Checkout)
+
+
+def test_endpoint_method_can_be_decorated(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    class Tracked(HTTPEndpoint):
+        get = track_conversion("checkout", client=client)(Checkout.get)
+
+    reply = get_from(Starlette(routes=[Route("/", Tracked)]), "/")
+
+    assert [e["event_id"] for e in sent_events(client, fake_pinterest)] == [reply.text]
+
+
+def test_websocket_endpoint_emits_nothing_and_warns_once(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    @track_conversion("lead", client=client)
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi")
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/chat", chat)])
+    before = counted()
+    with (
+        caplog.at_level(logging.WARNING, logger="pinterest_mw"),
+        TestClient(app) as test_client,
+    ):
+        for _ in range(2):
+            with test_client.websocket_connect("/chat") as websocket:
+                websocket.receive_text()
+
+    assert delta(before) == {"tracked": 0, "skipped": 0, "failed": 0}
+    assert [r.msg for r in caplog.records] == [WEBSOCKET_MESSAGE]
 
 
 def test_async_callable_is_refused_at_decoration() -> None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import flask
+import httpx
 import pytest
+import uvicorn
 from _helpers import SHOP
 from fastapi import FastAPI
 from starlette.applications import Starlette
@@ -93,6 +99,10 @@ def asgi_shop(client: Client | None, **options: Any) -> Starlette:
     async def context(request: Request) -> Response:
         return JSONResponse(context_fields())
 
+    async def cached(request: Request) -> Response:
+        cache_control = request.query_params["cache-control"]
+        return HTMLResponse("<p>cached</p>", headers={"cache-control": cache_control})
+
     async def lead(request: Request) -> Response:
         assert client is not None
         await client.atrack({"event_name": "lead", "action_source": "web"})
@@ -104,6 +114,7 @@ def asgi_shop(client: Client | None, **options: Any) -> Starlette:
         Route("/missing", missing),
         Route("/own-cookie", own_cookie),
         Route("/context", context),
+        Route("/cached", cached),
         Route("/lead", lead),
     ]
     middleware = [Middleware(PinterestMiddleware, client=client, **options)]
@@ -135,6 +146,11 @@ def wsgi_shop(client: Client | None, **options: Any) -> flask.Flask:
     def context() -> Any:
         return context_fields()
 
+    @app.get("/cached")
+    def cached() -> Any:
+        cache_control = flask.request.args["cache-control"]
+        return "<p>cached</p>", {"cache-control": cache_control}
+
     @app.get("/lead")
     def lead() -> Any:
         assert client is not None
@@ -153,6 +169,7 @@ class Reply:
     text: str
     json: Any
     set_cookies: list[str]
+    cache_control: list[str]
 
 
 class Browser:
@@ -192,6 +209,7 @@ class Browser:
                 response.text,
                 response.get_json(silent=True),
                 response.headers.getlist("Set-Cookie"),
+                response.headers.getlist("Cache-Control"),
             )
         response = self._asgi.request(method, path, headers=headers)
         json = response.json() if "json" in response.headers["content-type"] else None
@@ -200,6 +218,7 @@ class Browser:
             response.text,
             json,
             response.headers.get_list("set-cookie"),
+            response.headers.get_list("cache-control"),
         )
 
 
@@ -316,6 +335,49 @@ def test_no_context_is_left_behind_after_the_request(kind: str) -> None:
     assert current_context() is None
 
 
+@contextlib.contextmanager
+def serve_on_unix_socket(app: Any) -> Iterator[httpx.Client]:
+    """Serve `app` with uvicorn on a unix socket, as behind nginx; a client for it."""
+    directory = tempfile.TemporaryDirectory(prefix="pmw-", dir="/tmp")
+    path = f"{directory.name}/app.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    config = uvicorn.Config(app, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            assert time.monotonic() < deadline, "uvicorn did not start in time"
+            time.sleep(0.01)
+        transport = httpx.HTTPTransport(uds=path)
+        with httpx.Client(transport=transport, base_url="http://shop.example") as web:
+            yield web
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        directory.cleanup()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("trusted", "expected"), [(["unix"], FORWARDED_CLIENT), ([], None)]
+)
+def test_proxy_on_a_unix_socket_is_believed_when_trusted(
+    trusted: list[str], expected: str | None
+) -> None:
+    """uvicorn reports no peer for a unix socket; `"unix"` trusts it."""
+    app = asgi_shop(None, trusted_proxies=trusted)
+
+    with serve_on_unix_socket(app) as web:
+        reply = web.get("/context", headers={"x-forwarded-for": FORWARDED_CLIENT})
+
+    assert reply.json()["client_ip"] == expected
+
+
 @pytest.mark.parametrize("trusted", ["10.0.0.1", ["not an address"]])
 def test_unusable_trusted_proxies_raise_at_construction(trusted: Any) -> None:
     with pytest.raises(ConfigurationError):
@@ -371,21 +433,72 @@ def test_epik_query_sets_the_cookie_on_a_successful_html_page(kind: str) -> None
     assert reply.set_cookies == [f"_epik=dj0yJnU9abc{COOKIE_ATTRIBUTES}"]
 
 
-def plain_http_set_cookies(kind: str, path: str, **options: Any) -> list[str]:
+def plain_http_set_cookies(
+    kind: str,
+    path: str,
+    *,
+    peer: str = PEER,
+    headers: dict[str, str] | None = None,
+    **options: Any,
+) -> list[str]:
     """The `Set-Cookie` headers of a GET over plain http (not localhost)."""
     app = shop(kind, None, **options)
     base_url = "http://shop.example"
     if isinstance(app, flask.Flask):
-        response = app.test_client().get(path, base_url=base_url)
+        response = app.test_client().get(
+            path, base_url=base_url, headers=headers, environ_base={"REMOTE_ADDR": peer}
+        )
         return response.headers.getlist("Set-Cookie")
-    with TestClient(app, base_url=base_url) as test_client:
-        return test_client.get(path).headers.get_list("set-cookie")
+    with TestClient(app, base_url=base_url, client=(peer, 1)) as test_client:
+        return test_client.get(path, headers=headers).headers.get_list("set-cookie")
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_epik_cookie_over_plain_http_is_not_secure(kind: str) -> None:
     """Browsers drop a Secure cookie set over http: it would never be stored."""
     cookies = plain_http_set_cookies(kind, "/products/1?epik=abc", epik_cookie=True)
+
+    assert cookies == [
+        f"_epik=abc; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "forwarding",
+    [
+        {"x-forwarded-for": FORWARDED_CLIENT, "x-forwarded-proto": "https"},
+        {"forwarded": f"for={FORWARDED_CLIENT};proto=https"},
+    ],
+    ids=["x-forwarded-proto", "forwarded"],
+)
+def test_epik_cookie_is_secure_when_a_trusted_proxy_ended_tls(
+    kind: str, forwarding: dict[str, str]
+) -> None:
+    """The server sees http from the proxy; the browser used https."""
+    cookies = plain_http_set_cookies(
+        kind,
+        "/products/1?epik=abc",
+        peer=PROXY,
+        headers=forwarding,
+        epik_cookie=True,
+        trusted_proxies=["10.0.0.0/8"],
+    )
+
+    assert cookies == [f"_epik=abc{COOKIE_ATTRIBUTES}"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_ignores_the_protocol_claimed_by_an_untrusted_peer(
+    kind: str,
+) -> None:
+    cookies = plain_http_set_cookies(
+        kind,
+        "/products/1?epik=abc",
+        headers={"x-forwarded-proto": "https"},
+        epik_cookie=True,
+        trusted_proxies=["10.0.0.0/8"],
+    )
 
     assert cookies == [
         f"_epik=abc; Max-Age={EPIK_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
@@ -469,6 +582,50 @@ def test_epik_cookie_is_set_on_get_requests_only(kind: str) -> None:
 
     assert reply.status == 200
     assert reply.set_cookies == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "cache_control",
+    ["public, max-age=600", "s-maxage=60", "max-age=60", "no-cache"],
+)
+def test_epik_cookie_is_not_set_on_a_page_shared_caches_may_keep(
+    kind: str, cache_control: str
+) -> None:
+    """A CDN would hand one visitor's click id to every later visitor."""
+    reply = fetch(
+        kind, None, f"/cached?cache-control={cache_control}&epik=abc", epik_cookie=True
+    )
+
+    assert (reply.status, reply.set_cookies) == (200, [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cache_control", ["private, max-age=60", "No-Store"])
+def test_epik_cookie_is_set_on_a_page_kept_out_of_shared_caches(
+    kind: str, cache_control: str
+) -> None:
+    reply = fetch(
+        kind, None, f"/cached?cache-control={cache_control}&epik=abc", epik_cookie=True
+    )
+
+    assert reply.set_cookies == [f"_epik=abc{COOKIE_ATTRIBUTES}"]
+    assert reply.cache_control == [cache_control]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epik_cookie_keeps_a_page_without_cache_control_private(kind: str) -> None:
+    reply = fetch(kind, None, "/products/1?epik=abc", epik_cookie=True)
+
+    assert reply.cache_control == ["private"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_page_without_the_cookie_gets_no_cache_control(kind: str) -> None:
+    """The middleware touches caching only where it sets the cookie."""
+    reply = fetch(kind, None, "/products/1", epik_cookie=True)
+
+    assert reply.cache_control == []
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -840,6 +997,16 @@ def test_route_rule_matches_successful_responses_of_its_types(
     status: int | None, media_type: str | None, matches: bool
 ) -> None:
     assert PAGE_VISIT.matches_response(status, media_type) is matches
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/html; charset=utf-8", "Text/HTML", " text/html ;q=1"]
+)
+def test_route_rule_content_types_are_read_as_media_types(content_type: str) -> None:
+    """A parameter or capital letter in the rule would otherwise never match."""
+    rule = RouteRule("page_visit", content_types={content_type})
+
+    assert rule.matches_response(200, "text/html")
 
 
 def test_route_rule_without_includes_matches_nothing() -> None:
