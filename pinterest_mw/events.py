@@ -21,8 +21,15 @@ never holds a raw email, phone, name or address. `client_ip_address`,
 Pinterest requires. A personal-data value that cannot be normalized is
 dropped with a warning (`Event.warnings`, path and reason only), never
 failing the event. No error message and no `repr` or `str` of a model holds
-a user-data value or hash; only the event name, which is not personal data,
-is ever quoted back.
+a user-data value or hash, and no error message repeats any input value,
+the event name included: a shifted column can put an email address there.
+No exception raised here keeps pydantic's error (which holds the input)
+as its `__context__` or `__cause__`.
+
+An event serializes only what validation produced: `to_json()` and
+`to_wire()` refuse an event whose user data holds anything but SHA-256
+digests in its hashed fields, as `model_construct()` or
+`model_copy(update=...)` can leave it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import operator
 import re
 import time
 import uuid
@@ -38,7 +46,15 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    NamedTuple,
+    Self,
+    TypeVar,
+)
 
 import pycountry
 from pydantic import (
@@ -65,7 +81,15 @@ from .exceptions import (
     FieldError,
     UnusableValueError,
 )
-from .hashing import FieldWarning, _integer_text, hash_user_data
+from .hashing import (
+    HASHED_FIELDS,
+    USER_DATA_KEYS,
+    FieldWarning,
+    _checked_date_format,
+    _integer_text,
+    check_default_region,
+    hash_user_data,
+)
 
 __all__ = [
     "ActionSource",
@@ -93,6 +117,9 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 # 13-digit timestamps are milliseconds; 10**12 seconds lies ~30,000 years ahead.
 _MILLISECONDS_FROM = 10**12
+_MAX_ID_DIGITS = 64
+# A tuple, not `float | Decimal`: isinstance() would build the union each call.
+_FRACTIONAL_TYPES = (float, Decimal)
 # A double holds 15 significant decimal digits reliably: reading a float at
 # that precision turns 0.1 + 0.2 back into 0.3, what the caller meant.
 _FLOAT_MONEY_FORMAT = ".15g"
@@ -103,14 +130,17 @@ _MONEY_MAX_ADJUSTED_EXPONENT = 18
 _MONEY_MAX_PLACES = 18
 _MONEY_QUANTUM = Decimal(1).scaleb(-_MONEY_MAX_PLACES)
 _MONEY_CONTEXT = Context(prec=2 * (_MONEY_MAX_PLACES + 2), rounding=ROUND_HALF_EVEN)
-_EVENT_NAME_QUOTE_LIMIT = 64
 
 _ADVERTISER_EVENT_NAME = re.compile(r"[A-Za-z_]+")
 _NUMERIC_TEXT = re.compile(r"[0-9]{1,20}(?:\.[0-9]{0,20})?")
 # Already in the form Pinterest wants, within the bounds below: kept as is.
 _PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]{0,18})(?:\.[0-9]{1,18})?")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_LANGUAGE_TAG = re.compile(r"([A-Za-z]{2})(?:[-_][A-Za-z0-9-_]*)?")
+_LANGUAGE_TAG = re.compile(r"([A-Za-z]{2,3})(?:[-_][A-Za-z0-9-_]*)?")
+# Codes ISO 639-1 withdrew that Java and older Android still write.
+_LEGACY_LANGUAGE_CODES = {"iw": "he", "in": "id", "ji": "yi"}
+
+_T = TypeVar("_T")
 
 _OWN_ERROR_PREFIX = "pinterest_mw."
 # Pydantic's own error types, reworded so that no message can echo an input.
@@ -155,7 +185,9 @@ class EventName(StrEnum):
     """Pinterest's standard event names.
 
     `Event.event_name` also takes advertiser-defined names made of letters
-    and underscores (`^[A-Za-z_]+$`), kept as plain strings.
+    and underscores (`^[A-Za-z_]+$`), kept as plain strings. Names are
+    compared as written: `Checkout` is advertiser-defined, as Pinterest
+    counts it, and the event carries a warning saying so.
     """
 
     ADD_PAYMENT_INFO = "add_payment_info"
@@ -265,13 +297,27 @@ def _validate_event_name(value: Any) -> EventName | str:
     if _ADVERTISER_EVENT_NAME.fullmatch(value):
         return value
 
-    quoted = repr(value[:_EVENT_NAME_QUOTE_LIMIT])
     raise _fail(
         "event_name",
-        "{name} is neither a standard event name nor an advertiser-defined"
-        " name of letters and underscores",
-        name=quoted,
+        "is neither a standard event name nor an advertiser-defined name of"
+        " letters and underscores",
     )
+
+
+def _event_name_warning(name: EventName | str) -> FieldWarning | None:
+    """Warn about a standard name in other letter case, which Pinterest does
+    not map: it counts `Checkout` as an advertiser-defined event."""
+    if type(name) is not str:
+        return None
+    standard = _STANDARD_EVENT_NAMES.get(name.lower())
+    if standard is None:
+        return None
+
+    reason = (
+        f"looks like the standard name '{standard.value}'; Pinterest's names"
+        " are lower-case, and it counts this one as an advertiser-defined event"
+    )
+    return FieldWarning("event_name", reason, dropped=False)
 
 
 def _is_finite_number(value: object) -> bool:
@@ -307,16 +353,24 @@ def _unix_seconds(value: Any, field: str) -> int:
 def _text_to_timestamp(text: str, field: str) -> int | float:
     if _NUMERIC_TEXT.fullmatch(text):
         return int(text) if text.isdigit() else float(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise _time_type_error(field) from None
+    moment = _iso_datetime_or_none(text)
+    if moment is None:
+        raise _time_type_error(field)
     if moment.tzinfo is None:
         raise _fail(
             "time_offset", "must carry a UTC offset when given as an ISO 8601 string"
         )
 
     return moment.timestamp()
+
+
+def _iso_datetime_or_none(text: str) -> datetime | None:
+    # The ValueError quotes the text: it must not become the __context__ of
+    # the error raised for it.
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _time_type_error(field: str) -> PydanticCustomError:
@@ -384,9 +438,18 @@ def _validate_event_id(value: Any) -> str:
 
 
 def _validate_identifier(value: Any) -> Any:
-    """Write an integer id out; other values go on to the string schema."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """Write a numeric id out; other values go on to the string schema.
+
+    A whole float or `Decimal` is written as the integer it holds (`42.0`
+    as `42`); one with a fraction is refused, since an id with a fraction
+    is almost surely a bug.
+    """
+    if type(value) is str or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
         return _id_text(value)
+    if isinstance(value, _FRACTIONAL_TYPES):
+        return _id_text(_whole_number(value))
 
     return value
 
@@ -395,9 +458,41 @@ def _id_text(value: int) -> str:
     try:
         return _integer_text(value)
     except UnusableValueError:
+        pass
+
+    raise _id_too_long()
+
+
+def _id_too_long() -> PydanticCustomError:
+    return _fail(
+        "id_too_long", "is an integer of more than 64 digits; send it as a string"
+    )
+
+
+def _whole_number(value: float | Decimal) -> int:
+    if isinstance(value, Decimal):
+        # Checked before int(), which would write out all of 1E+999999999.
+        if value.is_finite() and value.adjusted() >= _MAX_ID_DIGITS:
+            raise _id_too_long()
+        whole = value.is_finite() and value == value.to_integral_value()
+    else:
+        whole = math.isfinite(value) and value.is_integer()
+    if not whole:
         raise _fail(
-            "id_too_long", "is an integer of more than 64 digits; send it as a string"
-        ) from None
+            "id_fraction",
+            "is a number with a fraction or not finite; send ids as strings"
+            " or whole numbers",
+        )
+
+    return int(value)
+
+
+def _refuse_bool(value: Any) -> Any:
+    """Refuse true and false where a number belongs; pydantic reads them as 1, 0."""
+    if isinstance(value, bool):
+        raise _fail("int_bool", "must be an integer, not true or false")
+
+    return value
 
 
 def _validate_money(value: Any) -> str:
@@ -444,12 +539,25 @@ def _currency_codes() -> frozenset[str]:
 
 
 @cache
-def _language_codes() -> frozenset[str]:
-    return frozenset(
-        language.alpha_2
-        for language in pycountry.languages
-        if hasattr(language, "alpha_2")
-    )
+def _language_codes() -> dict[str, str]:
+    """Map ISO 639-1 codes to themselves, and other spellings to them.
+
+    The other spellings are the 639-2 and 639-3 codes of a language that
+    has a 639-1 code (`eng`, `ger`, `deu`) and the withdrawn 639-1 codes
+    that Java still writes (`iw` for `he`).
+    """
+    codes = dict(_LEGACY_LANGUAGE_CODES)
+    for language in pycountry.languages:
+        alpha_2 = getattr(language, "alpha_2", None)
+        if alpha_2 is None:
+            continue
+        codes[alpha_2] = alpha_2
+        codes[language.alpha_3] = alpha_2
+        bibliographic = getattr(language, "bibliographic", None)
+        if bibliographic:
+            codes[bibliographic] = alpha_2
+
+    return codes
 
 
 def _validate_currency(value: Any) -> str:
@@ -468,10 +576,12 @@ def _validate_language(value: Any) -> str:
         raise _fail("language_type", "must be a string")
 
     match = _LANGUAGE_TAG.fullmatch(value.strip())
-    code = match[1].lower() if match else ""
-    if code not in _language_codes():
+    code = _language_codes().get(match[1].lower()) if match else None
+    if code is None:
         raise _fail(
-            "language", "must be a two-letter ISO 639-1 code, such as en or en-US"
+            "language",
+            "must be a language with an ISO 639-1 code, such as en or en-US;"
+            " Pinterest takes no other",
         )
 
     return code
@@ -506,9 +616,7 @@ EventNameValue = Annotated[EventName | str, _ParsedBy(_validate_event_name)]
 EventTime = Annotated[int, _ParsedBy(_validate_event_time)]
 EventId = Annotated[str, _ParsedBy(_validate_event_id)]
 # Product and order ids: strings, or numbers kept as their decimal text.
-Identifier = Annotated[
-    str, Field(coerce_numbers_to_str=True), _ParsedBy(_validate_identifier)
-]
+Identifier = Annotated[str, _ParsedBy(_validate_identifier)]
 Money = Annotated[str, _ParsedBy(_validate_money)]
 Currency = Annotated[str, _ParsedBy(_validate_currency)]
 Language = Annotated[str, _ParsedBy(_validate_language)]
@@ -517,9 +625,13 @@ Language = Annotated[str, _ParsedBy(_validate_language)]
 InstallTime = Annotated[
     int, Field(ge=0, le=_INT64_MAX), _ParsedBy(_validate_install_time)
 ]
-Int64 = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)]
-ScreenPixels = Annotated[int, Field(ge=0, le=30720)]
-StorageGigabytes = Annotated[int, Field(ge=0, le=1048576)]
+# JSON's true and false are no numbers, though pydantic would read them so.
+Int64 = Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX), _ParsedBy(_refuse_bool)]
+ScreenPixels = Annotated[int, Field(ge=0, le=30720), _ParsedBy(_refuse_bool)]
+StorageGigabytes = Annotated[int, Field(ge=0, le=1048576), _ParsedBy(_refuse_bool)]
+BatteryPercent = Annotated[int, Field(ge=0, le=100), _ParsedBy(_refuse_bool)]
+CPUCores = Annotated[int, Field(ge=0, le=1152), _ParsedBy(_refuse_bool)]
+ScreenDensity = Annotated[int, Field(ge=0, le=100000), _ParsedBy(_refuse_bool)]
 HashedValues = list[str]
 
 
@@ -536,6 +648,23 @@ def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
 
 def _event_error(exc: ValidationError, prefix: str) -> EventValidationError:
     return EventValidationError(_field_errors(exc, prefix))
+
+
+def _validated(
+    call: Callable[..., _T], prefix: str, /, *args: Any, **kwargs: Any
+) -> _T:
+    """Return `call(...)`, turning pydantic's error into ours.
+
+    Ours is raised outside the `except` block, so that it does not keep
+    pydantic's error as its `__context__`: that error holds the input, raw
+    personal data included, for any debugger or error tracker to find.
+    """
+    try:
+        return call(*args, **kwargs)
+    except ValidationError as exc:
+        error = _event_error(exc, prefix)
+
+    raise error
 
 
 def _error_path(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -615,10 +744,7 @@ class _WireModel(BaseModel):
         # the typed keyword signature from the fields.
 
         def __init__(self, /, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise _event_error(exc, self._error_root) from None
+            _validated(super().__init__, self._error_root, **data)
 
         # Marks this __init__ as pydantic's own (as RootModel does), so that
         # validating nested data never routes through it: it would lose the
@@ -627,17 +753,12 @@ class _WireModel(BaseModel):
 
         @classmethod
         def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
-            try:
-                return super().model_validate(*args, **kwargs)
-            except ValidationError as exc:
-                raise _event_error(exc, cls._error_root) from None
+            return _validated(super().model_validate, cls._error_root, *args, **kwargs)
 
         @classmethod
         def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
-            try:
-                return super().model_validate_json(*args, **kwargs)
-            except ValidationError as exc:
-                raise _event_error(exc, cls._error_root) from None
+            validate = super().model_validate_json
+            return _validated(validate, cls._error_root, *args, **kwargs)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -669,11 +790,34 @@ def _satisfies_matching_rule(fields: Mapping[str, object]) -> bool:
     return bool(fields.get("client_ip_address") and fields.get("client_user_agent"))
 
 
-def _reraise_with(
-    exc: ValidationError, problem: PydanticCustomError
-) -> ValidationError:
-    """Add one more problem to pydantic's errors, keeping every other one."""
-    line_errors: list[InitErrorDetails] = [
+_MATCHING_FIELDS = frozenset(
+    {"em", "hashed_maids", "client_ip_address", "client_user_agent"}
+)
+
+
+def _matching_rule_errors(warnings: Sequence[FieldWarning]) -> list[InitErrorDetails]:
+    """The matching rule's error, then one for each value it could have used
+    that was dropped, named by its path (`user_data.em.1`) and reason."""
+    errors: list[InitErrorDetails] = [
+        {
+            "type": _fail("matching_rule", _MATCHING_RULE_MESSAGE),
+            "loc": (),
+            "input": None,
+        }
+    ]
+    for warning in warnings:
+        # Warning paths are `user_data.<key>` or `user_data.<key>.<index>`.
+        loc = tuple(warning.path.split(".")[1:])
+        if warning.dropped and loc and USER_DATA_KEYS.get(loc[0]) in _MATCHING_FIELDS:
+            problem = _fail("dropped", "dropped: " + warning.reason)
+            errors.append({"type": problem, "loc": loc, "input": None})
+
+    return errors
+
+
+def _line_errors(exc: ValidationError) -> list[InitErrorDetails]:
+    """Pydantic's errors as our messages, to raise again with more of ours."""
+    return [
         {
             "type": PydanticCustomError(
                 _OWN_ERROR_PREFIX + "nested", _error_message(error)
@@ -683,9 +827,6 @@ def _reraise_with(
         }
         for error in exc.errors(include_url=False, include_input=False)
     ]
-    line_errors.append({"type": problem, "loc": (), "input": None})
-
-    return ValidationError.from_exception_data(exc.title, line_errors, hide_input=True)
 
 
 class UserData(_WireModel):
@@ -702,7 +843,9 @@ class UserData(_WireModel):
 
     Pinterest needs `em`, or `hashed_maids`, or both `client_ip_address` and
     `client_user_agent`; the rule is checked after normalization, so an
-    email that was dropped as unusable does not count.
+    email that was dropped as unusable does not count. The error then
+    names each such dropped value beside `user_data`, with its reason
+    (`user_data.em: dropped: not an email address ...`).
 
     Privacy: every personal field is normalized and SHA-256 hashed during
     validation; the model holds only lists of 64-character lowercase hex
@@ -733,10 +876,13 @@ class UserData(_WireModel):
     click_id: str | None = None
     partner_id: str | None = None
 
-    # A slot rather than a pydantic private attribute: those cost a Python
+    # Slots rather than pydantic private attributes: those cost a Python
     # call per instance to initialize, a tenth of a whole event's validation.
-    # The copy and pickle hooks below carry it along.
-    __slots__ = ("_dropped",)
+    # The copy and pickle hooks below carry `_dropped` along. `_digests` is
+    # what validation put in the hashed fields, a copy kept to tell cheaply
+    # that nothing has changed them since (see `_check_validated`); copies
+    # of the model go without it and are checked in full instead.
+    __slots__ = ("_digests", "_dropped")
 
     @model_validator(mode="wrap")
     @classmethod
@@ -759,21 +905,27 @@ class UserData(_WireModel):
             # The hasher raises only for its options, never for a value.
             raise ConfigurationError(str(exc)) from exc
         fields = hashed.fields
-        problem = None
+        problems = []
         if not _satisfies_matching_rule(fields):
-            problem = _fail("matching_rule", _MATCHING_RULE_MESSAGE)
+            problems = _matching_rule_errors(hashed.warnings)
 
         try:
             user_data = handler(fields)
         except ValidationError as exc:
-            if problem is None:
+            if not problems:
                 raise
-            raise _reraise_with(exc, problem) from None
-        if problem is not None:
-            raise problem
+            problems = _line_errors(exc) + problems
+        else:
+            if not problems:
+                object.__setattr__(user_data, "_dropped", hashed.warnings)
+                # The hasher's lists: pydantic validated copies of them.
+                digests = _WIRE_VALUES(_NO_DIGESTS | fields)
+                object.__setattr__(user_data, "_digests", digests)
+                return user_data
 
-        object.__setattr__(user_data, "_dropped", hashed.warnings)
-        return user_data
+        raise ValidationError.from_exception_data(
+            cls.__name__, problems, hide_input=True
+        )
 
     @property
     def warnings(self) -> tuple[FieldWarning, ...]:
@@ -893,10 +1045,10 @@ class DeviceInfo(_WireModel):
 
     _error_root: ClassVar[str] = "device_info"
 
-    battery_level: int | None = Field(None, ge=0, le=100)
+    battery_level: BatteryPercent | None = None
     brand: str | None = Field(None, max_length=100)
     carrier: str | None = Field(None, max_length=100)
-    cpu_cores: int | None = Field(None, ge=0, le=1152)
+    cpu_cores: CPUCores | None = None
     external_storage_free_space: StorageGigabytes | None = None
     external_storage_size: StorageGigabytes | None = None
     form_factor: FormFactor | None = None
@@ -909,7 +1061,7 @@ class DeviceInfo(_WireModel):
     os_name: str | None = Field(None, max_length=100)
     os_release_name: str | None = Field(None, max_length=100)
     os_version: str | None = Field(None, max_length=100)
-    screen_density: int | None = Field(None, ge=0, le=100000)
+    screen_density: ScreenDensity | None = None
     screen_height: ScreenPixels | None = None
     screen_width: ScreenPixels | None = None
     storage_free_space: StorageGigabytes | None = None
@@ -936,11 +1088,31 @@ class Event(_WireModel):
     - `event_id`: kept byte for byte (an integer becomes its decimal
       string); defaults to a fresh UUID4, generated once, so retries of this
       event reuse it and Pinterest can deduplicate.
-    - `language`: a two-letter ISO 639-1 code (`en-US` becomes `en`).
+    - `language`: a language with an ISO 639-1 code, sent as that code:
+      `en-US` and `eng` become `en`, and the withdrawn `iw`, `in` and `ji`
+      (which Java and older Android write) become `he`, `id` and `yi`. A
+      language without a two-letter code (`fil`, `yue`) is an error, as
+      Pinterest takes no other; leave the field out for it.
+    - Product and order ids (`content_ids`, `contents[].id`, `order_id`)
+      take strings, and numbers written as their integer text: `42.0`
+      becomes `"42"`, `1e20` becomes `"100000000000000000000"` (a float
+      above 2**53 holds only the nearest id it can: pass large ids as
+      strings). A number with a fraction is an error.
+    - Counts and sizes (`num_items`, `quantity`, `device_info`'s numbers,
+      ...) take integers, and refuse `true` and `false`.
 
     Privacy: `user_data` is hashed while the event is validated (see
     `UserData`). `repr` and `str` never show user data, the page URL or the
-    search string; they say which of those fields are set.
+    search string; they say which of those fields are set. An event that
+    skipped validation (`model_construct()`, `model_copy(update=...)`) and
+    holds anything but digests in a hashed field, or a mapping where a
+    nested model belongs, is refused by `to_json()`, `to_wire()` and
+    `model_dump()` with an `EventValidationError` naming the field, so raw
+    personal data never reaches Pinterest through them.
+
+    .. versionchanged:: 0.2
+       Whole floats as ids, legacy and three-letter language codes, and the
+       check of unvalidated events before serializing.
     """
 
     _hidden_fields: ClassVar[frozenset[str]] = frozenset({"event_source_url"})
@@ -999,25 +1171,54 @@ class Event(_WireModel):
 
     @property
     def warnings(self) -> tuple[FieldWarning, ...]:
-        """Values dropped while the event was built: path and reason each.
+        """What to know about the values of this event: path and reason each.
 
-        Paths start at the event (`user_data.ph`, `user_data.em.1`). A
-        dropped value never fails the event; it only weakens matching. A
-        phone number hashed without a known country code is listed too, with
-        `dropped` false: set `default_region` to read it correctly.
+        Paths start at the event (`user_data.ph`, `user_data.em.1`). Most
+        are values dropped as unusable: a dropped value never fails the
+        event; it only weakens matching. Two kinds are sent as they are,
+        with `dropped` false: a phone number hashed without a known country
+        code (set `default_region` to read it correctly), and an
+        `event_name` that is a standard name in other letter case
+        (`Checkout`), which Pinterest counts as an advertiser-defined event.
+
+        .. versionchanged:: 0.2
+           Warns about standard event names in other letter case.
         """
-        return self.user_data.warnings
+        dropped: tuple[FieldWarning, ...] = getattr(self.user_data, "warnings", ())
+        name_warning = _event_name_warning(self.event_name)
+        if name_warning is None:
+            return dropped
+
+        return (name_warning, *dropped)
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers, which would want pydantic's full
+        # signatures repeated here.
+
+        def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            _check_validated(self)
+            return super().model_dump(*args, **kwargs)
+
+        def model_dump_json(self, *args: Any, **kwargs: Any) -> str:
+            _check_validated(self)
+            return super().model_dump_json(*args, **kwargs)
 
     def to_wire(self) -> dict[str, Any]:
         """The event as Pinterest's JSON object, in Python types.
 
         Wire codes as keys; absent (`None`) fields are left out, while `0`,
-        `False` and `"0"` are kept.
+        `False` and `"0"` are kept. Raises `EventValidationError` for an
+        event that skipped validation and holds raw data (see `Event`).
         """
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def to_json(self) -> bytes:
-        """The event as compact UTF-8 JSON: `to_wire()`, serialized."""
+        """The event as compact UTF-8 JSON: `to_wire()`, serialized.
+
+        Raises `EventValidationError` for an event that skipped validation
+        and holds raw data (see `Event`).
+        """
+        _check_validated(self)
         return self.__pydantic_serializer__.to_json(
             self, by_alias=True, exclude_none=True
         )
@@ -1025,6 +1226,129 @@ class Event(_WireModel):
     def to_wire_event(self) -> WireEvent:
         """The event serialized once, with the ids the delivery path needs."""
         return WireEvent(self.event_id, str(self.event_name), self.to_json())
+
+
+# --- the check before serializing ---------------------------------------------
+
+_SKIPPED_VALIDATION = (
+    "it was built or changed without validation (model_construct,"
+    " model_copy with update, assignment), so the event is not serialized"
+)
+_NOT_DIGESTS = (
+    "holds a value that is not a SHA-256 digest (64 lowercase hex characters);"
+    f" {_SKIPPED_VALIDATION}"
+)
+_NOT_A_MODEL = f"is not a validated model; {_SKIPPED_VALIDATION}"
+_NESTED_MODELS: tuple[tuple[str, type[_WireModel]], ...] = (
+    ("custom_data", CustomData),
+    ("app_info", AppInfo),
+    ("device_info", DeviceInfo),
+)
+_HASHED_VALUES = operator.itemgetter(*HASHED_FIELDS)
+_WIRE_CODES = tuple(HASHED_FIELDS.values())
+_WIRE_VALUES = operator.itemgetter(*_WIRE_CODES)
+_NO_DIGESTS = dict.fromkeys(_WIRE_CODES)
+_HEX_DIGITS = b"0123456789abcdef"
+_DIGEST_LENGTH = {64}
+
+
+def _check_validated(event: Event) -> None:
+    """Refuse an event that holds what validation would not have let in.
+
+    `model_construct()`, `model_copy(update=...)`, assignment and changing
+    a list in place all skip validation, and could put a raw email on the
+    wire. The check runs for every event sent, so its common path is a
+    comparison and a few type checks: a fifth of the serialization's cost.
+    """
+    values = event.__dict__
+    user_data = values.get("user_data")
+    if (
+        isinstance(user_data, UserData)
+        and _holds_validated_digests(user_data)
+        and _holds_models(values)
+    ):
+        return
+
+    raise EventValidationError([_unvalidated_field(values)])
+
+
+def _holds_validated_digests(user_data: UserData) -> bool:
+    """Whether the hashed fields hold digests only.
+
+    Values equal to what validation produced are: comparing them with the
+    copy kept then is all the common path does. Anything else (a model
+    built by `model_construct`, or changed since) is checked in full.
+    """
+    fields = _HASHED_VALUES(user_data.__dict__)
+    if fields == getattr(user_data, "_digests", None):
+        return True
+
+    return _holds_only_digests(fields)
+
+
+def _holds_only_digests(fields: Iterable[Any]) -> bool:
+    """Whether every field is absent or a list of lowercase SHA-256 digests.
+
+    The digests of every field are checked together, by calls that each
+    loop in C.
+    """
+    digests: list[Any] = []
+    for field in fields:
+        if field is not None:
+            if type(field) is not list:
+                return False
+            digests += field
+    try:
+        if set(map(len, digests)) != _DIGEST_LENGTH:
+            return not digests  # No digests at all is fine.
+        # Deleting the hex digits leaves nothing of text made of them only.
+        return not "".join(digests).encode().translate(None, _HEX_DIGITS)
+    except (TypeError, UnicodeError):
+        return False
+
+
+def _holds_models(values: Mapping[str, Any]) -> bool:
+    """Whether the nested objects are models, not mappings put in their place."""
+    custom_data = values.get("custom_data")
+    app_info = values.get("app_info")
+    device_info = values.get("device_info")
+    if not (
+        (app_info is None or isinstance(app_info, AppInfo))
+        and (device_info is None or isinstance(device_info, DeviceInfo))
+    ):
+        return False
+    if custom_data is None:
+        return True
+    if not isinstance(custom_data, CustomData):
+        return False
+    contents = custom_data.contents
+    if contents is None:
+        return True
+    if type(contents) is not list:
+        return False
+    # A loop, not all(): a generator costs more than the few items it checks.
+    for item in contents:  # noqa: SIM110 - see above
+        if not isinstance(item, ContentItem):
+            return False
+
+    return True
+
+
+def _unvalidated_field(values: Mapping[str, Any]) -> FieldError:
+    """Name the field `_check_validated` refused (the slow path: it failed)."""
+    user_data = values.get("user_data")
+    if not isinstance(user_data, UserData):
+        return FieldError("user_data", _NOT_A_MODEL)
+    for wire, field in zip(
+        _WIRE_CODES, _HASHED_VALUES(user_data.__dict__), strict=True
+    ):
+        if not _holds_only_digests((field,)):
+            return FieldError(f"user_data.{wire}", _NOT_DIGESTS)
+    for name, model in _NESTED_MODELS:
+        if not isinstance(values.get(name), model | None):
+            return FieldError(name, _NOT_A_MODEL)
+
+    return FieldError("custom_data.contents", _NOT_A_MODEL)
 
 
 def batch_body(payloads: Iterable[bytes]) -> bytes:
@@ -1039,6 +1363,14 @@ def batch_body(payloads: Iterable[bytes]) -> bytes:
 def _context(
     default_region: str | None, date_format: str | None, now: datetime | float | None
 ) -> dict[str, Any]:
+    """The validation context; raises for unusable options before any event."""
+    if default_region is not None:
+        check_default_region(default_region)
+    if date_format is not None:
+        if not isinstance(date_format, str):
+            raise ConfigurationError("date_format must be a strptime format string")
+        _checked_date_format(date_format)
+
     return {"default_region": default_region, "date_format": date_format, "now": now}
 
 
@@ -1064,18 +1396,26 @@ def parse_event(
 
     Raises:
         EventValidationError: listing every problem, each with its path.
-            Messages never repeat an input value (the event name aside).
-        ConfigurationError: `default_region` or `date_format` is unusable.
+            Messages never repeat an input value, the event name included.
+        ConfigurationError: `default_region` or `date_format` is unusable
+            (see `hash_user_data`), checked before any event is read.
+
+    .. versionchanged:: 0.2
+       Messages no longer quote the event name; an unusable `date_format`
+       raises `ConfigurationError` even when no date needs it.
     """
     context = _context(default_region, date_format, now)
+    # Inline rather than through `_validated`: this is the hot path.
     try:
         event: Event = Event.__pydantic_validator__.validate_python(
             data, context=context
         )
     except ValidationError as exc:
-        raise _event_error(exc, _prefix(path)) from None
+        error = _event_error(exc, _prefix(path))
+    else:
+        return event
 
-    return event
+    raise error
 
 
 def parse_events(
@@ -1094,6 +1434,7 @@ def parse_events(
     Raises:
         EventValidationError: when any item is invalid; no event is returned
             then.
+        ConfigurationError: as for `parse_event`.
     """
     context = _context(default_region, date_format, now)
     validate = Event.__pydantic_validator__.validate_python
@@ -1144,6 +1485,7 @@ def build_event(
 
     Raises:
         EventValidationError: listing every problem, each with its path.
+        ConfigurationError: `default_region` or `date_format` is unusable.
     """
     data: dict[str, Any] = {
         **fields,

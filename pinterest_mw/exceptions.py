@@ -10,7 +10,7 @@ ConversionsError
 └── APIError               Pinterest answered with an error status, or ...
     ├── RateLimitError     ... that status was 429
     └── UnreadableResponseError
-                           ... a 2xx without one result per event sent
+                           ... a 2xx that is not Pinterest's answer
 ```
 
 No message or `repr` produced here ever holds the access token or the value
@@ -20,12 +20,16 @@ Pinterest's own code and message.
 `TransportError` and `APIError` raised by a transport's `send()` carry the
 `SendResult` of the whole call as `send_result`: what became of every event,
 those sent before the failure included.
+
+Every exception here survives `pickle` and `copy` with its attributes and
+message intact, so it can cross a process boundary (multiprocessing, a task
+queue) unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .transport import SendResult
@@ -78,6 +82,11 @@ class EventValidationError(ConversionsError, ValueError):
         details = "; ".join(str(error) for error in errors)
         super().__init__(f"invalid event, {count} {noun}: {details}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from `args`, which hold the message, not the
+        # list of errors.
+        return (type(self), (self.errors,), self.__dict__)
+
 
 class UnusableValueError(ConversionsError, ValueError):
     """A personal-data value that its field rule cannot use.
@@ -101,6 +110,11 @@ class TransportError(ConversionsError):
     """
 
     send_result: SendResult | None = None
+
+
+# Statuses that say "try again" without blaming the request: 408 Request
+# Timeout and 429 Too Many Requests (every 5xx is retryable too).
+_RETRYABLE_STATUSES = frozenset({408, 429})
 
 
 class APIError(ConversionsError):
@@ -137,10 +151,21 @@ class APIError(ConversionsError):
             text += f": {message}"
         super().__init__(text)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from `args`, which hold the finished message;
+        # the state restores `retry_after` and `send_result`.
+        return (type(self), (self.status_code, self.code, self.message), self.__dict__)
+
     @property
     def is_retryable(self) -> bool:
-        """Whether sending the same request again may succeed."""
-        return self.status_code == 429 or self.status_code >= 500
+        """Whether sending the same request again may succeed.
+
+        True for 408 (Request Timeout), 429 and every 5xx.
+
+        .. versionchanged:: 0.2
+           408 is retryable.
+        """
+        return self.status_code in _RETRYABLE_STATUSES or self.status_code >= 500
 
 
 class RateLimitError(APIError):
@@ -154,13 +179,21 @@ UNREADABLE_RESPONSE_MESSAGE = (
 
 
 class UnreadableResponseError(APIError):
-    """Pinterest answered 2xx, but not with one result per event sent.
+    """Pinterest's address answered 2xx with a body that is not Pinterest's answer.
 
-    A body that is not JSON (a captive portal's or a proxy's page), that
-    lacks the `events` list, or whose list does not match the request's
-    events, tells nothing of what became of them. So the request counts as
-    failed, and as retryable: Pinterest de-duplicates a resent event by its
-    `event_id`. `message` is ours and never quotes the body.
+    A body that is not a JSON object shaped like Pinterest's answer (a
+    captive portal's or a proxy's page, an empty 204) most likely never came
+    from Pinterest, so the request counts as failed and as retryable.
+    Whether Pinterest de-duplicates a resent event by its `event_id` is not
+    confirmed (only events from the Pinterest tag and this API are said to
+    be), so a resend risks counting an event twice if the page did come
+    from Pinterest after all. A 2xx that is Pinterest's answer but without
+    one result per event is not this error: its events are reported
+    `unconfirmed` and not resent (see `EventStatus.UNCONFIRMED`).
+    `message` is ours and never quotes the body.
+
+    .. versionchanged:: 0.2
+       Only for bodies that are not Pinterest's answer.
     """
 
     def __init__(self, status_code: int, *, retry_after: float | None = None) -> None:
@@ -168,7 +201,10 @@ class UnreadableResponseError(APIError):
             status_code, None, UNREADABLE_RESPONSE_MESSAGE, retry_after=retry_after
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status_code,), self.__dict__)
+
     @property
     def is_retryable(self) -> bool:
-        """Always: the events' fate is unknown, and a resend is de-duplicated."""
+        """Always: the answer most likely did not come from Pinterest."""
         return True

@@ -113,7 +113,7 @@ _NOT_A_MAPPING: Final = "user data must be a mapping of field names to values"
 _NOT_AN_EMAIL: Final = "not an email address (needs one @ and no spaces)"
 _UNKNOWN_GENDER: Final = "not a known gender spelling (f, m, n or a common word)"
 _AMBIGUOUS_DATE: Final = (
-    "not a YYYY-MM-DD or YYYYMMDD date; pass date_format for other forms"
+    "not a YYYY-MM-DD or YYYYMMDD date; set a date format for other forms"
 )
 _NOT_A_DATE: Final = "not a calendar date"
 _UNKNOWN_COUNTRY: Final = "not an ISO 3166 country code or English country name"
@@ -124,6 +124,7 @@ _PHONE_NEEDS_REGION: Final = (
 )
 _PHONE_TOO_SHORT: Final = "phone number has fewer than 7 digits"
 _PHONE_TOO_LONG: Final = "phone number has more than 15 digits"
+_PHONE_TOO_LONG_FOR_COUNTRY: Final = "phone number is too long for its country"
 _PHONE_INCOMPLETE: Final = (
     "phone number is too short for its country (a local number needs its area code)"
 )
@@ -139,10 +140,16 @@ _INTEGER_TOO_LONG: Final = (
     f"integer of more than {_MAX_INTEGER_DIGITS} digits; pass it as a string"
 )
 _INTERNAL_ERROR: Final = "value could not be normalized (internal error, logged)"
-# A configuration error, not a warning: it names the option only.
+# Configuration errors, not warnings: they name the option only.
 _BAD_REGION: Final = (
     "default_region must be a two-letter region code phonenumbers knows, such as 'US'"
 )
+_BAD_DATE_FORMAT: Final = (
+    "date_format must be a strptime format that reads a day, a month and a"
+    " year, such as %d/%m/%Y"
+)
+# A date that tells day, month and year apart, to try a date format with.
+_SAMPLE_DATE: Final = date(1987, 12, 31)
 
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
 _ASCII_NON_ALNUM: Final = re.compile(r"[^a-z0-9]+")
@@ -155,8 +162,9 @@ _LETTER: Final = re.compile(r"[^\W\d_]")
 # What JSON's "\ud800" decodes to: no UTF-8 bytes exist for it to hash.
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 # A leading + (or its full-width form) or 00, after anything that is not a
-# digit, gives the country code: "tel:+1...", "(+44) ...", "0044 ...".
-_INTERNATIONAL_PREFIX: Final = re.compile(r"[^+\uff0b\d]*(?:[+\uff0b]|00)")
+# digit, gives the country code: "tel:+1...", "(+44) ...", "0044 ...". With
+# a default region, phonenumbers reads 00 first (see `_parse_in_region`).
+_INTERNATIONAL_PREFIX: Final = re.compile(r"[^+\uff0b\d]*(?:([+\uff0b])|00)")
 # The North American shapes written every day, such as "+1 (650) 555-1212",
 # "001-650-555-1212", "1.650.555.1212" or "6505551212", read without
 # phonenumbers. The area code starts with 2-9, so no digit can be taken for
@@ -241,13 +249,14 @@ _IP_ADDRESS_TYPES: Final = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 @dataclass(frozen=True, slots=True)
 class FieldWarning:
-    """One value dropped, ignored, or hashed on an assumption, named by its path.
+    """One value dropped, ignored, or sent on an assumption, named by its path.
 
     `path` is dotted from the user data (`user_data.em.1`, `user_data.phone`)
-    and `reason` says which rule failed or what was assumed; neither ever
-    holds the value. `dropped` is false for a value that was still sent:
-    a phone number without a country code, hashed as written when no
-    default region is set.
+    or, for `Event.warnings`, from the event (`event_name`), and `reason`
+    says which rule failed or what was assumed; neither ever holds the
+    value. `dropped` is false for a value that was still sent: a phone
+    number without a country code, hashed as written when no default region
+    is set, or a standard event name in other letter case.
     """
 
     path: str
@@ -436,12 +445,21 @@ def _iso_date(text: str) -> str | None:
     if len(compact) != 8 or not compact.isascii() or not compact.isdigit():
         return None
 
+    if not _is_calendar_date(compact):
+        raise UnusableValueError(_NOT_A_DATE)
+
+    return compact
+
+
+def _is_calendar_date(compact: str) -> bool:
+    # A predicate, so that the error is raised outside the except block:
+    # the ValueError, which quotes the date, must not be its __context__.
     try:
         date.fromisoformat(compact)
     except ValueError:
-        raise UnusableValueError(_NOT_A_DATE) from None
+        return False
 
-    return compact
+    return True
 
 
 def _date_of_birth_rule(date_format: str | None, text: str) -> str:
@@ -585,7 +603,7 @@ def _nanp_fast_path(text: str, region: str | None) -> str | None:
 
     `None` means "not sure": the caller then asks phonenumbers.
     """
-    if text[:1] == "+" or text[:2] == "00":
+    if text[:1] == "+" or (text[:2] == "00" and _reads_00_as_plus(region)):
         match = _NANP_INTERNATIONAL.fullmatch(text)
     elif region in _NANP_REGIONS:
         match = _NANP_NATIONAL.fullmatch(text)
@@ -598,6 +616,22 @@ def _nanp_fast_path(text: str, region: str | None) -> str | None:
     return f"1{area}{exchange}{line}"
 
 
+@functools.cache
+def _reads_00_as_plus(region: str | None) -> bool:
+    """Whether `00 1 ...` surely means `+1 ...` for phonenumbers in `region`.
+
+    So it does where 00 is the whole international prefix, and in North
+    America, where no national number starts with 0. Elsewhere (`0011` in
+    Australia, `0021` in Brazil) the fast path leaves the text to
+    phonenumbers.
+    """
+    if region is None or region in _NANP_REGIONS:
+        return True
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+
+    return metadata is not None and metadata.international_prefix == "00"
+
+
 def _checked_phone_digits(digits: str) -> tuple[str, str]:
     if len(digits) < _PHONE_MIN_DIGITS:
         return "", _PHONE_TOO_SHORT
@@ -608,37 +642,73 @@ def _checked_phone_digits(digits: str) -> tuple[str, str]:
 
 
 def _parse_phone(text: str, region: str | None) -> tuple[str, str]:
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return "", _PHONE_UNPARSABLE
+    return _verdict(_parse(text, region))
 
+
+def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        # The raw input is kept for `country_code_source`.
+        return phonenumbers.parse(text, region, keep_raw_input=True)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _parse_in_region(
+    text: str, region: str, international: re.Match[str] | None
+) -> tuple[str, str]:
+    """Read a number as `region` writes it; a leading 00 may still mean +.
+
+    phonenumbers reads the region's own international prefix (`0011` in
+    Australia, `0021` in Brazil, `011` in the US) as `+`, and its verdict
+    on such a number stands: reading its digits again another way would
+    only find somebody else's number. A leading 00 that the region does
+    not dial abroad is read as a national number first, then, if that is
+    no usable number, as `+`, as people write it whatever their country
+    (`00 44 20 7946 0958` in the US or in Australia).
+    """
+    number = _parse(text, region)
+    digits, reason = _verdict(number)
+    if digits or international is None or international.group(1):
+        return digits, reason
+    if number is not None and number.country_code_source == _FROM_IDD:
+        return digits, reason
+
+    return _parse_phone("+" + text[international.end() :], None)
+
+
+_FROM_IDD: Final = phonenumbers.CountryCodeSource.FROM_NUMBER_WITH_IDD
+
+
+def _verdict(number: phonenumbers.PhoneNumber | None) -> tuple[str, str]:
+    """Return `(digits, "")` for a usable number, else `("", reason)`."""
+    if number is None:
+        return "", _PHONE_UNPARSABLE
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     digits, reason = _checked_phone_digits(e164[1:])
-    if not reason and _is_incomplete(number):
-        return "", _PHONE_INCOMPLETE
+    if not reason:
+        reason = _REFUSED_LENGTHS.get(_possible(number), "")
 
-    return digits, reason
+    return ("", reason) if reason else (digits, "")
 
 
-_INCOMPLETE_NUMBERS: Final = frozenset(
+def _possible(number: phonenumbers.PhoneNumber) -> int:
+    reason: int = phonenumbers.is_possible_number_with_reason(number)
+    return reason
+
+
+# phonenumbers' verdicts on a number's length that refuse it. A local number
+# written without its area code ("7946 0958" in London) gets a country code
+# all the same, but the result is nobody's number; one too long for its
+# country is nobody's either (often a prefix read as digits). A length
+# phonenumbers merely does not expect (INVALID_LENGTH) is kept, as its
+# metadata may lag behind a new range.
+_REFUSED_LENGTHS: Final[Mapping[int, str]] = MappingProxyType(
     {
-        phonenumbers.ValidationResult.TOO_SHORT,
-        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+        phonenumbers.ValidationResult.TOO_SHORT: _PHONE_INCOMPLETE,
+        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: _PHONE_INCOMPLETE,
+        phonenumbers.ValidationResult.TOO_LONG: _PHONE_TOO_LONG_FOR_COUNTRY,
     }
 )
-
-
-def _is_incomplete(number: phonenumbers.PhoneNumber) -> bool:
-    """Tell whether a number lacks digits that its country always dials.
-
-    A local number written without its area code ("7946 0958" in London)
-    gets a country code all the same, but the result is nobody's number.
-    Only these two verdicts refuse a number: a length phonenumbers merely
-    does not expect is kept, as its metadata may lag behind a new range.
-    """
-    possible = phonenumbers.is_possible_number_with_reason(number)
-    return possible in _INCOMPLETE_NUMBERS
 
 
 @functools.lru_cache(maxsize=4096)
@@ -651,10 +721,10 @@ def _phone_slow_path(text: str, region: str | None) -> tuple[str, str]:
     once.
     """
     international = _INTERNATIONAL_PREFIX.match(text)
+    if region is not None:
+        return _parse_in_region(text, region, international)
     if international is not None:
         return _parse_phone("+" + text[international.end() :], None)
-    if region is not None:
-        return _parse_phone(text, region)
 
     if _LETTER.search(text) is not None:
         return "", _PHONE_NEEDS_REGION
@@ -746,12 +816,19 @@ def normalize_date_of_birth(value: object, date_format: str | None = None) -> st
     text is lowercased before parsing, which `strptime` does not mind.
 
     Privacy: returns the date in clear; hash it before it leaves the process.
-    Raises `UnusableValueError` with a reason that never holds the value.
+    Raises `UnusableValueError` with a reason that never holds the value,
+    `ConfigurationError` for a `date_format` that `strptime` cannot use or
+    that does not read a day, a month and a year (see `hash_user_data`),
+    and `TypeError` for one that is not a string.
+
+    .. versionchanged:: 0.2
+       An unusable `date_format` raises `ConfigurationError`.
     """
+    checked = _checked_date_format(date_format)
     if isinstance(value, date):
         return _compact_date(value)
 
-    return _date_of_birth_rule(date_format, _prepare(value, integers=True))
+    return _date_of_birth_rule(checked, _prepare(value, integers=True))
 
 
 def normalize_city(value: object) -> str:
@@ -837,13 +914,17 @@ def normalize_maid(value: object) -> str:
 def normalize_phone(value: object, default_region: str | None = None) -> str:
     """Normalize a phone number to its E.164 digits without the `+`.
 
-    A leading `+` or `00` gives the country code; otherwise `default_region`
-    (`"US"`, `"GB"`, ...) does, and the number is read as that region writes
-    it, so a national trunk `0`, also written `(0)`, disappears
-    (`+44 (0)20 7946 0958` becomes `442079460958`). Parsing is phonenumbers';
-    everyday North American shapes take a faster path that gives the same
-    result. A number phonenumbers knows to be too short for its country, such
-    as a local number without its area code (`7946 0958` in `GB`), is
+    A leading `+` gives the country code. With a `default_region` (`"US"`,
+    `"GB"`, ...) the number is read as that region writes it: its own
+    international prefix gives the country code (`0011 44 20 7946 0958` in
+    `AU`, `011 44 ...` in `US`), a national trunk `0`, also written `(0)`,
+    disappears (`+44 (0)20 7946 0958` becomes `442079460958`), and a
+    leading `00` the region does not dial abroad with is still read as `+`
+    when the national reading gives no usable number. Without a region, a
+    leading `00` gives the country code. Parsing is phonenumbers'; everyday
+    North American shapes take a faster path that gives the same result. A
+    number phonenumbers knows to be too short or too long for its country,
+    such as a local number without its area code (`7946 0958` in `GB`), is
     refused. Without a country code or region, the digits are kept with
     leading zeros stripped (which matches only if they begin with the
     country code: `hash_user_data` warns about it), and text with letters
@@ -857,6 +938,10 @@ def normalize_phone(value: object, default_region: str | None = None) -> str:
     Privacy: returns the number in clear; hash it before it leaves the
     process. Up to 4096 recently parsed numbers stay in an in-memory cache;
     nothing is written elsewhere. Error messages never hold the number.
+
+    .. versionchanged:: 0.2
+       The region's own international prefix is read by phonenumbers, and
+       numbers too long for their country are refused.
     """
     region = check_default_region(default_region)
     try:
@@ -902,12 +987,22 @@ def _parse_ip(text: str) -> str:
         raise UnusableValueError(_EMPTY)
     with_port = _BRACKETED_HOST.fullmatch(text) or _IPV4_WITH_PORT.fullmatch(text)
     host = text if with_port is None else with_port.group(1)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise UnusableValueError(_NOT_AN_IP) from None
+    address = _ip_address_or_none(host)
+    if address is None:
+        raise UnusableValueError(_NOT_AN_IP)
 
     return _canonical_ip(address)
+
+
+def _ip_address_or_none(
+    host: str,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # The ValueError quotes the address: it must not become the __context__
+    # of the error raised for it.
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def _canonical_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -960,9 +1055,47 @@ def _rules(default_region: object, date_format: object) -> dict[str, _TextRule]:
     return _bound_rules(check_default_region(default_region), date_format)
 
 
+def _checked_date_format(date_format: object) -> str | None:
+    """Return a usable date format, or `None`; raise for anything else."""
+    if date_format is None:
+        return None
+    if not isinstance(date_format, str):
+        msg = "date_format must be a strptime format string"
+        raise TypeError(msg)
+
+    return _usable_date_format(date_format)
+
+
+@functools.lru_cache(maxsize=64)
+def _usable_date_format(date_format: str) -> str:
+    """Return `date_format` if it reads back a date it wrote; else raise.
+
+    A format `strptime` cannot use (`%Q`) would fail on every value, and
+    one without a day, a month or a year would hash a wrong date; either
+    way every date of birth would be lost, so it is a configuration error
+    rather than a warning per value.
+    """
+    try:
+        text = _SAMPLE_DATE.strftime(date_format).lower()
+        read_back: date | None = datetime.strptime(text, date_format).date()
+    except (ValueError, TypeError, UnicodeError, re.error):
+        # re.error: strptime builds a pattern, which a repeated directive
+        # such as %Y-%Y breaks.
+        read_back = None
+    if read_back != _SAMPLE_DATE:
+        raise ConfigurationError(_BAD_DATE_FORMAT)
+
+    return date_format
+
+
 @functools.lru_cache(maxsize=64)
 def _bound_rules(region: str | None, date_format: str | None) -> dict[str, _TextRule]:
-    """Return the field rules with the phone region and date format bound."""
+    """Return the field rules with the phone region and date format bound.
+
+    Raises `ConfigurationError` for an unusable date format.
+    """
+    if date_format is not None:
+        _usable_date_format(date_format)
     return {
         **_BASE_RULES,
         "ph": functools.partial(_phone_rule, region),
@@ -1120,8 +1253,10 @@ def hash_user_data(
     with the country code. A non-mapping `data` gives no fields and one
     warning. The only errors raised are for configuration:
     `ConfigurationError` for an unknown `default_region` (see
-    `check_default_region`) and `TypeError` for a `date_format` that is not
-    a string (see `normalize_date_of_birth`).
+    `check_default_region`) or a `date_format` that `strptime` cannot use
+    or that does not read a day, a month and a year (such as `%Q/%m/%Y` or
+    `%d/%m`), and `TypeError` for a `date_format` that is not a string (see
+    `normalize_date_of_birth`).
 
     Privacy: hashed fields come out as SHA-256 hex digests only; IP address,
     user agent, click id and partner id come out unhashed, because Pinterest

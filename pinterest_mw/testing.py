@@ -82,6 +82,10 @@ _EVENTS_PATH = re.compile(r"/v5/ad_accounts/(?P<account>[^/]+)/events/?")
 _AD_ACCOUNT_ID = re.compile(r"[0-9]{1,18}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _EVENT_NAME = re.compile(r"[A-Za-z_]+")
+# A decimal number, signed or not, with or without an exponent: what a
+# decimal string holds. Nothing float() takes beyond it: no "1_000", no
+# surrounding spaces, no "inf", "nan" or hexadecimal.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _ALL_METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"]
 
 # Pinterest's documented error codes and messages (its OpenAPI description).
@@ -489,8 +493,9 @@ class FakePinterestAPI:
 
         The status is 429 (rate limited) unless told otherwise.
         `retry_after` becomes a `Retry-After` header: a number of seconds, a
-        datetime (sent as an HTTP date) or a string sent as it is. `code`
-        and `message` replace Pinterest's usual ones for that status.
+        datetime (sent as an HTTP date, in GMT; a naive one is taken as
+        UTC) or a string sent as it is. `code` and `message` replace
+        Pinterest's usual ones for that status.
         """
         fault = _Fault(status, _retry_after_header(retry_after), code, message)
         with self._lock:
@@ -688,7 +693,9 @@ def _retry_after_header(value: float | str | datetime | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, datetime):
-        return format_datetime(value, usegmt=True)
+        # An HTTP date is in GMT; a naive datetime is taken as UTC already.
+        moment = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return format_datetime(moment, usegmt=True)
     if float(value).is_integer():
         return str(int(value))
 
@@ -929,12 +936,8 @@ def _money_errors(custom_data: Mapping[str, Any]) -> list[str]:
 
 
 def _is_decimal(text: str) -> bool:
-    try:
-        number = float(text)
-    except ValueError:
-        return False
-
-    return math.isfinite(number)
+    """Whether `text` is a finite decimal number, such as `19.99` or `2e3`."""
+    return _DECIMAL.fullmatch(text) is not None and math.isfinite(float(text))
 
 
 def _event_warnings(event: Mapping[str, Any]) -> list[str]:

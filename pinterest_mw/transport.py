@@ -5,13 +5,16 @@
 
 - `send()` takes any number of events (`Event`, mappings, `WireEvent`) and
   posts them in requests of at most 1000, in order, over one pooled client;
-- a request is serialized once and retried byte for byte on 429, 5xx,
+- a request is serialized once and retried byte for byte on 408, 429, 5xx,
   timeouts and connection errors, with exponential backoff and jitter, a
   `Retry-After` floor and a total time budget (`RetryPolicy`); 400, 401,
   403 and 422 are never retried;
 - the answer becomes one `EventResult` per input event (processed, warned,
-  failed or not sent), read from the 200 body or from the 422 `details`; a
-  2xx without one result per event (a captive portal's page, say) is
+  failed or not sent), read from the 200 body or from the 422 `details`. A
+  2xx that is Pinterest's answer but without one result per event leaves
+  its events `unconfirmed`, and they are not resent: Pinterest got them,
+  and whether it de-duplicates a resent event is not confirmed. A 2xx that
+  is not Pinterest's answer at all (a captive portal's page, say) is
   `UnreadableResponseError`, retried like a 5xx;
 - a request that finally fails raises `APIError` (`RateLimitError` for
   429) or `TransportError`, carrying the `SendResult` of every event so
@@ -95,6 +98,10 @@ _MAX_MESSAGE_LENGTH = 500
 _NO_VERDICT = "Pinterest's answer held no result for this event"
 _NO_REASON = "Pinterest rejected the event without a message"
 _UNKNOWN_STATUS = "Pinterest answered an unknown status for this event"
+_UNCONFIRMED_MESSAGE = (
+    "Pinterest answered 2xx without a result for this event; it may or may"
+    " not have been recorded, and was not resent"
+)
 
 _AD_ACCOUNT_ID = re.compile(r"[0-9]{1,18}")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
@@ -123,6 +130,14 @@ class EventStatus(StrEnum):
     """Pinterest rejected the event (see `error_message`)."""
     NOT_SENT = "not_sent"
     """The request carrying the event failed finally (see `error_message`)."""
+    UNCONFIRMED = "unconfirmed"
+    """Pinterest answered 2xx without a result for the event.
+
+    It may or may not have been recorded, and it is not resent, lest
+    Pinterest count it twice (see `error_message`).
+
+    .. versionadded:: 0.2
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +200,14 @@ class SendResult:
         """The events whose request failed finally."""
         return self._with_status(EventStatus.NOT_SENT)
 
+    @property
+    def unconfirmed(self) -> list[EventResult]:
+        """The events Pinterest got but gave no result for (not resent).
+
+        .. versionadded:: 0.2
+        """
+        return self._with_status(EventStatus.UNCONFIRMED)
+
     def _with_status(self, status: EventStatus) -> list[EventResult]:
         return [r for r in self.results if r.status is status]
 
@@ -243,6 +266,17 @@ class _Secret(str):
     def __repr__(self) -> str:
         return f"'{_REDACTED}'"
 
+    @classmethod
+    def wrap(cls, value: object) -> _Secret:
+        """Hide a token at once; never raises.
+
+        Called first thing in each constructor, so that no frame holds the
+        token as plain text when a later check raises: error trackers that
+        record local variables would keep it. Anything but a string becomes
+        an empty secret, which `_check_token` refuses.
+        """
+        return cls(value) if isinstance(value, str) else cls()
+
 
 class _BaseTransport:
     """Configuration, request building and answer reading shared by both transports."""
@@ -258,6 +292,7 @@ class _BaseTransport:
         retry: RetryPolicy | None,
         clock: Callable[[], float],
     ) -> None:
+        access_token = _Secret.wrap(access_token)
         self.ad_account_id = _check_ad_account_id(ad_account_id)
         self.api_url = _check_api_url(api_url or os.environ.get(API_URL_ENV))
         self.test_mode = _check_test_mode(test_mode)
@@ -275,13 +310,36 @@ class _BaseTransport:
         self._closed = False
 
     def __repr__(self) -> str:
+        # getattr: a constructor that raised leaves a half-built object, and
+        # tracebacks that show local variables call repr() on it.
         return (
-            f"{type(self).__name__}(ad_account_id={self.ad_account_id!r}, "
-            f"api_url={self.api_url!r})"
+            f"{type(self).__name__}("
+            f"ad_account_id={getattr(self, 'ad_account_id', None)!r}, "
+            f"api_url={getattr(self, 'api_url', None)!r})"
         )
 
     def _httpx_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+
+    def _request_timeout(
+        self, client: httpx.Client | httpx.AsyncClient
+    ) -> httpx.Timeout:
+        """The timeouts of every request: the client's, with ours for any it
+        leaves unbounded, so that a request never waits forever."""
+        given, ours = client.timeout, self._httpx_timeout()
+        parts = {
+            name: _bounded(getattr(given, name), getattr(ours, name))
+            for name in ("connect", "read", "write", "pool")
+        }
+        if parts != {name: getattr(given, name) for name in parts}:
+            logger.warning(
+                "the http_client given leaves some timeouts unbounded; they"
+                " are %.1f s for this transport's requests (at most 5 s to"
+                " connect)",
+                self.timeout,
+            )
+
+        return httpx.Timeout(**parts)
 
     def _params(self, test: bool | None) -> dict[str, str]:
         """The query of this call's requests; raises TypeError for `test`."""
@@ -349,11 +407,11 @@ class _BaseTransport:
         )
         document = _json_or_none(response)
         if 200 <= status < 300:
-            if not _has_a_result_per_event(document, len(batch)):
-                raise UnreadableResponseError(
-                    status, retry_after=_retry_after(response)
-                )
-            return _summary_results(document, batch, offset, self._token)
+            if _has_a_result_per_event(document, len(batch)):
+                return _summary_results(document, batch, offset, self._token)
+            if _is_pinterests_answer(document):
+                return _unconfirmed(status, batch, offset)
+            raise UnreadableResponseError(status, retry_after=_retry_after(response))
 
         code, message = _error_fields(document, self._token)
         if status == 422:
@@ -366,12 +424,14 @@ class _BaseTransport:
     def _log_results(self, results: Sequence[EventResult]) -> None:
         failed = [r for r in results if r.status is EventStatus.FAILED]
         warned = sum(r.status is EventStatus.WARNED for r in results)
+        unconfirmed = sum(r.status is EventStatus.UNCONFIRMED for r in results)
         logger.debug(
-            "batch of %d events: %d processed, %d warned, %d failed",
+            "batch of %d events: %d processed, %d warned, %d failed, %d unconfirmed",
             len(results),
-            len(results) - len(failed) - warned,
+            len(results) - len(failed) - warned - unconfirmed,
             warned,
             len(failed),
+            unconfirmed,
         )
         for result in failed:
             logger.debug(
@@ -404,7 +464,10 @@ class Transport(_BaseTransport):
     One client (and its connection pool) serves every request; close the
     transport, or use it as a context manager, to release it. A client
     passed as `http_client` is used as it is, timeouts included, and is
-    left open.
+    left open; only a timeout it leaves unbounded (`None`, as with
+    `httpx.Client(timeout=None)`) is replaced by `timeout` (five seconds at
+    most to connect), with a warning, so that no request waits forever.
+    Its timeouts are read once, when the transport is built.
 
     Args:
         access_token: the conversion access token (never logged or shown).
@@ -440,6 +503,7 @@ class Transport(_BaseTransport):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        access_token = _Secret.wrap(access_token)
         super().__init__(
             access_token,
             ad_account_id,
@@ -454,6 +518,7 @@ class Transport(_BaseTransport):
         self._client = http_client or httpx.Client(
             timeout=self._httpx_timeout(), verify=_shared_ssl_context()
         )
+        self._timeout = self._request_timeout(self._client)
 
     def __enter__(self) -> Self:
         return self
@@ -556,7 +621,11 @@ class Transport(_BaseTransport):
         started = self._clock()
         try:
             response = self._client.post(
-                self._url, content=body, params=params, headers=self._headers
+                self._url,
+                content=body,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
@@ -585,6 +654,7 @@ class AsyncTransport(_BaseTransport):
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        access_token = _Secret.wrap(access_token)
         super().__init__(
             access_token,
             ad_account_id,
@@ -599,6 +669,7 @@ class AsyncTransport(_BaseTransport):
         self._client = http_client or httpx.AsyncClient(
             timeout=self._httpx_timeout(), verify=_shared_ssl_context()
         )
+        self._timeout = self._request_timeout(self._client)
 
     async def __aenter__(self) -> Self:
         return self
@@ -682,7 +753,11 @@ class AsyncTransport(_BaseTransport):
         started = self._clock()
         try:
             response = await self._client.post(
-                self._url, content=body, params=params, headers=self._headers
+                self._url,
+                content=body,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
@@ -768,12 +843,10 @@ def _check_api_url(value: str | None) -> str:
     if not value:
         return DEFAULT_API_URL
     problem = "api_url must be an http(s) URL without credentials, query or fragment"
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError):
-        raise ConfigurationError(problem) from None
+    url = _url_or_none(value)
     if (
-        url.scheme not in ("http", "https")
+        url is None
+        or url.scheme not in ("http", "https")
         or not url.host
         or url.userinfo
         or url.query
@@ -782,6 +855,15 @@ def _check_api_url(value: str | None) -> str:
         raise ConfigurationError(problem)
 
     return str(url).rstrip("/")
+
+
+def _url_or_none(value: str) -> httpx.URL | None:
+    # httpx's error quotes the URL, credentials included: it must not become
+    # the __context__ of ours.
+    try:
+        return httpx.URL(value)
+    except (httpx.InvalidURL, TypeError):
+        return None
 
 
 def _check_test_mode(value: bool) -> bool:
@@ -801,6 +883,10 @@ def _check_timeout(value: float) -> float:
     return float(value)
 
 
+def _bounded(given: float | None, ours: float | None) -> float | None:
+    return given if given is not None and math.isfinite(given) else ours
+
+
 def _check_batch(batch: Sequence[WireEvent]) -> Sequence[WireEvent]:
     if len(batch) > MAX_BATCH_SIZE:
         raise ValueError(f"a batch holds at most {MAX_BATCH_SIZE} events")
@@ -811,28 +897,41 @@ def _check_batch(batch: Sequence[WireEvent]) -> Sequence[WireEvent]:
 def _prepare(
     events: Iterable[Event | Mapping[str, Any] | WireEvent],
 ) -> list[WireEvent]:
-    """Serialize every event once, or raise with every invalid one's problems."""
+    """Serialize every event once, or raise with every invalid one's problems.
+
+    An `Event` that skipped validation and holds raw personal data is
+    refused too (see `Event.to_json`), its paths starting `data.<index>.`.
+    """
     wire: list[WireEvent] = []
     problems: list[FieldError] = []
     for index, item in enumerate(events):
         if isinstance(item, WireEvent):
             wire.append(item)
-        elif isinstance(item, Event):
-            wire.append(item.to_wire_event())
-        elif isinstance(item, Mapping):
-            try:
-                wire.append(parse_event(item, path=f"data.{index}").to_wire_event())
-            except EventValidationError as exc:
-                problems.extend(exc.errors)
-        else:
-            raise TypeError(
-                "events must be Event, mapping or WireEvent objects, "
-                f"not {type(item).__name__}"
-            )
+            continue
+        try:
+            wire.append(_serialized(item, f"data.{index}"))
+        except EventValidationError as exc:
+            problems.extend(exc.errors)
     if problems:
         raise EventValidationError(problems)
 
     return wire
+
+
+def _serialized(item: Event | Mapping[str, Any], path: str) -> WireEvent:
+    if isinstance(item, Mapping):
+        return parse_event(item, path=path).to_wire_event()
+    if not isinstance(item, Event):
+        raise TypeError(
+            "events must be Event, mapping or WireEvent objects, "
+            f"not {type(item).__name__}"
+        )
+    try:
+        return item.to_wire_event()
+    except EventValidationError as exc:
+        problems = [FieldError(f"{path}.{e.path}", e.message) for e in exc.errors]
+    # Raised outside the except block: ours chains nothing.
+    raise EventValidationError(problems)
 
 
 def _chunks(events: list[WireEvent]) -> Iterator[tuple[int, list[WireEvent]]]:
@@ -964,6 +1063,39 @@ def _http_date(value: str) -> datetime | None:
 
 def _is_summary(document: Any) -> bool:
     return isinstance(document, dict) and isinstance(document.get("events"), list)
+
+
+_SUMMARY_KEYS = ("events", "num_events_received", "num_events_processed")
+
+
+def _is_pinterests_answer(document: Any) -> bool:
+    """Whether a 2xx body is shaped as Pinterest's answer, if not fully.
+
+    A JSON object with one of its keys came from Pinterest, which then got
+    the events; a page, an empty body or other JSON may well not have.
+    """
+    return isinstance(document, dict) and any(key in document for key in _SUMMARY_KEYS)
+
+
+def _unconfirmed(
+    status: int, batch: Sequence[WireEvent], offset: int
+) -> list[EventResult]:
+    logger.warning(
+        "Pinterest answered %d without one result per event; %d event(s) are"
+        " unconfirmed and were not resent",
+        status,
+        len(batch),
+    )
+    return [
+        EventResult(
+            offset + i,
+            event.event_id,
+            event.event_name,
+            EventStatus.UNCONFIRMED,
+            _UNCONFIRMED_MESSAGE,
+        )
+        for i, event in enumerate(batch)
+    ]
 
 
 def _has_a_result_per_event(document: Any, count: int) -> bool:

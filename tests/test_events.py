@@ -173,6 +173,31 @@ def test_unknown_default_region_is_a_configuration_error():
         build_event("checkout", user_data={"email": EMAIL}, default_region="XX")
 
 
+PARSERS = {
+    "parse_event": lambda **options: parse_event(event_data(), now=NOW, **options),
+    "parse_events": lambda **options: parse_events([event_data()], now=NOW, **options),
+    "build_event": lambda **options: build_event(
+        "checkout", user_data={"email": EMAIL}, **options
+    ),
+}
+
+
+@pytest.mark.parametrize("parser", PARSERS.values(), ids=PARSERS.keys())
+@pytest.mark.parametrize("date_format", ["%Q/%m/%Y", "%d/%m", 7])
+def test_an_unusable_date_format_is_a_configuration_error_before_any_event(
+    parser, date_format
+):
+    """Even an event without a birth date fails: every date would be lost (#2)."""
+    with pytest.raises(ConfigurationError, match=r"^date_format must be"):
+        parser(date_format=date_format)
+
+
+@pytest.mark.parametrize("parser", PARSERS.values(), ids=PARSERS.keys())
+def test_an_unknown_region_is_a_configuration_error_before_any_event(parser):
+    with pytest.raises(ConfigurationError, match=r"^default_region must be"):
+        parser(default_region="XX")
+
+
 def test_phone_without_country_code_is_sent_with_a_warning():
     """Without a default region the digits are a guess the caller must see."""
     event = parse(user_data={"email": EMAIL, "phone": "(415) 555-0100"})
@@ -333,12 +358,41 @@ def test_advertiser_defined_event_names_are_kept(name):
     assert (event.event_name, event.to_wire()["event_name"]) == (name, name)
 
 
-@pytest.mark.parametrize("name", ["add-to-cart", "checkout2", "", "view content"])
-def test_other_event_names_are_an_error_naming_the_value(name):
-    [error] = errors_of(event_name=name)
+@pytest.mark.parametrize(
+    "name", ["add-to-cart", "checkout2", "", "view content", "jane.doe@example.com"]
+)
+def test_other_event_names_are_an_error_that_does_not_repeat_the_value(name):
+    """A shifted column can put personal data in the event name (#2)."""
+    assert errors_of(event_name=name) == [
+        FieldError(
+            "event_name",
+            "is neither a standard event name nor an advertiser-defined name of"
+            " letters and underscores",
+        )
+    ]
 
-    assert error.path == "event_name"
-    assert repr(name) in error.message
+
+@pytest.mark.parametrize("name", ["Checkout", "CHECKOUT", "Add_To_Cart"])
+def test_a_standard_name_in_other_case_is_sent_as_given_with_a_warning(name):
+    """Pinterest counts `Checkout` as an advertiser-defined event (#2)."""
+    event = parse(event_name=name)
+
+    assert event.to_wire()["event_name"] == name
+    [warning] = event.warnings
+    assert (warning.path, warning.dropped) == ("event_name", False)
+    assert f"'{name.lower()}'" in warning.reason
+    assert "lower-case" in warning.reason
+
+
+@pytest.mark.parametrize("name", ["checkout", "Newsletter_Signup", "quiz_done"])
+def test_standard_and_advertiser_names_get_no_warning(name):
+    assert parse(event_name=name).warnings == ()
+
+
+def test_the_event_name_warning_comes_before_dropped_values():
+    event = parse(event_name="Lead", user_data={"email": EMAIL, "gender": "robot"})
+
+    assert [w.path for w in event.warnings] == ["event_name", "user_data.gender"]
 
 
 def test_event_name_must_be_a_string():
@@ -441,21 +495,119 @@ def test_language_becomes_a_two_letter_code(value, expected):
     assert parse(language=value).language == expected
 
 
-@pytest.mark.parametrize("value", ["english", "xx", "e", "eng", 1])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("iw", "he", id="iw"),
+        pytest.param("in-ID", "id", id="in"),
+        pytest.param("ji", "yi", id="ji"),
+        pytest.param("eng", "en", id="639-2"),
+        pytest.param("ger", "de", id="639-2-bibliographic"),
+        pytest.param("deu-CH", "de", id="639-2-tag"),
+    ],
+)
+def test_legacy_and_three_letter_codes_become_the_iso_639_1_code(value, expected):
+    """Java and old Android write iw, in and ji; Pinterest takes ISO 639-1 (#2)."""
+    event = parse(language=value, device_info={"languages": [value, "en"]})
+
+    assert (event.language, event.device_info.languages) == (expected, [expected, "en"])
+
+
+@pytest.mark.parametrize("value", ["english", "xx", "e", "fil", "yue-HK", 1])
 def test_unknown_language_is_an_error(value):
     assert paths_of(language=value) == ["language"]
 
 
+def test_a_language_without_a_two_letter_code_is_an_error_saying_so():
+    [error] = errors_of(language="fil")
+
+    assert "ISO 639-1" in error.message
+    assert "fil" not in error.message
+
+
 @pytest.mark.parametrize(
-    ("value", "expected"), [(4, "4"), ("sku-4", "sku-4"), ("0", "0")]
+    ("value", "expected"),
+    [
+        (4, "4"),
+        ("sku-4", "sku-4"),
+        ("0", "0"),
+        (42.0, "42"),
+        (1e20, "100000000000000000000"),
+        (-7.0, "-7"),
+        (Decimal("7.00"), "7"),
+        (Decimal("1E+3"), "1000"),
+    ],
 )
 def test_content_ids_become_strings(value, expected):
-    event = parse(custom_data={"content_ids": [value], "contents": [{"id": value}]})
+    event = parse(
+        custom_data={
+            "content_ids": [value],
+            "contents": [{"id": value}],
+            "order_id": value,
+        }
+    )
 
     custom_data = event.to_wire()["custom_data"]
-    assert (custom_data["content_ids"], custom_data["contents"][0]["id"]) == (
-        [expected],
-        expected,
+    assert (
+        custom_data["content_ids"],
+        custom_data["contents"][0]["id"],
+        custom_data["order_id"],
+    ) == ([expected], expected, expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1.5, float("nan"), float("inf"), Decimal("7.5"), Decimal("NaN"), Decimal("-Inf")],
+)
+def test_a_numeric_id_with_a_fraction_or_not_finite_is_an_error(value):
+    """An id with a fraction is almost surely a bug, not an id (#2)."""
+    errors = errors_of(
+        custom_data={"content_ids": ["a", value], "contents": [{"id": value}]}
+    )
+
+    assert [error.path for error in errors] == [
+        "custom_data.content_ids.1",
+        "custom_data.contents.0.id",
+    ]
+    assert "fraction" in errors[0].message
+
+
+def test_a_decimal_id_too_long_to_write_is_refused_without_writing_it():
+    """1E+999999999 would take a gigabyte to write out as an integer."""
+    [error] = errors_of(custom_data={"order_id": Decimal("1E+999999999")})
+
+    assert (error.path, "64 digits" in error.message) == ("custom_data.order_id", True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"custom_data": {"num_items": True}}, "custom_data.num_items"),
+        (
+            {"custom_data": {"contents": [{"quantity": False}]}},
+            "custom_data.contents.0.quantity",
+        ),
+        ({"device_info": {"battery_level": True}}, "device_info.battery_level"),
+        ({"device_info": {"cpu_cores": True}}, "device_info.cpu_cores"),
+        ({"device_info": {"screen_density": True}}, "device_info.screen_density"),
+        ({"device_info": {"screen_width": True}}, "device_info.screen_width"),
+        ({"device_info": {"storage_size": False}}, "device_info.storage_size"),
+        ({"app_info": {"window_height": True}}, "app_info.window_height"),
+    ],
+)
+def test_true_and_false_are_no_numbers(overrides, path):
+    """JSON's true is no count, though pydantic would read it as 1 (#2)."""
+    assert errors_of(**overrides) == [
+        FieldError(path, "must be an integer, not true or false")
+    ]
+
+
+def test_numeric_text_is_still_read_as_a_count():
+    event = parse(custom_data={"num_items": "3", "contents": [{"quantity": 2}]})
+
+    assert (event.custom_data.num_items, event.custom_data.contents[0].quantity) == (
+        3,
+        2,
     )
 
 
@@ -785,21 +937,60 @@ def test_user_data_that_pinterest_can_match_is_accepted(user_data):
         pytest.param({"client_user_agent": USER_AGENT}, id="user-agent-only"),
         pytest.param({"external_id": "u-1", "click_id": "abc"}, id="ids-only"),
         pytest.param({}, id="empty"),
-        pytest.param({"email": "   "}, id="email-dropped-as-empty"),
+    ],
+)
+def test_user_data_that_pinterest_cannot_match_is_an_error(user_data):
+    assert errors_of(user_data=user_data) == [MATCHING_RULE_ERROR]
+
+
+MATCHING_RULE_ERROR = FieldError(
+    "user_data",
+    "needs em, hashed_maids, or both client_ip_address and"
+    " client_user_agent (after normalization)",
+)
+
+
+@pytest.mark.parametrize(
+    ("user_data", "dropped"),
+    [
         pytest.param(
-            {"client_ip_address": "not an ip", "client_user_agent": USER_AGENT},
+            {"email": "   "},
+            [FieldError("user_data.email", "dropped: empty after normalization")],
+            id="email-dropped-as-empty",
+        ),
+        pytest.param(
+            {"em": [EMAIL[:4], "@"], "phone": "12"},
+            [
+                FieldError(
+                    "user_data.em.0",
+                    "dropped: not an email address (needs one @ and no spaces)",
+                ),
+                FieldError(
+                    "user_data.em.1",
+                    "dropped: not an email address (needs one @ and no spaces)",
+                ),
+            ],
+            id="emails-dropped-by-index",
+        ),
+        pytest.param(
+            {"ip_address": "not an ip", "client_user_agent": USER_AGENT},
+            [
+                FieldError(
+                    "user_data.ip_address", "dropped: not an IPv4 or IPv6 address"
+                )
+            ],
             id="ip-dropped-as-invalid",
         ),
     ],
 )
-def test_user_data_that_pinterest_cannot_match_is_an_error(user_data):
-    assert errors_of(user_data=user_data) == [
-        FieldError(
-            "user_data",
-            "needs em, hashed_maids, or both client_ip_address and"
-            " client_user_agent (after normalization)",
-        )
-    ]
+def test_a_value_dropped_before_the_matching_rule_failed_is_named_too(
+    user_data, dropped
+):
+    """The error names every field at fault, not only `user_data` (#2).
+
+    Dropped values the rule does not count (the phone number) stay out.
+    """
+    assert errors_of(user_data=user_data) == [MATCHING_RULE_ERROR, *dropped]
 
 
 def test_matching_rule_is_reported_beside_other_user_data_errors():
@@ -1127,6 +1318,190 @@ def test_repr_hides_user_data_that_skipped_validation():
     for event in (constructed, copied):
         assert leaked(repr(event)) == []
         assert "user_data=<set>" in repr(event)
+
+
+# Without em, hashed_maids or both IP and user agent: the matching rule fails.
+UNMATCHABLE = {key: SECRETS[key] for key in ("phone", "first_name", "city", "click_id")}
+
+
+def chain_of(error: BaseException) -> list[BaseException]:
+    """The error and every exception it chains, as a debugger would find them."""
+    found: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending += [current.__cause__, current.__context__]
+    return found
+
+
+def everything_said_by(errors: list[BaseException]) -> str:
+    """Every message, repr and attribute of `errors`, for a leak to be found."""
+    return " ".join(
+        f"{error!s} {error!r} {vars(error)!r} {error.args!r}" for error in errors
+    )
+
+
+def raised_by(call: Any) -> BaseException:
+    with pytest.raises(EventValidationError) as caught:
+        call()
+    return caught.value
+
+
+EVENT_WITH_SECRETS = event_data(user_data=UNMATCHABLE, custom_data={"value": "x"})
+VALIDATING_CALLS = {
+    "parse_event": lambda: parse_event(EVENT_WITH_SECRETS, now=NOW),
+    "parse_events": lambda: parse_events([EVENT_WITH_SECRETS], now=NOW),
+    "build_event": lambda: build_event("checkout", user_data=UNMATCHABLE),
+    "Event": lambda: Event(**EVENT_WITH_SECRETS),
+    "model_validate": lambda: Event.model_validate(EVENT_WITH_SECRETS),
+    "model_validate_json": lambda: Event.model_validate_json(
+        json.dumps(EVENT_WITH_SECRETS)
+    ),
+    "UserData": lambda: UserData(**UNMATCHABLE),
+    "CustomData": lambda: CustomData(search_string=SECRETS["first_name"], value="x"),
+    "event_time": lambda: parse(event_time=SECRETS["email"]),
+}
+
+
+@pytest.mark.parametrize("call", VALIDATING_CALLS.values(), ids=VALIDATING_CALLS.keys())
+def test_a_validation_error_chains_nothing_that_holds_the_input(call):
+    """pydantic's error keeps the input, raw personal data included; it must
+    not be reachable from ours as `__context__` or `__cause__` (#2)."""
+    chain = chain_of(raised_by(call))
+
+    assert [type(error) for error in chain] == [EventValidationError]
+    assert leaked(everything_said_by(chain)) == []
+
+
+def with_email_appended(event: Event) -> Event:
+    assert event.user_data.email is not None
+    event.user_data.email.append(SECRETS["email"])
+    return event
+
+
+def with_phone_assigned(event: Event) -> Event:
+    event.user_data.phone = [SECRETS["phone"]]
+    return event
+
+
+UNVALIDATED_EVENTS = {
+    "model_copy-mapping": (
+        lambda: parse().model_copy(update={"user_data": {"em": SECRETS["email"]}}),
+        "user_data",
+    ),
+    "model_construct-user-data": (
+        lambda: build_event(
+            "checkout", user_data=UserData.model_construct(email=[SECRETS["email"]])
+        ),
+        "user_data.em",
+    ),
+    "user-data-model_copy": (
+        lambda: parse().model_copy(
+            update={
+                "user_data": parse().user_data.model_copy(
+                    update={"first_name": SECRETS["first_name"]}
+                )
+            }
+        ),
+        "user_data.fn",
+    ),
+    "appended-in-place": (lambda: with_email_appended(parse()), "user_data.em"),
+    "assigned": (lambda: with_phone_assigned(parse()), "user_data.ph"),
+    "uppercase-digest": (
+        lambda: parse().model_copy(
+            update={"user_data": UserData.model_construct(email=[EMAIL_HASH.upper()])}
+        ),
+        "user_data.em",
+    ),
+    "short-raw-beside-long-hex": (
+        lambda: build_event(
+            "checkout",
+            user_data=UserData.model_construct(
+                phone=["16505551212", EMAIL_HASH + EMAIL_HASH[:53]]
+            ),
+        ),
+        "user_data.ph",
+    ),
+    "custom-data-mapping": (
+        lambda: parse().model_copy(
+            update={"custom_data": {"search_string": SECRETS["first_name"]}}
+        ),
+        "custom_data",
+    ),
+    "contents-mapping": (
+        lambda: parse(custom_data={"value": "1"}).model_copy(
+            update={
+                "custom_data": CustomData.model_construct(
+                    contents=[{"item_name": SECRETS["first_name"]}]
+                )
+            }
+        ),
+        "custom_data.contents",
+    ),
+}
+SERIALIZERS = {
+    "to_json": Event.to_json,
+    "to_wire": Event.to_wire,
+    "to_wire_event": Event.to_wire_event,
+    "model_dump": Event.model_dump,
+    "model_dump_json": Event.model_dump_json,
+}
+
+
+@pytest.mark.parametrize("serialize", SERIALIZERS.values(), ids=SERIALIZERS.keys())
+@pytest.mark.parametrize(
+    ("make", "path"), UNVALIDATED_EVENTS.values(), ids=UNVALIDATED_EVENTS.keys()
+)
+def test_an_event_holding_what_validation_would_refuse_is_not_serialized(
+    make, path, serialize
+):
+    """Raw personal data never reaches the wire past validation (#2); the
+    error names the field, not the value, and pydantic's serializer, whose
+    warnings would quote the value, never runs (warnings are errors here)."""
+    event = make()
+
+    error = raised_by(lambda: serialize(event))
+
+    assert [e.path for e in error.errors] == [path]
+    assert "without validation" in str(error)
+    assert leaked(everything_said_by(chain_of(error))) == []
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [
+        copy.copy,
+        copy.deepcopy,
+        lambda event: event.model_copy(),
+        lambda event: event.model_copy(deep=True),
+        lambda event: pickle.loads(pickle.dumps(event)),
+        lambda event: event.model_copy(update={"event_id": "other"}),
+    ],
+    ids=["copy", "deepcopy", "model_copy", "model_copy-deep", "pickle", "update"],
+)
+def test_copies_of_a_validated_event_serialize_as_it_does(duplicate):
+    event = parse(
+        user_data=SECRETS | {"em": [EMAIL, "b@example.com"]},
+        custom_data={"contents": [{"id": "sku-1"}]},
+    )
+    original = json.loads(event.to_json())
+    copied = json.loads(duplicate(event).to_json())
+
+    assert copied | {"event_id": ""} == original | {"event_id": ""}
+
+
+def test_a_constructed_user_data_holding_digests_only_serializes():
+    """Digests built elsewhere pass, through the full check."""
+    user_data = UserData.model_construct(email=[EMAIL_HASH], hashed_maids=[MAID_HASH])
+    event = parse().model_copy(update={"user_data": user_data})
+
+    assert json.loads(event.to_json())["user_data"] == {
+        "em": [EMAIL_HASH],
+        "hashed_maids": [MAID_HASH],
+    }
 
 
 def test_repr_still_shows_validated_nested_models():

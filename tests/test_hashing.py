@@ -79,6 +79,15 @@ GOLDEN: list[tuple[str, object, dict[str, Any], str]] = [
     ("phone", "(416) 555-0199", {"default_region": "CA"}, "14165550199"),
     ("phone", "+44 (0)20 7946 0958", {}, "442079460958"),
     ("phone", "0044 20 7946 0958", {"default_region": "US"}, "442079460958"),
+    # The region's own international prefix, read by phonenumbers (#2).
+    ("phone", "0011 44 20 7946 0958", {"default_region": "AU"}, "442079460958"),
+    ("phone", "0011 1 650 555 1212", {"default_region": "AU"}, "16505551212"),
+    ("phone", "0021 1 650 555 1212", {"default_region": "BR"}, "16505551212"),
+    ("phone", "005 44 20 7946 0958", {"default_region": "CO"}, "442079460958"),
+    ("phone", "011 44 20 7946 0958", {"default_region": "US"}, "442079460958"),
+    # 00 where the region dials abroad otherwise still gives the country.
+    ("phone", "00 44 20 7946 0958", {"default_region": "AU"}, "442079460958"),
+    ("phone", "0033 1 23 45 67 89", {"default_region": "BR"}, "33123456789"),
     ("phone", "020 7946 0958", {"default_region": "GB"}, "442079460958"),
     ("phone", "07700 900123", {"default_region": "GB"}, "447700900123"),
     ("phone", "0800 1111", {"default_region": "GB"}, "448001111"),
@@ -401,6 +410,9 @@ def test_empty_list_gives_no_field_and_no_warning():
         ("country", "The Atlantis", hashing._UNKNOWN_COUNTRY),
         ("phone", "+44 7946 0958", hashing._PHONE_INCOMPLETE),
         ("phone", "0044 7946 0958", hashing._PHONE_INCOMPLETE),
+        # Read as +11 44 ...: the 00 of 0011 gives no country code (#2).
+        ("phone", "0011 44 20 7946 0958", hashing._PHONE_TOO_LONG_FOR_COUNTRY),
+        ("phone", "+1 650 555 1212 999", hashing._PHONE_TOO_LONG_FOR_COUNTRY),
         ("phone", "12345", hashing._PHONE_TOO_SHORT),
         ("phone", "+1 555", hashing._PHONE_TOO_SHORT),
         ("phone", "1234567890123456", hashing._PHONE_TOO_LONG),
@@ -475,6 +487,51 @@ def test_date_not_matching_the_named_format_is_dropped():
     assert reasons(result) == [hashing._AMBIGUOUS_DATE]
 
 
+def test_the_ambiguous_date_reason_names_no_python_parameter():
+    """CLI users set it with --date-format, not date_format (#2)."""
+    [reason] = reasons(hash_user_data({"db": "03/04/1997"}))
+
+    assert (
+        reason == "not a YYYY-MM-DD or YYYYMMDD date; set a date format for other forms"
+    )
+
+
+UNUSABLE_DATE_FORMATS = [
+    pytest.param("%Q/%m/%Y", id="bad-directive"),
+    pytest.param("%d/%m", id="no-year"),
+    pytest.param("%m/%Y", id="no-day"),
+    pytest.param("%H:%M", id="no-date"),
+    pytest.param("%Y-%Y", id="repeated"),
+    pytest.param("", id="empty"),
+]
+
+
+@pytest.mark.parametrize("date_format", UNUSABLE_DATE_FORMATS)
+def test_an_unusable_date_format_is_a_configuration_error(date_format):
+    """Every birth date would be dropped (or wrong): it fails at once (#2)."""
+    with pytest.raises(ConfigurationError, match=r"^date_format must be"):
+        hash_user_data({"em": "a@example.com"}, date_format=date_format)
+
+
+@pytest.mark.parametrize("date_format", UNUSABLE_DATE_FORMATS)
+def test_normalize_date_of_birth_refuses_an_unusable_date_format(date_format):
+    with pytest.raises(ConfigurationError, match=r"^date_format must be"):
+        normalize_date_of_birth(date(1997, 3, 14), date_format)
+
+
+@pytest.mark.parametrize(
+    ("date_format", "text"),
+    [
+        ("%d.%m.%y", "14.03.97"),
+        ("%j/%Y", "073/1997"),
+        ("%A %d %B %Y", "Friday 14 March 1997"),
+        ("%Y-%m-%dT%H:%M", "1997-03-14T09:30"),
+    ],
+)
+def test_a_date_format_that_reads_a_whole_date_is_usable(date_format, text):
+    assert normalize_date_of_birth(text, date_format) == "19970314"
+
+
 def test_phone_without_country_code_or_region_keeps_digits_without_zeros():
     assert normalize_phone("0650-555-1212") == "6505551212"
 
@@ -539,6 +596,32 @@ def test_phone_default_region_does_not_override_an_explicit_country_code():
 def test_phone_with_double_zero_prefix_ignores_the_region_exit_code():
     """phonenumbers alone would read 00 as a national number in the US."""
     assert normalize_phone("0044 20 7946 0958", "US") == "442079460958"
+
+
+@pytest.mark.parametrize(
+    ("raw", "region"),
+    [
+        pytest.param("0011 44 7946 0958", "AU", id="idd-local-number"),
+        pytest.param("001 650 555 1212", "AU", id="carrier-idd-0016"),
+    ],
+)
+def test_a_number_the_regions_international_prefix_makes_unusable_is_dropped(
+    raw, region
+):
+    """Reading its digits another way would only find somebody else's number."""
+    result = hash_user_data({"phone": raw}, default_region=region)
+
+    assert result.fields == {}
+    assert reasons(result) == [hashing._PHONE_INCOMPLETE]
+
+
+@pytest.mark.parametrize(
+    ("raw", "region"),
+    [("0011 44 20 7946 0958", "AU"), ("00 44 20 7946 0958", "AU")],
+)
+def test_the_phone_fast_path_leaves_a_longer_international_prefix_alone(raw, region):
+    assert normalize_phone(raw, region) == "442079460958"
+    assert hashing._nanp_fast_path("001 650 555 1212", region) is None
 
 
 @pytest.mark.parametrize("region", ["XX", "", "USA", 1])
@@ -808,6 +891,23 @@ def test_normalizer_errors_never_hold_the_value(normalize, raw):
         normalize(raw)
     assert raw not in str(info.value)
     assert raw not in repr(info.value)
+
+
+@pytest.mark.parametrize(
+    ("normalize", "raw"),
+    [
+        (normalize_date_of_birth, "19990231"),
+        (normalize_ip_address, "secret-host-name"),
+        (normalize_ip_address, "[secret::zz]:443"),
+    ],
+)
+def test_normalizer_errors_chain_no_exception_that_quotes_the_value(normalize, raw):
+    """date and ipaddress quote the text in their ValueError; it must not
+    stay reachable as the `__context__` of ours (#2)."""
+    with pytest.raises(UnusableValueError) as info:
+        normalize(raw)
+
+    assert (info.value.__context__, info.value.__cause__) == (None, None)
 
 
 def test_dropping_values_logs_nothing(caplog):

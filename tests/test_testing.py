@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -318,6 +318,26 @@ def test_a_failing_event_gets_a_422_with_per_event_details(fake, changes, messag
     assert details["events"][0]["error_message"] == ""
 
 
+@pytest.mark.parametrize(
+    "amount",
+    ["1_000", " 19.99", "19.99 ", "inf", "-Infinity", "nan", "0x1p3", "", "1e999"],
+)
+def test_money_must_be_decimal_text_not_anything_float_reads(fake, amount):
+    """Python's float() takes "1_000"; a decimal string does not (#3)."""
+    body = {"data": [wire_event(custom_data={"predicted_ltv": amount})]}
+
+    details = post(fake, body).json()["details"]
+
+    assert "custom_data.predicted_ltv" in details["events"][0]["error_message"]
+
+
+@pytest.mark.parametrize("amount", ["19.99", "0", "-5", "+5", ".5", "5.", "1e3", "007"])
+def test_decimal_money_in_any_common_spelling_is_accepted(fake, amount):
+    body = {"data": [wire_event(custom_data={"value": amount})]}
+
+    assert post(fake, body).status_code == 200
+
+
 def test_only_the_processed_events_of_a_422_are_recorded(fake):
     stale = wire_event(event_id="old", event_time=NOW - 8 * 24 * 3600)
 
@@ -402,6 +422,16 @@ def test_fail_next_applies_to_that_many_requests_only(fake):
         (7, "7"),
         (1.5, "1.5"),
         (datetime(2025, 6, 15, 15, 7, 10, tzinfo=UTC), "Sun, 15 Jun 2025 15:07:10 GMT"),
+        pytest.param(
+            datetime(2025, 6, 15, 17, 7, 10, tzinfo=timezone(timedelta(hours=2))),
+            "Sun, 15 Jun 2025 15:07:10 GMT",
+            id="offset",
+        ),
+        pytest.param(
+            datetime(2025, 6, 15, 15, 7, 10),
+            "Sun, 15 Jun 2025 15:07:10 GMT",
+            id="naive",
+        ),
         ("120", "120"),
     ],
 )

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -229,16 +230,22 @@ async def test_a_200_listing_failed_events_is_reported_as_failure(
 
 PROCESSED_ENTRY = {"status": "processed", "error_message": "", "warning_message": ""}
 PORTAL_PAGE = b"<html><body>Sign in to Hotel Wi-Fi to continue</body></html>"
+# 2xx answers that are not Pinterest's: the events may never have reached it.
 UNREADABLE_ANSWERS = {
     "html": {"content": PORTAL_PAGE, "headers": {"content-type": "text/html"}},
     "not-json": {"text": "OK"},
     "empty-204": {"status_code": 204},
     "json-list": {"json": [PROCESSED_ENTRY, PROCESSED_ENTRY]},
+    "other-json": {"json": {"status": "ok"}},
+}
+# Pinterest's answer, without one result per event: it got the events.
+UNCONFIRMED_ANSWERS = {
     "no-events": {"json": {"num_events_received": 2, "num_events_processed": 2}},
     "events-not-a-list": {"json": {"events": "processed"}},
     "too-few-events": {"json": {"events": [PROCESSED_ENTRY]}},
     "too-many-events": {"json": {"events": [PROCESSED_ENTRY] * 3}},
     "entries-not-objects": {"json": {"events": ["processed", "processed"]}},
+    "created-201": {"status_code": 201, "json": {"events": []}},
 }
 
 
@@ -292,7 +299,7 @@ async def test_an_unreadable_2xx_is_retried_and_the_retry_delivers(
 async def test_with_raise_on_error_off_an_unreadable_2xx_leaves_events_not_sent(
     make_transport, httpx_mock
 ):
-    httpx_mock.add_response(json={"events": [PROCESSED_ENTRY]})
+    httpx_mock.add_response(content=PORTAL_PAGE, headers={"content-type": "text/html"})
     transport = make_transport(retry=RetryPolicy(attempts=1))
 
     result = await resolve(transport.send(events(2), raise_on_error=False))
@@ -300,6 +307,46 @@ async def test_with_raise_on_error_off_an_unreadable_2xx_leaves_events_not_sent(
     assert [type(e) for e in result.errors] == [UnreadableResponseError]
     assert [r.status for r in result.results] == [EventStatus.NOT_SENT] * 2
     assert not result.ok
+
+
+@pytest.mark.parametrize(
+    "answer", UNCONFIRMED_ANSWERS.values(), ids=UNCONFIRMED_ANSWERS.keys()
+)
+async def test_pinterests_2xx_without_a_result_per_event_leaves_them_unconfirmed(
+    make_transport, httpx_mock, clock, answer
+):
+    """Pinterest got the events; a resend might count them twice, as its
+    de-duplication of resent events is not confirmed (#3)."""
+    httpx_mock.add_response(**{"status_code": 200, **answer})
+
+    result = await resolve(make_transport().send(events(2)))
+
+    assert len(httpx_mock.get_requests()) == 1
+    assert clock.sleeps == []
+    assert [r.status for r in result.results] == [EventStatus.UNCONFIRMED] * 2
+    assert [r.event_id for r in result.unconfirmed] == ["evt-0", "evt-1"]
+    assert "not resent" in (result.results[0].error_message or "")
+    assert (result.ok, result.errors, result.processed) == (False, [], [])
+
+
+async def test_unconfirmed_events_are_logged_as_a_warning(
+    make_transport, httpx_mock, caplog
+):
+    httpx_mock.add_response(json={"events": [PROCESSED_ENTRY]})
+
+    await resolve(make_transport().send(events(2)))
+
+    [record] = [r for r in caplog.records if r.name == "pinterest_mw.transport"]
+    assert record.levelno == logging.WARNING
+    assert "2 event(s) are unconfirmed" in record.getMessage()
+
+
+async def test_send_batch_reports_unconfirmed_events_too(make_transport, httpx_mock):
+    httpx_mock.add_response(json={"events": []})
+
+    results = await resolve(make_transport().send_batch(events(1)))
+
+    assert [r.status for r in results] == [EventStatus.UNCONFIRMED]
 
 
 async def test_mappings_are_validated_and_hashed_before_sending(
@@ -465,7 +512,7 @@ async def test_backoff_wins_over_a_shorter_retry_after(
     assert clock.sleeps == [2.0]
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
 async def test_server_errors_are_retried_with_exponential_backoff(
     make_transport, fake_pinterest, clock, status
 ):
@@ -1052,6 +1099,58 @@ async def test_the_default_timeout_is_finite(make_transport, kind):
     )
 
 
+def timeouts_of(request: httpx.Request) -> dict[str, float | None]:
+    timeout: dict[str, float | None] = request.extensions["timeout"]
+    return timeout
+
+
+async def test_a_callers_client_without_timeouts_gets_ours(
+    kind, fake_pinterest, httpx_mock, caplog
+):
+    """`timeout=None` would let a request wait forever (#3)."""
+    client_class = httpx.Client if kind == "sync" else httpx.AsyncClient
+    client = client_class(timeout=httpx.Timeout(None, read=30.0))
+    transport_class = Transport if kind == "sync" else AsyncTransport
+    transport = transport_class(
+        FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, http_client=client, timeout=7
+    )
+
+    await resolve(transport.send(events(1)))
+
+    [request] = httpx_mock.get_requests()
+    assert timeouts_of(request) == {
+        "connect": 5.0,
+        "read": 30.0,
+        "write": 7.0,
+        "pool": 7.0,
+    }
+    assert "leaves some timeouts unbounded" in caplog.text
+    await resolve(client.close() if kind == "sync" else client.aclose())
+
+
+async def test_a_callers_client_keeps_its_own_finite_timeouts(
+    kind, fake_pinterest, httpx_mock, caplog
+):
+    client_class = httpx.Client if kind == "sync" else httpx.AsyncClient
+    client = client_class(timeout=httpx.Timeout(60.0, connect=1.0))
+    transport_class = Transport if kind == "sync" else AsyncTransport
+    transport = transport_class(
+        FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, http_client=client
+    )
+
+    await resolve(transport.send(events(1)))
+
+    [request] = httpx_mock.get_requests()
+    assert timeouts_of(request) == {
+        "connect": 1.0,
+        "read": 60.0,
+        "write": 60.0,
+        "pool": 60.0,
+    }
+    assert caplog.records == []
+    await resolve(client.close() if kind == "sync" else client.aclose())
+
+
 async def test_one_pooled_client_serves_every_request(
     make_transport, fake_pinterest, monkeypatch, kind
 ):
@@ -1127,6 +1226,66 @@ async def test_the_token_is_in_no_repr_of_the_transport_state(make_transport):
     transport = make_transport()
 
     assert FAKE_ACCESS_TOKEN not in repr(vars(transport))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ad_account_id": "act_123"},
+        {"api_url": "ftp://example.com"},
+        {"timeout": -1},
+        {"access_token": FAKE_ACCESS_TOKEN + " x"},
+    ],
+    ids=["ad-account", "api-url", "timeout", "token"],
+)
+async def test_a_construction_error_leaves_no_token_in_any_frame(
+    make_transport, options
+):
+    """Error trackers record local variables: in every frame the token must
+    already be hidden when a check raises, and a traceback with locals must
+    still render the half-built transport (#3)."""
+    with pytest.raises(ConfigurationError) as caught:
+        make_transport(**options)
+
+    shown = traceback.TracebackException.from_exception(
+        caught.value, capture_locals=True
+    )
+
+    ours = [f for f in shown.stack if f.filename.endswith("pinterest_mw/transport.py")]
+    assert ours
+    assert all(
+        FAKE_ACCESS_TOKEN not in text
+        for frame in ours
+        for text in (frame.locals or {}).values()
+    )
+
+
+def test_the_repr_of_a_half_built_transport_does_not_raise():
+    transport = Transport.__new__(Transport)
+
+    assert repr(transport) == "Transport(ad_account_id=None, api_url=None)"
+
+
+async def test_an_api_url_error_chains_nothing_that_quotes_the_url(make_transport):
+    """httpx's InvalidURL quotes the URL, credentials included."""
+    with pytest.raises(ConfigurationError) as caught:
+        make_transport(api_url="https://user:secret@[::1")
+
+    assert (caught.value.__context__, caught.value.__cause__) == (None, None)
+
+
+async def test_an_event_that_skipped_validation_is_refused_and_nothing_is_sent(
+    make_transport, fake_pinterest
+):
+    """Raw personal data never reaches Pinterest past validation (#2)."""
+    raw = event(1).model_copy(update={"user_data": {"em": "Raw.Person@Example.com"}})
+
+    with pytest.raises(EventValidationError) as caught:
+        await resolve(make_transport().send([event(0), raw]))
+
+    assert [e.path for e in caught.value.errors] == ["data.1.user_data"]
+    assert "Raw.Person" not in str(caught.value)
+    assert fake_pinterest.requests == []
 
 
 async def test_logs_carry_no_token_and_no_user_data(
