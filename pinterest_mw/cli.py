@@ -6,6 +6,7 @@ pinterest-mw send FILE            offline conversions from CSV or JSON Lines
 pinterest-mw validate FILE        the checks of `send`, without sending
 pinterest-mw hash FIELD VALUE     a value's normalized form and SHA-256 digest
 pinterest-mw outbox [retry]       what the outbox holds; re-queue rejected events
+pinterest-mw fake-api             a fake Pinterest API to send to, on 127.0.0.1
 ```
 
 Configuration comes from options and the environment:
@@ -20,17 +21,20 @@ Exit statuses: 0 success; 1 some rows failed (invalid, or rejected by
 Pinterest), or `hash` found the value unusable; 2 an error (bad option or
 configuration, no command, a file without rows, unreadable file, failed
 authentication or request, an address `serve` cannot listen on); 130
-interrupted. `serve` flushes on SIGTERM and SIGINT, then logs
+interrupted; 143 terminated (SIGTERM: `send` then sums up what it sent,
+as after Ctrl-C). `serve` flushes on SIGTERM and SIGINT, then logs
 "pinterest-mw stopped" and exits 0 after SIGTERM, 130 after SIGINT, with
-or without `--workers`. Errors, usage errors included, are one line on
-stderr; `--debug` adds the traceback of an unexpected one. Library
-warnings go to stderr once each: through rich on a terminal, as
-`pinterest-mw: warning: ...` lines otherwise; the command's own warnings
-are always such lines.
+or without `--workers`; `fake-api` exits with those statuses too. Errors,
+usage errors included, are one line on stderr; `--debug` adds the
+traceback of an unexpected one. Library warnings go to stderr once each:
+through rich on a terminal, as `pinterest-mw: warning: ...` lines
+otherwise; the command's own warnings are always such lines.
 
-Privacy: the token is never printed or logged. Reports name rows by line
-and fields by path, never by value. `serve` logs no request (no IP address,
-no URL) unless `--access-log` asks for uvicorn's access log.
+Privacy: the token is never printed or logged (`fake-api` prints the
+fake's published one). Reports name rows by line and fields by path, never
+by value: a reason that would repeat a value of its row is withheld.
+`serve` logs no request (no IP address, no URL) unless `--access-log` asks
+for uvicorn's access log.
 
 The commands are plain functions registered by `build_app()`. Their
 annotations name typer only in strings (postponed evaluation), so this
@@ -56,15 +60,27 @@ import re
 import signal
 import socket
 import sqlite3
+import stat
 import sys
+import threading
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any, Final, NoReturn, ParamSpec, TypeVar
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Final,
+    NamedTuple,
+    NoReturn,
+    ParamSpec,
+    TypeVar,
+)
 
 import anyio.to_thread
 
@@ -92,6 +108,7 @@ from .exceptions import (
 from .hashing import (
     HASHED_FIELDS,
     PLAIN_FIELDS,
+    FieldWarning,
     UnusableValueError,
     check_default_region,
     hash_user_data,
@@ -111,6 +128,9 @@ from .hashing import (
 )
 from .outbox import OutboxStats, RejectedEvent, SQLiteOutbox
 from .transport import MAX_BATCH_SIZE, EventResult, EventStatus, Transport
+
+if TYPE_CHECKING:
+    from .testing import FakePinterestAPI
 
 _missing_extra: ImportError | None = None
 try:
@@ -142,6 +162,7 @@ EXIT_OK: Final = 0
 EXIT_ROWS_FAILED: Final = 1
 EXIT_ERROR: Final = 2
 EXIT_INTERRUPTED: Final = 130
+EXIT_TERMINATED: Final = 143  # 128 + SIGTERM, as a shell reports it
 
 NOT_SENDING_LINE: Final = (
     "Not sending: events are validated, hashed and kept in %s, not sent. "
@@ -200,6 +221,45 @@ def _fail(message: str) -> NoReturn:
     raise _CommandError(message)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is, so that a command stops the same way."""
+
+
+def _interruption_word(interruption: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(interruption, _Terminated) else "interrupted"
+
+
+def _interruption_status(interruption: KeyboardInterrupt) -> int:
+    if isinstance(interruption, _Terminated):
+        return EXIT_TERMINATED
+    return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside the block, SIGTERM raises `_Terminated` in the main thread.
+
+    A service manager (or `timeout`) stopping `send` then gets the summary
+    and the `--start-line` hint that Ctrl-C gives, not a silent end. Outside
+    the main thread, or where SIGTERM is ignored, nothing changes.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    ):
+        yield
+        return
+
+    def terminate(signal_number: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _describe_error(exc: BaseException) -> str:
     """One line for an error of ours, naming where an option is set."""
     if isinstance(exc, OSError):
@@ -242,9 +302,9 @@ def _command(function: Callable[_P, _R]) -> Callable[_P, _R]:
             return function(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
-        except KeyboardInterrupt:
-            _error_line("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as interruption:
+            _error_line(_interruption_word(interruption))
+            raise typer.Exit(_interruption_status(interruption)) from None
         except Exception as exc:  # noqa: BLE001 - the one line promised for any failure
             _error_line(_failure_line(exc))
             raise typer.Exit(_failure_status(exc)) from None
@@ -368,7 +428,8 @@ def _root(
 ) -> None:
     """Send conversions to Pinterest's Conversions API.
 
-    Exit statuses: 0 success, 1 some rows failed, 2 error, 130 interrupted.
+    Exit statuses: 0 success, 1 some rows failed, 2 error, 130 interrupted,
+    143 terminated.
     """
     _debug.set(debug)
     if version:
@@ -429,6 +490,7 @@ def build_app() -> typer.Typer:
     app.command("send")(_command(send))
     app.command("validate")(_command(validate))
     app.command("hash")(_command(hash_value))
+    app.command("fake-api")(_command(fake_api))
     outbox_app = typer.Typer(
         name="outbox",
         invoke_without_command=True,
@@ -561,7 +623,8 @@ if _missing_extra is None:
             "--map",
             metavar="COLUMN=FIELD",
             help="Rename a column: 'Their Header=email'. 'Their Header=' ignores it."
-            " Repeatable.",
+            " Repeatable. Every COLUMN must be in a CSV file's header (JSON"
+            " Lines keys may vary by line).",
             show_default=False,
         ),
     ]
@@ -728,12 +791,22 @@ def _column_key(name: str) -> str:
     return name.strip().casefold()
 
 
-def _parse_mapping(items: Sequence[str] | None) -> dict[str, str | None]:
-    """`--map 'Their Header=email'` items: their name -> ours (None: drop it).
+class _Rename(NamedTuple):
+    """One `--map` item: as given, and the field it names (None: drop it)."""
+
+    item: str
+    ours: str | None
+
+
+_Mapping = Mapping[str, _Rename]
+
+
+def _parse_mapping(items: Sequence[str] | None) -> dict[str, _Rename]:
+    """`--map 'Their Header=email'` items, by their name as `_column_key` has it.
 
     Their names are matched ignoring case and surrounding spaces, as ours are.
     """
-    mapping: dict[str, str | None] = {}
+    mapping: dict[str, _Rename] = {}
     for item in items or ():
         theirs, equals, ours = item.rpartition("=")
         if not equals or not theirs.strip():
@@ -741,7 +814,7 @@ def _parse_mapping(items: Sequence[str] | None) -> dict[str, str | None]:
         ours = ours.strip()
         if ours and _column_path(ours) is None:
             _fail(f"--map {item!r}: {ours!r} is not an event field")
-        mapping[_column_key(theirs)] = ours or None
+        mapping[_column_key(theirs)] = _Rename(item, ours or None)
 
     return mapping
 
@@ -749,12 +822,12 @@ def _parse_mapping(items: Sequence[str] | None) -> dict[str, str | None]:
 _DROPPED: Final[Path_] = ()
 
 
-def _mapped_path(name: str, mapping: Mapping[str, str | None]) -> Path_ | None:
+def _mapped_path(name: str, mapping: _Mapping) -> Path_ | None:
     """The path of a column after `--map`: `_DROPPED` (empty) if mapped to nothing."""
     if mapping:
         key = _column_key(name)
         if key in mapping:
-            ours = mapping[key]
+            ours = mapping[key].ours
             return _DROPPED if ours is None else _column_path(ours)
     return _column_path(name)
 
@@ -801,6 +874,7 @@ class _Row:
     """One row of a file: its line, the event mapping, and reading problems.
 
     `skipped` rows come before `--start-line` and are only counted.
+    `notes` are warnings about the row's shape, never holding a value.
     `has_id_column` says whether the file has an event_id column (None for
     JSON Lines, which has no columns).
     """
@@ -808,13 +882,14 @@ class _Row:
     line: int
     data: dict[str, Any]
     errors: list[FieldError] = dataclasses.field(default_factory=list)
+    notes: list[FieldError] = dataclasses.field(default_factory=list)
     skipped: bool = False
     has_id_column: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _RowOptions:
-    mapping: Mapping[str, str | None]
+    mapping: _Mapping
     event_name: str | None
     action_source: ActionSource
     delimiter: str
@@ -830,20 +905,69 @@ class _ReadStop(Exception):
         self.reason = reason
 
 
-def _utf8_lines(text: Iterator[str]) -> Iterator[str]:
-    """The file's lines, up to the first one holding a byte that is not UTF-8.
+MAX_LINE: Final = 128 * 1024
+"""The most characters a line of a file may hold, and a CSV row over several lines."""
 
-    The file is decoded with `surrogateescape`: such a byte becomes a lone
-    surrogate in its own line instead of failing the decoding of a whole
-    block of lines, so every line before it is read.
+LINE_TOO_LONG: Final = f"the line is longer than {MAX_LINE} characters"
+QUOTE_NOT_CLOSED: Final = (
+    "the row that starts on this line opens a quote that is never closed"
+)
+MULTILINE_ROW: Final = (
+    "the row runs on to line {last}: a quoted cell holds line breaks (if its"
+    " closing quote is misplaced, the rows in between were read into it)"
+)
+ROW_TOO_LONG: Final = (
+    "the row that starts on this line runs over several lines and past"
+    f" {MAX_LINE} characters, as when a closing quote is missing"
+)
+
+
+class _Lines:
+    """The lines of a text stream, each read in bounded pieces.
+
+    A line longer than `MAX_LINE` stops the reading at it before it is all
+    in memory. So does a CSV row whose lines together pass it, once the
+    CSV reader marks where its rows start (`start_row`): a quote that is
+    never closed would otherwise take in the rest of the file. A byte that
+    is not UTF-8 stops the reading at its line: the text is decoded with
+    `surrogateescape`, so such a byte becomes a lone surrogate in its own
+    line instead of failing the decoding of a whole block of lines.
     """
-    for number, line in enumerate(text, start=1):
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.number = 0
+        self._stream = stream
+        self._row_start: int | None = None
+        self._row_size = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = self._stream.readline(MAX_LINE + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self._row_size += len(line)
+        start = self._row_start
+        if start is not None and start < self.number and self._row_size > MAX_LINE:
+            raise _ReadStop(start, ROW_TOO_LONG)
+        if len(line) > MAX_LINE:
+            raise _ReadStop(self.number, LINE_TOO_LONG)
         if not line.isascii():
             try:
                 line.encode("utf-8")
             except UnicodeEncodeError:
-                raise _ReadStop(number, "the line is not UTF-8 text") from None
-        yield line
+                raise _ReadStop(self.number, "the line is not UTF-8 text") from None
+
+        return line
+
+    def start_row(self) -> int:
+        """Count the next lines as one row, until the next call; its first line."""
+        self._row_start = self.number + 1
+        self._row_size = 0
+
+        return self._row_start
 
 
 def _finish_row(row: _Row, options: _RowOptions) -> _Row:
@@ -862,39 +986,81 @@ def _finish_row(row: _Row, options: _RowOptions) -> _Row:
     return row
 
 
-def _csv_rows(text: Iterator[str], options: _RowOptions) -> Iterator[_Row]:
-    reader = csv.reader(_utf8_lines(text), delimiter=options.delimiter)
-    try:
-        # Blank lines before the header are skipped, like blank rows after it.
-        header = next((r for r in reader if any(c.strip() for c in r)), None)
-    except csv.Error as exc:
-        _fail(f"line {reader.line_num}: not a valid CSV header ({exc})")
-    if header is None:
+def _csv_rows(lines: _Lines, options: _RowOptions) -> Iterator[_Row]:
+    # Strict: a quote still open at the end of the file is an error, not a
+    # cell holding the rest of the file (other people's rows included).
+    reader = csv.reader(lines, delimiter=options.delimiter, strict=True)
+    paths = _csv_header(reader, lines, options)
+    if paths is None:
         return
-    paths = _header_paths(header, options)
     has_id_column = ("event_id",) in paths
     while True:
-        line = reader.line_num + 1
+        line = lines.start_row()
         try:
             record = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise _ReadStop(line, f"not valid CSV ({exc})") from None
+            raise _csv_stop(exc, line, lines) from None
         if not any(cell.strip() for cell in record):
             continue
         if line < options.start_line:
             yield _Row(line, {}, skipped=True)
             continue
         row = _Row(line, {}, has_id_column=has_id_column)
-        if len(record) > len(paths) and any(c.strip() for c in record[len(paths) :]):
-            row.errors.append(
-                FieldError("", f"has {len(record)} cells; the header has {len(paths)}")
-            )
-        for path, cell in zip(paths, record, strict=False):
-            if path is not None and cell.strip():
-                _set_path(row.data, path, cell.strip())
+        _fill_csv_row(row, record, paths, lines.number)
         yield _finish_row(row, options)
+
+
+def _csv_header(
+    reader: Iterator[list[str]], lines: _Lines, options: _RowOptions
+) -> list[Path_ | None] | None:
+    """Where each column goes, from the first row that is not blank."""
+    while True:
+        start = lines.start_row()
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            stop = _csv_stop(exc, start, lines)
+            _fail(f"line {stop.line}: not a valid CSV header: {stop.reason}")
+        if header is None:
+            return None
+        if any(cell.strip() for cell in header):
+            return _header_paths(header, options)
+
+
+def _csv_stop(exc: csv.Error, start: int, lines: _Lines) -> _ReadStop:
+    """Where and why a CSV row cannot be read, named by its first line.
+
+    The csv module's messages name characters of the format, never a value.
+    """
+    if str(exc) == "unexpected end of data":
+        return _ReadStop(start, QUOTE_NOT_CLOSED)
+    if lines.number > start:
+        return _ReadStop(
+            start,
+            f"not valid CSV ({exc}) in the row that runs from this line to line"
+            f" {lines.number}, as when a closing quote is missing",
+        )
+
+    return _ReadStop(start, f"not valid CSV ({exc})")
+
+
+def _fill_csv_row(
+    row: _Row, record: list[str], paths: list[Path_ | None], last_line: int
+) -> None:
+    """Put a record's cells in `row`; note what looks wrong with its shape."""
+    if len(record) > len(paths) and any(c.strip() for c in record[len(paths) :]):
+        row.errors.append(
+            FieldError("", f"has {len(record)} cells; the header has {len(paths)}")
+        )
+    if last_line > row.line:
+        # A cell may hold line breaks, but a closing quote put too late
+        # reads the rows in between into one cell: say where it ends.
+        row.notes.append(FieldError("", MULTILINE_ROW.format(last=last_line)))
+    for path, cell in zip(paths, record, strict=False):
+        if path is not None and cell.strip():
+            _set_path(row.data, path, cell.strip())
 
 
 def _header_paths(header: list[str], options: _RowOptions) -> list[Path_ | None]:
@@ -907,6 +1073,7 @@ def _header_paths(header: list[str], options: _RowOptions) -> list[Path_ | None]
     unknown = [number for number, path in enumerate(found, 1) if path is None]
     if unknown and len(unknown) == len(found):
         _fail(_NOT_A_HEADER)
+    _check_mapped_columns(header, options.mapping)
     if unknown:
         are = "is not an event field" if len(unknown) == 1 else "are not event fields"
         _fail(f"{_positions(unknown)} of the header {are}: {_UNKNOWN_COLUMN_HINT}")
@@ -932,13 +1099,26 @@ def _header_paths(header: list[str], options: _RowOptions) -> list[Path_ | None]
     return paths
 
 
+def _check_mapped_columns(header: Sequence[str], mapping: _Mapping) -> None:
+    """Refuse a `--map` item for a column the header does not have.
+
+    The item is quoted as given on the command line, never the header.
+    """
+    columns = {_column_key(name) for name in header}
+    missing = [rename.item for key, rename in mapping.items() if key not in columns]
+    if missing:
+        listed = ", ".join(f"--map {item!r}" for item in missing)
+        such = "no such column" if len(missing) == 1 else "none of these columns"
+        _fail(f"{listed}: the header has {such}")
+
+
 def _overlaps(first: Path_, second: Path_) -> bool:
     shorter = min(len(first), len(second))
     return first[:shorter] == second[:shorter]
 
 
-def _jsonl_rows(text: Iterator[str], options: _RowOptions) -> Iterator[_Row]:
-    for line, content in enumerate(_utf8_lines(text), start=1):
+def _jsonl_rows(lines: _Lines, options: _RowOptions) -> Iterator[_Row]:
+    for line, content in enumerate(lines, start=1):
         if not content.strip():
             continue
         if line < options.start_line:
@@ -964,7 +1144,7 @@ def _add_json_value(
     row: _Row,
     key: str,
     value: Any,
-    mapping: Mapping[str, str | None],
+    mapping: _Mapping,
     position: int,
 ) -> None:
     if value is None:
@@ -1001,40 +1181,103 @@ def _file_format(path: Path, given: FileFormat | None) -> FileFormat:
     _fail(f"cannot tell the format of {str(path)!r} from its name: pass --format")
 
 
+def _refuse_directory(path: Path, hint: str = "") -> None:
+    """Stop when a path meant for a file names a directory, in the one wording."""
+    if str(path) != "-" and path.is_dir():
+        _fail(f"{str(path)!r} is a directory, not a file{hint}")
+
+
+_Input = tuple[_Lines, Callable[[], int], int | None]
+
+
 @contextlib.contextmanager
-def _open_input(
-    path: Path,
-) -> Iterator[tuple[Iterator[str], Callable[[], int], int | None]]:
+def _open_input(path: Path) -> Iterator[_Input]:
     """The file's lines, how many bytes were read so far, and its size.
 
     `-` is standard input. Text is UTF-8, a byte-order mark skipped; a byte
-    that is not UTF-8 stops the reading at its line (see `_utf8_lines`).
+    that is not UTF-8 stops the reading at its line (see `_Lines`). Size
+    and position are known for a regular file only: a pipe, a FIFO or a
+    device is read all the same, its progress counted in rows.
     """
     if str(path) == "-":
-        buffer = getattr(sys.stdin, "buffer", None)
-        if buffer is None:
-            yield iter(sys.stdin), lambda: 0, None
-            return
-        text = io.TextIOWrapper(
-            buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
-        )
-        try:
-            yield iter(text), lambda: 0, None
-        finally:
-            text.detach()  # standard input stays open
+        with _standard_input() as text:
+            yield _Lines(text), lambda: 0, None
         return
-    raw = path.open("rb")
+    with path.open("rb") as binary, _utf8_text(binary) as text:
+        info = os.fstat(binary.fileno())
+        if stat.S_ISREG(info.st_mode):
+            yield _Lines(text), binary.tell, info.st_size
+        else:
+            yield _Lines(text), lambda: 0, None
+
+
+def _utf8_text(binary: IO[bytes]) -> io.TextIOWrapper:
+    return io.TextIOWrapper(
+        binary, encoding="utf-8-sig", errors="surrogateescape", newline=""
+    )
+
+
+@contextlib.contextmanager
+def _standard_input() -> Iterator[IO[str]]:
+    """Standard input as UTF-8 text; it stays open afterwards."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        yield sys.stdin
+        return
+    text = _utf8_text(buffer)
     try:
-        size = os.fstat(raw.fileno()).st_size
-        text = io.TextIOWrapper(
-            raw, encoding="utf-8-sig", errors="surrogateescape", newline=""
-        )
-        yield iter(text), raw.tell, size
+        yield text
     finally:
-        raw.close()
+        text.detach()
 
 
 # --- the report ---------------------------------------------------------------
+
+
+WITHHELD_REASON: Final = "reason not shown: it would repeat a value of the row"
+"""What the report says instead of a reason that repeats a value of its row."""
+
+# Short numbers (a quantity, a number of days) say nothing of a person and
+# turn up in many reasons; longer ones (a phone number) are compared by
+# their digits too, as a reason may show them normalized.
+_SHORT_NUMBER: Final = 5
+_PHONE_DIGITS: Final = 7
+_SHORT_TEXT: Final = 4
+
+
+def _repeats_a_value(message: str, values: Iterable[str]) -> bool:
+    """Whether `message` repeats one of `values`, ignoring case and spacing.
+
+    Texts shorter than `_SHORT_TEXT` count only as whole words.
+    """
+    text = " ".join(message.split()).casefold()
+    digits = re.findall(r"\d+", text)
+    for value in values:
+        folded = " ".join(value.split()).casefold()
+        if not folded or (folded.isdigit() and len(folded) < _SHORT_NUMBER):
+            continue
+        if len(folded) >= _SHORT_TEXT:
+            if folded in text:
+                return True
+        elif re.search(rf"(?<!\w){re.escape(folded)}(?!\w)", text):
+            return True
+        number = re.sub(r"\D", "", folded)
+        if len(number) >= _PHONE_DIGITS and any(number in run for run in digits):
+            return True
+
+    return False
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every value in a row's data (or an event's JSON), as text."""
+    if isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _texts(item)
+    elif value is not None and not isinstance(value, bool):
+        yield str(value)
 
 
 class _Status(StrEnum):
@@ -1061,23 +1304,52 @@ class _Report:
         self._file: IO[str] | None = None
         self._writer: Any = None
 
-    def open(self, source: Path) -> None:
-        """Create the report file; refuse one that is the input itself."""
+    def check(self, source: Path) -> None:
+        """Refuse a report path that is a directory or the input itself."""
         if self.path is None:
             return
+        _refuse_directory(self.path, " (the --report file)")
         if str(source) != "-" and self.path.exists() and self.path.samefile(source):
             _fail(
                 f"--report {str(self.path)!r} is the input file: "
                 "write the report to another file"
             )
+
+    def create(self) -> None:
+        """Create (or empty) the report file, once the input proved readable.
+
+        Called at the first row: a file that fails on its header leaves an
+        earlier report as it was.
+        """
+        if self.path is None or self._file is not None:
+            return
         self._file = self.path.open("w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file)
         self._writer.writerow(["line", "status", "field", "message"])
 
-    def add(self, line: int, status: _Status, field: str, message: str) -> None:
+    def add(
+        self,
+        line: int,
+        status: _Status,
+        field: str,
+        message: str,
+        values: Iterable[str] = (),
+        *,
+        by: str = "",
+    ) -> None:
+        """Report one problem, by line and field path, never by value.
+
+        A message that repeats one of `values` (what the row holds) is
+        replaced with `WITHHELD_REASON`, whoever wrote it; `by` names who
+        did when it is not us (`Pinterest`).
+        """
         self.problems += 1
         self.by_status[status] += 1
         field = _safe_path(field) if field else field
+        if _repeats_a_value(message, values):
+            message = WITHHELD_REASON
+        if by:
+            message = f"{by}: {message}"
         if self._writer is not None:
             self._writer.writerow([line, status.value, field, message])
         if self.problems <= _SHOWN_PROBLEMS:
@@ -1087,10 +1359,15 @@ class _Report:
             )
 
     def add_errors(
-        self, line: int, status: _Status, errors: Sequence[FieldError]
+        self,
+        line: int,
+        status: _Status,
+        errors: Sequence[FieldError],
+        values: Iterable[str] = (),
     ) -> None:
+        values = tuple(values)
         for error in errors:
-            self.add(line, status, error.path, error.message)
+            self.add(line, status, error.path, error.message, values)
 
     def close(self) -> None:
         if self._file is not None:
@@ -1180,6 +1457,7 @@ class _Run:
         counts = self.report.counts
         try:
             for row in rows:
+                self.report.create()
                 if row.skipped:
                     counts["skipped"] += 1
                     continue
@@ -1190,10 +1468,7 @@ class _Run:
                     counts["invalid"] += 1
                     continue
                 counts["valid"] += 1
-                for warning in event.warnings:
-                    self.report.add(
-                        row.line, _Status.WARNING, warning.path, warning.reason
-                    )
+                self._warn(row, event.warnings)
                 yield row.line, self._wire_event(row, event)
         except _ReadStop as stop:
             # Ends the events normally, so the rows read before the break
@@ -1201,15 +1476,25 @@ class _Run:
             self.stopped = stop
 
     def _event(self, row: _Row) -> Event | None:
+        self.report.add_errors(row.line, _Status.WARNING, row.notes)
         if row.errors:
             self.report.add_errors(row.line, _Status.INVALID, row.errors)
             return None
         try:
             return parse_event(row.data, default_region=self.default_region)
         except EventValidationError as exc:
-            self.report.add_errors(row.line, _Status.INVALID, exc.errors)
+            values = tuple(_texts(row.data))
+            self.report.add_errors(row.line, _Status.INVALID, exc.errors, values)
             self._dropped_values(row, exc.errors)
             return None
+
+    def _warn(self, row: _Row, warnings: Sequence[FieldWarning]) -> None:
+        if warnings:
+            values = tuple(_texts(row.data))
+            for warning in warnings:
+                self.report.add(
+                    row.line, _Status.WARNING, warning.path, warning.reason, values
+                )
 
     def _wire_event(self, row: _Row, event: Event) -> WireEvent:
         if not self.derive_ids or "event_id" in row.data:
@@ -1235,8 +1520,7 @@ class _Run:
         ):
             return
         dropped = hash_user_data(user_data, default_region=self.default_region)
-        for warning in dropped.warnings:
-            self.report.add(row.line, _Status.WARNING, warning.path, warning.reason)
+        self._warn(row, dropped.warnings)
 
     def deliver(self, chunk: list[tuple[int, WireEvent]]) -> None:
         """Send one chunk; a request that fails finally stops the command."""
@@ -1255,27 +1539,45 @@ class _Run:
             counts["not_sent"] += len(chunk)
             for line in lines:
                 self.report.add(line, _Status.NOT_SENT, "", f"request failed: {exc}")
-            raise _CommandError(
-                f"stopped at line {lines[-1]}, rows after it were not read:"
-                f" {_describe_error(exc)}; {self.sent_so_far()}"
-            ) from exc
+            raise _CommandError(self._failed_request(lines, exc)) from exc
         self.in_flight = 0
         self.sent_rows += len(chunk)
         self.last_sent_line = lines[-1]
         for result in results:
-            self._count(lines[result.index], result)
+            self._count(*chunk[result.index], result)
 
-    def _count(self, line: int, result: EventResult) -> None:
+    def _failed_request(self, lines: Sequence[int], exc: Exception) -> str:
+        """Which rows a failed request held, what was not read, what was sent."""
+        reason = _describe_error(exc).rstrip(".")
+        parts = [f"the request for {_span(lines)} failed: {reason}"]
+        if self.stopped is not None:
+            parts.append(self.stop_message(self.stopped, summed_up=False))
+        elif len(lines) == MAX_BATCH_SIZE:
+            # A full request: rows may follow, and were not read.
+            parts.append(f"any rows after line {lines[-1]} were not read")
+        parts.append(self.sent_so_far())
+
+        return "; ".join(parts)
+
+    def _count(self, line: int, event: WireEvent, result: EventResult) -> None:
+        """Count Pinterest's answer for one row; report a warning or rejection.
+
+        Pinterest's message is checked against what was sent for the row:
+        it could repeat a value, hashed or not.
+        """
         counts = self.report.counts
         if result.is_processed:
             counts["processed"] += 1
-            if result.status is EventStatus.WARNED:
-                message = result.warning_message or "warned without a message"
-                self.report.add(line, _Status.WARNING, "", f"Pinterest: {message}")
+            if result.status is not EventStatus.WARNED:
+                return
+            status = _Status.WARNING
+            message = result.warning_message or "warned without a message"
         else:
             counts["rejected"] += 1
+            status = _Status.REJECTED
             message = result.error_message or "rejected without a message"
-            self.report.add(line, _Status.REJECTED, "", f"Pinterest: {message}")
+        values = _texts(json.loads(event.payload))
+        self.report.add(line, status, "", message, values, by="Pinterest")
 
     def sent_so_far(self) -> str:
         """How much of the file reached Pinterest, and how to skip it next time."""
@@ -1288,9 +1590,11 @@ class _Run:
             f" re-run with --start-line {self.last_sent_line + 1} to skip them"
         )
 
-    def stop_message(self, stop: _ReadStop) -> str:
+    def stop_message(self, stop: _ReadStop, *, summed_up: bool = True) -> str:
         """Why the file was read no further, and what was done before."""
         where = f"stopped at line {stop.line}: {stop.reason}"
+        if not summed_up:
+            return where
         if self.transport is not None:
             return f"{where}; {self.sent_so_far()}"
         before = self.report.counts["rows"]
@@ -1299,9 +1603,10 @@ class _Run:
         verb = "was" if before == 1 else "were"
         return f"{where}; the {_plural(before, 'row')} before it {verb} checked"
 
-    def interrupted_message(self) -> str:
-        """What an interrupted `send` had done, for a re-run."""
-        message = f"interrupted at line {self.last_line}; {self.sent_so_far()}"
+    def interrupted_message(self, interruption: KeyboardInterrupt) -> str:
+        """What an interrupted (or terminated) `send` had done, for a re-run."""
+        how = _interruption_word(interruption)
+        message = f"{how} at line {self.last_line}; {self.sent_so_far()}"
         if self.in_flight:
             message += (
                 f"; the {_plural(self.in_flight, 'row')} of the request under way"
@@ -1309,6 +1614,13 @@ class _Run:
                 " event ids)"
             )
         return message
+
+
+def _span(lines: Sequence[int]) -> str:
+    """`line 2`, `lines 2 to 8`."""
+    if len(lines) == 1:
+        return f"line {lines[0]}"
+    return f"lines {lines[0]} to {lines[-1]}"
 
 
 def _chunks(
@@ -1348,6 +1660,7 @@ def _process_file(
     the error is raised, saying what was sent. A file without rows is an
     error too.
     """
+    _refuse_directory(file)
     file_format = _file_format(file, file_format)
     console = _stderr_console()
     report = _Report(report_path, console)
@@ -1360,16 +1673,19 @@ def _process_file(
     )
     stopped: _CommandError | None = None
     try:
-        _run_file(run, file, _READERS[file_format], options)
+        with _sigterm_interrupts():
+            _run_file(run, file, _READERS[file_format], options)
     except UnicodeDecodeError:
         # Only standard input without a byte stream under it gets here.
         stopped = _CommandError(f"{_input_name(file)} is not UTF-8 text")
     except _CommandError as exc:
         stopped = exc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         if transport is None:
             raise
-        stopped = _CommandError(run.interrupted_message(), EXIT_INTERRUPTED)
+        stopped = _CommandError(
+            run.interrupted_message(interruption), _interruption_status(interruption)
+        )
     finally:
         report.close()
     counts = report.counts
@@ -1386,20 +1702,20 @@ def _process_file(
 def _run_file(
     run: _Run,
     file: Path,
-    reader: Callable[[Iterator[str], _RowOptions], Iterator[_Row]],
+    reader: Callable[[_Lines, _RowOptions], Iterator[_Row]],
     options: _RowOptions,
 ) -> None:
     """Stream the rows of `file` through `run`, with a progress bar."""
     console = run.report.console
+    run.report.check(file)
     with (
-        _open_input(file) as (text, position, size),
+        _open_input(file) as (lines, position, size),
         _progress(console, size) as progress,
     ):
-        run.report.open(file)
         task = progress.add_task(
             "sending" if run.transport is not None else "checking", total=size
         )
-        rows = reader(text, options)
+        rows = reader(lines, options)
         events = run.events(_tracked(rows, progress, task, position))
         for chunk in _chunks(events):
             run.deliver(chunk)
@@ -1489,18 +1805,28 @@ so does --map; empty cells are left out. Every row needs an event_time
 (Unix seconds, milliseconds, or ISO 8601 with an offset), within the last 7
 days.
 
-Problems are reported by line and field, never by value. Exit status: 0 all
-rows processed, 1 some rows invalid or rejected, 2 error, 130 interrupted."""
+Problems are reported by line and field, never by value."""
 
-_SEND_HELP: Final = """
+_SEND_STATUS: Final = """
+
+Exit status: 0 every row processed, 1 some rows invalid or rejected by
+Pinterest, 2 error, 130 interrupted, 143 terminated (SIGTERM)."""
+
+_VALIDATE_STATUS: Final = """
+
+Exit status: 0 every row valid (warnings or not), 1 some rows invalid, 2
+error (the file cannot be read to its end included), 130 interrupted, 143
+terminated (SIGTERM)."""
+
+_SEND_HELP: Final = f"""
 
 Rows without an event_id are sent with one derived from their line number
 and normalized content (a UUID5): a re-run of the same file sends the same
 ids, so Pinterest counts each conversion once. A file that cannot be read
-to its end (a line that is not UTF-8, a CSV cell over the field limit)
-stops at that line, after sending the rows before it; a failed request or
-Ctrl-C stops too. Each says how many rows were sent and the --start-line
-that skips them on a re-run."""
+to its end (a line that is not UTF-8 or longer than {MAX_LINE} characters, a
+CSV quote never closed) stops at the row's first line, after sending the
+rows before it; a failed request, Ctrl-C or SIGTERM stops too. Each says
+how many rows were sent and the --start-line that skips them on a re-run."""
 
 
 def _row_options(
@@ -1607,8 +1933,12 @@ def validate(
     raise typer.Exit(_exit_status(result))
 
 
-send.__doc__ = inspect.cleandoc(send.__doc__ or "") + _SEND_HELP + _FILE_HELP
-validate.__doc__ = inspect.cleandoc(validate.__doc__ or "") + _FILE_HELP
+send.__doc__ = (
+    inspect.cleandoc(send.__doc__ or "") + _SEND_HELP + _FILE_HELP + _SEND_STATUS
+)
+validate.__doc__ = (
+    inspect.cleandoc(validate.__doc__ or "") + _FILE_HELP + _VALIDATE_STATUS
+)
 
 
 # --- hash ---------------------------------------------------------------------
@@ -1723,12 +2053,14 @@ def _normalize(
 
 
 _OUTBOX_PATH_KEY: Final = "pinterest_mw.outbox_path"
+_OUTBOX_HINT: Final = f" (set --outbox or {_ENV_OUTBOX})"
 
 
 def _existing_outbox(path: Path | None, *, readonly: bool = False) -> SQLiteOutbox:
     path = path or DEFAULT_OUTBOX_PATH
+    _refuse_directory(path, _OUTBOX_HINT)
     if not path.is_file():
-        _fail(f"no outbox at {str(path)!r} (set --outbox or {_ENV_OUTBOX})")
+        _fail(f"no outbox at {str(path)!r}{_OUTBOX_HINT}")
     return SQLiteOutbox(path, readonly=readonly)
 
 
@@ -1910,7 +2242,11 @@ _ENV_OPTIONS: Final = ("test_mode", "ad_account_id", "api_url", "default_region"
 
 
 def _serve_outbox(options: _ServeOptions) -> SQLiteOutbox:
-    """The outbox of `serve`, with its bounds; the caller closes it."""
+    """The outbox of `serve`, with its bounds; the caller closes it.
+
+    The outbox's own errors name its path; the others get it here.
+    """
+    _refuse_directory(Path(options.outbox), _OUTBOX_HINT)
     try:
         return SQLiteOutbox(
             options.outbox,
@@ -1919,10 +2255,12 @@ def _serve_outbox(options: _ServeOptions) -> SQLiteOutbox:
             max_rejected=options.max_rejected,
             rejected_retention=options.rejected_retention,
         )
-    except (ConfigurationError, OSError, sqlite3.Error) as exc:
+    except ConfigurationError as exc:
+        raise _CommandError(f"{_describe_error(exc)}{_OUTBOX_HINT}") from None
+    except (OSError, sqlite3.Error) as exc:
         raise _CommandError(
             f"cannot use the outbox {options.outbox!r}: {_describe_error(exc)}"
-            f" (set --outbox or {_ENV_OUTBOX})"
+            f"{_OUTBOX_HINT}"
         ) from None
 
 
@@ -2078,8 +2416,20 @@ def _log_start(client: Client, options: _ServeOptions) -> None:
         logger.warning(NOT_SENDING_LINE, options.outbox)
 
 
+def _host(value: str) -> str:
+    """`--host`: an empty address would listen on every interface."""
+    if not value.strip():
+        raise typer.BadParameter(
+            "must not be empty: give an address, such as 127.0.0.1 (or 0.0.0.0"
+            " for every interface)"
+        )
+    return value.strip()
+
+
 if _missing_extra is None:
-    HostOption = Annotated[str, typer.Option(help="The address to listen on.")]
+    HostOption = Annotated[
+        str, typer.Option(help="The address to listen on.", callback=_host)
+    ]
     PortOption = Annotated[
         int,
         typer.Option(
@@ -2167,10 +2517,11 @@ if _missing_extra is None:
         typer.Option(
             envvar=_ENV_OVERFLOW,
             case_sensitive=False,
-            help="When the outbox is full: drop_newest and raise refuse the new"
-            " events at once (the endpoint answers 503 naming them; drop_newest"
-            " counts them as dropped), block first waits up to --block-timeout"
-            " for room.",
+            help="When the outbox is full: drop_newest keeps the events of a"
+            " request that fit and refuses the rest at once, raise refuses the"
+            " whole request at once, block first waits up to --block-timeout for"
+            " room. The endpoint answers 503 naming the refused events, and"
+            " every refused event is counted as dropped.",
         ),
     ]
     BlockTimeoutOption = Annotated[
@@ -2318,6 +2669,18 @@ def _serve_one(
     _log_start(client, options)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **server_options))
     logger.info(SERVING_LINE, _url(sock), options.endpoints)
+    received, started = _run_server(server, sock)
+    if received:
+        _stopped(received)
+    if not started:
+        _fail("the server stopped at start-up (see the log above)")
+
+
+def _run_server(server: Any, sock: socket.socket) -> tuple[list[int], bool]:
+    """Run a uvicorn server on `sock` until a stop signal.
+
+    Returns the stop signals received and whether the server had started.
+    """
     received: list[int] = []
 
     def note(signal_number: int, frame: object) -> None:
@@ -2340,10 +2703,8 @@ def _serve_one(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    if received:
-        _stopped(received)
-    if not started:
-        _fail("the server stopped at start-up (see the log above)")
+
+    return received, started
 
 
 @contextlib.contextmanager
@@ -2403,6 +2764,81 @@ def _serve_workers(
     if not stops:
         _fail("the workers stopped (see the log above)")
     _stopped(stops)
+
+
+# --- fake-api -----------------------------------------------------------------
+
+FAKE_API_LINE: Final = (
+    "fake Pinterest API on {url} until Ctrl-C; in another shell, send to it"
+    " with these variables:"
+)
+FAKE_API_STOPPED_LINE: Final = (
+    "fake Pinterest API stopped: {requests}, {events} processed, {tests} in test mode"
+)
+
+
+def fake_api(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8001,
+    latency: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0, help="Seconds to wait before every answer."
+        ),
+    ] = 0.0,
+) -> None:
+    """Serve a fake of Pinterest's events endpoint, to try things without an account.
+
+    It checks what Pinterest checks (the token, the ad account, every event)
+    and answers as Pinterest would, keeping what it receives in memory
+    only. It accepts one token and one ad account, those of
+    `pinterest_mw.testing` (FAKE_ACCESS_TOKEN and FAKE_AD_ACCOUNT_ID): the
+    lines it prints on stdout set them and its URL for `send`, `serve` and
+    `Client.from_env()`. That token is a published constant, not a secret.
+    It runs until Ctrl-C or SIGTERM, then counts what it took on stderr;
+    exit status 0 after SIGTERM, 130 after Ctrl-C.
+    """
+    import uvicorn
+
+    from .testing import FakePinterestAPI
+
+    fake = FakePinterestAPI(latency=latency)
+    sock = _listen(host, port)
+    _print_fake_env(fake, _url(sock))
+    # The fake sends its own Date header, from its clock.
+    config = uvicorn.Config(
+        fake.app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        date_header=False,
+        server_header=False,
+        timeout_graceful_shutdown=2,
+    )
+    received, _ = _run_server(uvicorn.Server(config), sock)
+    if not received:
+        _fail("the fake API stopped at start-up (see the log above)")
+    print(
+        FAKE_API_STOPPED_LINE.format(
+            requests=_plural(len(fake.requests), "request"),
+            events=_plural(len(fake.events), "event"),
+            tests=len(fake.test_events),
+        ),
+        file=sys.stderr,
+    )
+    raise typer.Exit(_stop_status(received))
+
+
+def _print_fake_env(fake: FakePinterestAPI, url: str) -> None:
+    """Say where the fake listens, and the variables that send to it (stdout)."""
+    print(FAKE_API_LINE.format(url=url), file=sys.stderr, flush=True)
+    exports = {
+        _ENV_API_URL: url,
+        _ENV_TOKEN: fake.access_token,
+        _ENV_AD_ACCOUNT: fake.ad_account_id,
+    }
+    for name, value in exports.items():
+        print(f"export {name}={value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 from pytest_httpx import HTTPXMock
@@ -41,13 +42,16 @@ from pinterest_mw.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROWS_FAILED,
+    EXIT_TERMINATED,
     NOT_SENDING_LINE,
     ROW_ID_NAMESPACE,
+    WITHHELD_REASON,
     _close_served,
     _serve_client,
     build_app,
 )
 from pinterest_mw.events import WireEvent, build_event
+from pinterest_mw.exceptions import EventValidationError, FieldError
 from pinterest_mw.outbox import OutboxStats, SQLiteOutbox
 from pinterest_mw.testing import (
     FAKE_ACCESS_TOKEN,
@@ -735,8 +739,51 @@ def test_a_refused_request_reports_its_rows_as_not_sent(cli, good_csv, fake_pint
     assert result.exit_code == EXIT_ERROR
     assert "line 2: not_sent: request failed: Pinterest answered 400" in (result.stderr)
     assert "0 processed, 0 rejected by Pinterest, 2 not sent" in result.stdout
-    assert result.stderr.splitlines()[-1].startswith(
-        "pinterest-mw: error: stopped at line 3"
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: the request for lines 2 to 3 failed: Pinterest"
+        " answered 400 (code 4196): The request was invalid; nothing was sent"
+    )
+
+
+def test_a_failed_last_request_does_not_speak_of_rows_after_it(
+    cli, good_csv, fake_pinterest
+):
+    env = {**CREDENTIALS, "PINTEREST_ACCESS_TOKEN": "pina_wrong-token"}
+
+    result = cli("send", str(good_csv), env=env)
+
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: the request for lines 2 to 3 failed: Pinterest"
+        " answered 401 (code 2): Authentication failed; nothing was sent"
+    )
+
+
+def test_a_failed_full_request_says_the_rows_after_it_were_not_read(
+    cli, tmp_path, fake_pinterest
+):
+    fake_pinterest.fail_next(1, status=400)
+    path = rows_then(tmp_path, 1500, b"")
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert len(fake_pinterest.requests) == 1
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: the request for lines 2 to 1001 failed: Pinterest"
+        " answered 400 (code 4196): The request was invalid; any rows after line"
+        " 1001 were not read; nothing was sent"
+    )
+
+
+def test_a_failed_request_after_a_break_names_both(cli, tmp_path, fake_pinterest):
+    fake_pinterest.fail_next(1, status=400)
+    path = rows_then(tmp_path, 2, BREAKS["not-utf8"])
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: the request for lines 2 to 3 failed: Pinterest"
+        " answered 400 (code 4196): The request was invalid; stopped at line 4:"
+        " the line is not UTF-8 text; nothing was sent"
     )
 
 
@@ -779,6 +826,7 @@ def rows_then(tmp_path: Path, count: int, tail: bytes, *, name: str = "x.csv") -
 
 BREAKS = {
     "over-the-field-limit": b'checkout,1,"' + b"x" * 200_000 + b'"\n',
+    "a-line-over-the-limit": b"checkout,1," + b"x," * 70_000 + b"\n",
     "not-utf8": b"checkout,1,j\xe9@example.com\n",
 }
 
@@ -835,6 +883,226 @@ def test_validate_of_a_file_that_breaks_says_where_and_what_it_checked(cli, tmp_
         "pinterest-mw: error: stopped at line 4: the line is not UTF-8 text;"
         " the 2 rows before it were checked\n"
     )
+
+
+def test_a_jsonl_line_over_the_limit_stops_before_it_is_read_whole(
+    cli, tmp_path, fake_pinterest
+):
+    """CSV and JSON Lines share the line limit; the rows before it are sent."""
+    now = int(time.time())
+    good = json.dumps({"event_name": "lead", "event_time": now, "email": "a@x.co"})
+    huge = json.dumps({"event_name": "lead", "event_time": now, "x": "y" * 300_000})
+    path = tmp_path / "x.jsonl"
+    path.write_text(f"{good}\n{huge}\n{good}\n", encoding="utf-8")
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert len(fake_pinterest.events) == 1
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: stopped at line 2: the line is longer than 131072"
+        " characters; 1 row was sent, the last from line 1: re-run with"
+        " --start-line 2 to skip them"
+    )
+
+
+def csv_of(tmp_path: Path, *rows: str) -> Path:
+    """A CSV file with a first_name column; `rows` as they are, with NOW filled in."""
+    now = str(int(time.time()))
+    lines = ["event_name,event_time,email,first_name"]
+    lines += [row.replace("NOW", now) for row in rows]
+    path = tmp_path / "people.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_an_unclosed_quote_stops_at_its_row_and_sends_nothing_after_it(
+    cli, tmp_path, fake_pinterest
+):
+    """The rows after the quote would otherwise become one first name."""
+    path = csv_of(
+        tmp_path,
+        "checkout,NOW,a@example.com,Ann",
+        'checkout,NOW,b@example.com,"Jane',
+        "checkout,NOW,c@example.com,Carl",
+        "checkout,NOW,d@example.com,Dan",
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert [e["user_data"]["em"] for e in fake_pinterest.events] == [
+        [sha256("a@example.com")]
+    ]
+    assert result.stderr.splitlines()[-1] == (
+        "pinterest-mw: error: stopped at line 3: the row that starts on this line"
+        " opens a quote that is never closed; 1 row was sent, the last from line"
+        " 2: re-run with --start-line 3 to skip them"
+    )
+
+
+def test_validate_of_an_unclosed_quote_names_its_line(cli, tmp_path):
+    path = csv_of(
+        tmp_path,
+        'checkout,NOW,a@example.com,"Jane',
+        "checkout,NOW,b@example.com,Bob",
+    )
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stdout == ""
+    assert result.stderr == (
+        "pinterest-mw: error: stopped at line 2: the row that starts on this line"
+        " opens a quote that is never closed; no row came before it\n"
+    )
+
+
+def test_a_quote_that_runs_past_the_limit_stops_at_the_line_it_opens(cli, tmp_path):
+    """Closed at last by a doubled quote, but 200 KiB of rows later."""
+    rows = [f"checkout,NOW,x{i}@example.com,Xavier" for i in range(5000)]
+    path = csv_of(
+        tmp_path,
+        "checkout,NOW,a@example.com,Ann",
+        'checkout,NOW,b@example.com,"Jane',
+        *rows,
+        'checkout,NOW,z@example.com,Zoe"',
+    )
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: stopped at line 3: the row that starts on this line"
+        " runs over several lines and past 131072 characters, as when a closing"
+        " quote is missing; the 1 row before it was checked\n"
+    )
+
+
+def test_a_quoted_cell_over_several_lines_is_read_with_a_warning(cli, tmp_path):
+    """A line break in a cell is valid CSV; where the row ends is said."""
+    path = csv_of(
+        tmp_path,
+        'checkout,NOW,a@example.com,"Ann\nMarie"',
+        "checkout,NOW,b@example.com,Bob",
+    )
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_OK
+    assert result.stdout == "2 rows: 2 valid, 0 invalid; warnings: 1\n"
+    assert result.stderr.startswith(
+        "line 2: warning: the row runs on to line 3: a quoted cell holds line breaks"
+    )
+
+
+def test_a_quote_closed_rows_later_amid_a_cell_names_both_lines(cli, tmp_path):
+    path = csv_of(
+        tmp_path,
+        'checkout,NOW,a@example.com,"Jane',
+        'checkout,NOW,b@example.com,"Bob"by',
+    )
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: stopped at line 2: not valid CSV (',' expected"
+        " after '\"') in the row that runs from this line to line 3, as when a"
+        " closing quote is missing; no row came before it\n"
+    )
+
+
+def test_a_header_with_an_unclosed_quote_is_an_error_naming_line_1(cli, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text('event_name,"event_time\nlead,1\n', encoding="utf-8")
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: line 1: not a valid CSV header: the row that starts"
+        " on this line opens a quote that is never closed\n"
+    )
+
+
+def test_a_stray_quote_in_a_row_stops_at_that_row(cli, tmp_path):
+    path = csv_of(
+        tmp_path, "checkout,NOW,a@example.com,Ann", 'checkout,NOW,b@example.com,"B"ob'
+    )
+
+    result = cli("validate", str(path))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        "pinterest-mw: error: stopped at line 3: not valid CSV (',' expected after"
+        " '\"'); the 1 row before it was checked\n"
+    )
+
+
+class _TestRunnerTerminated(Exception):
+    """What SIGTERM raises in this test process when the command leaves it be."""
+
+
+@pytest.fixture
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises an exception here, instead of ending the test run."""
+
+    def raise_it(signal_number: int, frame: object) -> None:
+        raise _TestRunnerTerminated
+
+    previous = signal.signal(signal.SIGTERM, raise_it)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_terminated_validate_is_one_line_and_exits_143(
+    cli, good_csv, monkeypatch, sigterm_raises
+):
+    def terminate(*args: object, **kwargs: object) -> None:
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr("pinterest_mw.cli.parse_event", terminate)
+
+    result = cli("validate", str(good_csv))
+
+    assert result.exit_code == EXIT_TERMINATED
+    assert result.stderr == "pinterest-mw: error: terminated\n"
+    assert signal.getsignal(signal.SIGTERM).__name__ == "raise_it"
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Callable[[bytes], Path]]:
+    """A named pipe that a thread fills with the bytes given, as `<(...)` does."""
+    path = tmp_path / "rows.pipe"
+    os.mkfifo(path)
+    writers: list[threading.Thread] = []
+
+    def fill(content: bytes) -> Path:
+        def write() -> None:
+            with path.open("wb") as pipe:  # blocks until the command opens it
+                pipe.write(content)
+
+        writers.append(threading.Thread(target=write, daemon=True))
+        writers[-1].start()
+        return path
+
+    yield fill
+    # A writer still waiting for a reader is released by opening the other end.
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    for writer in writers:
+        writer.join(timeout=10)
+    os.close(reader)
+
+
+def test_validate_reads_a_named_pipe(cli, fifo):
+    now = int(time.time())
+    path = fifo(f"event_name,event_time,email\nlead,{now},a@b.co\n".encode())
+
+    result = cli("validate", "--format", "csv", str(path))
+
+    assert result.exit_code == EXIT_OK
+    assert result.stdout == "1 row: 1 valid, 0 invalid\n"
 
 
 def test_a_failed_request_says_what_was_sent_and_how_to_skip_it(
@@ -1025,6 +1293,21 @@ def test_the_report_is_not_created_when_the_input_cannot_be_opened(cli, tmp_path
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.parametrize("earlier", [None, "line,status,field,message\n9,old,,\n"])
+def test_a_header_that_fails_leaves_the_report_as_it_was(cli, tmp_path, earlier):
+    report = tmp_path / "r.csv"
+    if earlier is not None:
+        report.write_text(earlier, encoding="utf-8")
+    path = write_csv(tmp_path / "x.csv", "event_name,shoe_size", "lead,42")
+
+    result = cli("validate", str(path), "--report", str(report))
+
+    assert result.exit_code == EXIT_ERROR
+    assert report.exists() is (earlier is not None)
+    if earlier is not None:
+        assert report.read_text(encoding="utf-8") == earlier
+
+
 def test_the_summary_counts_the_warnings_the_report_lists(cli, tmp_path):
     """One warning on a valid row, one on an invalid row (its dropped email)."""
     now = int(time.time())
@@ -1050,6 +1333,116 @@ def test_a_refused_request_is_counted_as_a_request(cli, good_csv, fake_pinterest
 
     assert "2 not sent (1 request)" in result.stdout
     assert len(fake_pinterest.requests) == 1
+
+
+MARKERS = {
+    "event_name": "markerevent",
+    "event_time": "1712345678",
+    "event_id": "marker-id-77",
+    "email": "Marker.Person@Example.com",
+    "phone": "+1 (415) 555-0123",
+    "first_name": "Zed",
+    "city": "Markerville",
+    "value": "1234.56",
+    "order_id": "ORD-MARKER-9",
+}
+
+
+def test_a_reason_that_repeats_any_value_of_its_row_is_withheld(
+    cli, tmp_path, monkeypatch
+):
+    """Whatever the model says: each reason quotes one column's value its way."""
+    echoes = [
+        f"'{MARKERS['event_name']}' is not an event name",
+        f"{MARKERS['event_time']} is too far in the future",
+        f"id {MARKERS['event_id'].upper()} is taken",
+        f"{MARKERS['email'].lower()} bounced",
+        "14155550123 is not a number in use",
+        f"{MARKERS['first_name']} is too short",
+        f"no such city as {MARKERS['city']}",
+        f"{MARKERS['value']} is too much",
+        f"order   {MARKERS['order_id']} is closed",
+    ]
+
+    def refuse(data: Any, **kwargs: Any) -> Any:
+        errors = [FieldError("event_name", reason) for reason in echoes]
+        raise EventValidationError([*errors, FieldError("event_time", "is late")])
+
+    monkeypatch.setattr("pinterest_mw.cli.parse_event", refuse)
+    path = write_csv(
+        tmp_path / "x.csv",
+        ",".join(MARKERS),
+        ",".join(f'"{v}"' for v in MARKERS.values()),
+    )
+    report = tmp_path / "r.csv"
+
+    result = cli("validate", str(path), "--report", str(report))
+
+    everything = (result.output + report.read_text()).casefold()
+    for value in (*MARKERS.values(), "14155550123"):
+        assert value.casefold() not in everything
+    assert result.stderr.count(f"event_name: {WITHHELD_REASON}") == len(echoes)
+    assert "line 2: invalid: event_time: is late" in result.stderr
+
+
+def test_a_value_in_the_wrong_column_is_not_quoted_by_the_report(cli, tmp_path):
+    """Columns shifted: an email lands in event_name."""
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "shifted.csv",
+        "email,event_name,event_time",
+        f"checkout,jane.doe@example.com,{now}",
+    )
+    report = tmp_path / "r.csv"
+
+    result = cli("validate", str(path), "--report", str(report))
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert "line 2: invalid: event_name: " in result.stderr
+    assert "jane.doe" not in result.output + report.read_text()
+
+
+def test_a_short_number_of_the_row_does_not_withhold_a_reason(cli, tmp_path):
+    """7 items, and an event_time over 7 days old: the reason is still shown."""
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,event_time,email,num_items",
+        f"checkout,{now - 10 * DAY},a@b.co,7",
+    )
+
+    result = cli("validate", str(path))
+
+    assert "line 2: invalid: event_time: is more than 7 days in the past" in (
+        result.stderr
+    )
+
+
+def test_a_pinterest_message_repeating_what_was_sent_is_withheld(
+    cli, good_csv, httpx_mock: HTTPXMock
+):
+    """Even hashed, an email is an identifier: Pinterest's echo of it is not shown."""
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        events = json.loads(request.content)["data"]
+        results = [
+            {
+                "status": "failed",
+                "error_message": f"bad em {event['user_data']['em'][0]}",
+                "warning_message": "",
+            }
+            for event in events
+        ]
+        body = {"num_events_received": 2, "num_events_processed": 0, "events": results}
+        return httpx.Response(200, json=body)
+
+    httpx_mock.add_callback(echo)
+
+    result = cli("send", str(good_csv), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ROWS_FAILED
+    assert sha256("ann@example.com") not in result.output
+    assert f"line 2: rejected: Pinterest: {WITHHELD_REASON}" in result.stderr
 
 
 # --- what a message may quote ----------------------------------------------------
@@ -1145,6 +1538,23 @@ def test_map_matches_json_keys_ignoring_case(cli, tmp_path):
     )
 
     assert result.exit_code == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("items", "named"),
+    [
+        (["Telephone=phone"], "--map 'Telephone=phone': the header has no such column"),
+        (
+            ["Fax=", "email=em", "Pager="],
+            "--map 'Fax=', --map 'Pager=': the header has none of these columns",
+        ),
+    ],
+)
+def test_map_of_a_column_the_header_lacks_is_a_usage_error(cli, good_csv, items, named):
+    result = cli("validate", str(good_csv), *(f"--map={item}" for item in items))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == f"pinterest-mw: error: {named}\n"
 
 
 # --- outbox -------------------------------------------------------------------
@@ -1367,6 +1777,98 @@ def test_an_interrupted_command_exits_130_in_one_line(cli, good_csv, monkeypatch
 
     assert result.exit_code == EXIT_INTERRUPTED
     assert result.stderr == "pinterest-mw: error: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["validate", "DIR"], ""),
+        (["validate", "--format", "csv", "DIR"], ""),
+        (["send", "DIR"], ""),
+        (["validate", "GOOD", "--report", "DIR"], " (the --report file)"),
+        (["outbox", "--outbox", "DIR"], " (set --outbox or PINTEREST_OUTBOX)"),
+        (["outbox", "retry", "--outbox", "DIR"], " (set --outbox or PINTEREST_OUTBOX)"),
+        (
+            ["serve", "--port", "0", "--outbox", "DIR"],
+            " (set --outbox or PINTEREST_OUTBOX)",
+        ),
+    ],
+    ids=["validate", "validate-csv", "send", "report", "outbox", "retry", "serve"],
+)
+def test_a_directory_given_for_a_file_is_one_wording_everywhere(
+    cli, tmp_path, good_csv, args, hint
+):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = [{"DIR": str(folder), "GOOD": str(good_csv)}.get(a, a) for a in args]
+
+    result = cli(*args, env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        f"pinterest-mw: error: '{folder}' is a directory, not a file{hint}\n"
+    )
+
+
+def test_serve_names_an_unusable_outbox_once(cli, tmp_path):
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    outbox = tmp_path / "a-file" / "outbox.sqlite3"
+
+    result = cli("serve", "--port", "0", "--outbox", str(outbox))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.count(str(outbox)) == 1
+    assert result.stderr.endswith(" (set --outbox or PINTEREST_OUTBOX)\n")
+
+
+@pytest.mark.parametrize("command", ["serve", "fake-api"])
+@pytest.mark.parametrize("host", ["", "  "])
+def test_an_empty_host_is_refused(cli, command, host, serve_options):
+    """An empty address would listen on every interface (no server runs here)."""
+    result = cli(command, "--port", "0", "--host", host)
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr.startswith(
+        "pinterest-mw: error: Invalid value for '--host': must not be empty"
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def help_text(cli: Any, *command: str) -> str:
+    result = cli(*command, "--help")
+    assert result.exit_code == EXIT_OK
+    return " ".join(result.stdout.split())
+
+
+def test_validate_help_gives_its_own_exit_statuses(cli):
+    text = help_text(cli, "validate")
+
+    assert "Exit status: 0 every row valid (warnings or not), 1 some rows invalid," in (
+        text
+    )
+    assert "rejected" not in text
+
+
+def test_serve_help_says_every_overflow_policy_counts_refusals_as_dropped(cli):
+    text = help_text(cli, "serve")
+
+    assert "every refused event is counted as dropped" in text
+    assert "drop_newest counts them" not in text
+
+
+def test_fake_api_on_a_port_in_use_is_one_line(cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = cli("fake-api", "--port", str(port))
+
+    assert result.exit_code == EXIT_ERROR
+    assert result.stderr == (
+        f"pinterest-mw: error: cannot listen on 127.0.0.1 port {port}:"
+        " address already in use\n"
+    )
 
 
 # --- serve, without a server --------------------------------------------------
@@ -2012,6 +2514,107 @@ def test_an_error_in_a_process_is_one_line_without_a_traceback(tmp_path):
     assert result.returncode == EXIT_ERROR
     assert result.stderr == (
         "pinterest-mw: error: No such file or directory: missing.csv\n"
+    )
+
+
+@contextlib.contextmanager
+def held_fake_api(hold: int) -> Iterator[tuple[str, queue.Queue[int], threading.Event]]:
+    """A served fake that holds its request number `hold` until released.
+
+    Yields the URL, a queue told when that request arrives, and the event
+    that releases it (set at the end in any case).
+    """
+    fake = FakePinterestAPI()
+    app = fake.app
+    arrived: queue.Queue[int] = queue.Queue()
+    release = threading.Event()
+    seen: list[int] = []
+
+    async def holding(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(1)
+            if len(seen) == hold:
+                arrived.put(hold)
+                await anyio.to_thread.run_sync(release.wait, STARTUP_TIMEOUT)
+        await app(scope, receive, send)
+
+    fake.app = holding  # type: ignore[assignment]
+    try:
+        with serve_fake_api(fake) as url:
+            yield url, arrived, release
+    finally:
+        release.set()
+
+
+@pytest.mark.e2e
+def test_a_terminated_send_says_what_was_sent_and_exits_143(tmp_path):
+    """SIGTERM during the second request, as a service manager would send it."""
+    path = rows_then(tmp_path, 1001, b"")
+    with held_fake_api(hold=2) as (url, arrived, _):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pinterest_mw.cli", "send", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=process_env(sending_env(url)),
+            cwd=tmp_path,
+        )
+        try:
+            arrived.get(timeout=STARTUP_TIMEOUT)
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=STARTUP_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    assert process.returncode == EXIT_TERMINATED
+    assert stdout.startswith("1001 rows: 1001 valid, 0 invalid; 1000 processed")
+    assert stderr.splitlines()[-1] == (
+        "pinterest-mw: error: terminated at line 1002; 1000 rows were sent, the"
+        " last from line 1001: re-run with --start-line 1002 to skip them; the"
+        " 1 row of the request under way may have reached Pinterest (a re-run"
+        " sends them with the same event ids)"
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("stop_signal", "status"),
+    [(signal.SIGTERM, EXIT_OK), (signal.SIGINT, EXIT_INTERRUPTED)],
+)
+def test_fake_api_prints_the_variables_that_send_to_it(
+    tmp_path, good_csv, stop_signal, status
+):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pinterest_mw.cli", "fake-api", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=process_env(),
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        exports = dict(
+            line.removeprefix("export ").strip().split("=", 1) for line in lines
+        )
+        sent = run_cli("send", str(good_csv), "--test", env=exports, cwd=tmp_path)
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=STARTUP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert exports["PINTEREST_ACCESS_TOKEN"] == FAKE_ACCESS_TOKEN
+    assert exports["PINTEREST_AD_ACCOUNT_ID"] == FAKE_AD_ACCOUNT_ID
+    assert exports["PINTEREST_API_URL"].startswith("http://127.0.0.1:")
+    assert sent.returncode == EXIT_OK, sent.stderr
+    assert process.returncode == status
+    assert stderr.endswith(
+        "fake Pinterest API stopped: 1 request, 0 events processed, 2 in test mode\n"
     )
 
 

@@ -539,3 +539,53 @@ def test_send_batch_refused_request_exits_2_without_a_traceback(
     assert result.stderr.splitlines()[-1].startswith("Not sent: Pinterest answered 403")
     assert "Traceback" not in result.stderr
     assert FAKE_ACCESS_TOKEN not in result.stderr
+
+
+# --- the README's examples ---------------------------------------------------
+
+
+def readme_example(name: str) -> str:
+    """The Python block that the README marks `<!-- readme-example: NAME -->`."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    found = re.search(
+        rf"<!-- readme-example: {name} -->\n```python\n(.*?)```", readme, re.DOTALL
+    )
+    assert found is not None, f"no {name!r} example in the README"
+    return found[1]
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=process_env(**env),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_readme_track_example_sends_a_mapping_and_a_built_event(
+    fake: FakePinterestAPI, api_url: str
+) -> None:
+    result = run_python(readme_example("track"), credentials(api_url))
+
+    assert result.returncode == 0, result.stderr
+    lead, checkout = fake.events
+    assert (lead["event_name"], lead["action_source"]) == ("lead", "offline")
+    assert lead["user_data"]["em"] == [sha256_hex("ann@example.com")]
+    assert (checkout["event_name"], checkout["event_id"]) == ("checkout", "order-1001")
+
+
+def test_readme_fake_example_prints_what_the_fake_received() -> None:
+    result = run_python(readme_example("fake"), {})
+
+    assert result.returncode == 0, result.stderr
+    assert sha256_hex("ann@example.com") in result.stdout
+
+
+def test_readme_gives_the_token_and_ad_account_the_fake_accepts() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+
+    assert f"export PINTEREST_ACCESS_TOKEN={FAKE_ACCESS_TOKEN}\n" in readme
+    assert f"export PINTEREST_AD_ACCOUNT_ID={FAKE_AD_ACCOUNT_ID}\n" in readme
