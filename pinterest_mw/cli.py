@@ -85,12 +85,12 @@ from typing import (
 import anyio.to_thread
 
 from ._env import env_flag
+from ._field_paths import safe_path
 from ._version import __version__
 from .client import DEFAULT_OUTBOX_PATH, NOT_SENDING_MESSAGE, Client
 from .events import (
     ActionSource,
     AppInfo,
-    ContentItem,
     CustomData,
     DeviceInfo,
     Event,
@@ -201,6 +201,11 @@ _OPTION_SOURCES: Final = {
     "outbox": f"--outbox or {_ENV_OUTBOX}",
     "flush_interval": "--flush-interval",
 }
+
+_UNCONFIRMED_REASON: Final = (
+    "unconfirmed: Pinterest took the request, but its answer gave no result"
+    " for this row; it was not sent again"
+)
 
 _SHOWN_PROBLEMS: Final = 20
 _PROGRESS_EVERY: Final = 100
@@ -707,18 +712,6 @@ _EVENT_FIELDS: Final = frozenset(Event.model_fields) - set(_NESTED_OBJECTS)
 # Bare column names that belong in a nested object: user data first (their
 # names never clash with event fields), custom data last.
 _SHORTCUTS: Final = ("user_data", "custom_data")
-# Every name of ours a field path may hold; anything else in a path came
-# from the file and may be a value (a headerless file's email), so it is
-# never shown.
-_KNOWN_NAMES: Final = frozenset(
-    {
-        *_EVENT_FIELDS,
-        *_NESTED_OBJECTS,
-        *(name for names in _NESTED_OBJECTS.values() for name in names),
-        *ContentItem.model_fields,
-    }
-)
-_UNKNOWN_NAME: Final = "<unknown key>"
 
 _UNKNOWN_COLUMN_HINT: Final = (
     "rename it with --map 'HEADER=FIELD' or leave it out with --map 'HEADER='"
@@ -757,25 +750,6 @@ def _column_path(name: str) -> Path_ | None:
             return (nested, *keys)
 
     return None
-
-
-def _safe_path(path: str) -> str:
-    """A field path with every part that is not one of our names hidden.
-
-    A key of the file's own may hold dots (an email does): the parts it
-    splits into are hidden behind one marker.
-    """
-    parts = path.split(".")
-    if all(part in _KNOWN_NAMES or part.isdigit() for part in parts):
-        return path
-    shown: list[str] = []
-    for part in parts:
-        if part in _KNOWN_NAMES or part.isdigit():
-            shown.append(part)
-        elif not shown or shown[-1] != _UNKNOWN_NAME:
-            shown.append(_UNKNOWN_NAME)
-
-    return ".".join(shown)
 
 
 def _positions(numbers: Sequence[int]) -> str:
@@ -1345,7 +1319,7 @@ class _Report:
         """
         self.problems += 1
         self.by_status[status] += 1
-        field = _safe_path(field) if field else field
+        field = safe_path(field) if field else field
         if _repeats_a_value(message, values):
             message = WITHHELD_REASON
         if by:
@@ -1485,7 +1459,6 @@ class _Run:
         except EventValidationError as exc:
             values = tuple(_texts(row.data))
             self.report.add_errors(row.line, _Status.INVALID, exc.errors, values)
-            self._dropped_values(row, exc.errors)
             return None
 
     def _warn(self, row: _Row, warnings: Sequence[FieldWarning]) -> None:
@@ -1507,20 +1480,6 @@ class _Run:
                 _warning_line(NO_EVENT_ID_ROW.format(line=row.line))
 
         return _with_row_event_id(row.line, event)
-
-    def _dropped_values(self, row: _Row, errors: Sequence[FieldError]) -> None:
-        """Say which user data values were dropped when user data is at fault.
-
-        An unusable email, dropped, is often why the matching rule fails;
-        the event's own warnings are lost with the event.
-        """
-        user_data = row.data.get("user_data")
-        if not isinstance(user_data, Mapping) or not any(
-            error.path.startswith("user_data") for error in errors
-        ):
-            return
-        dropped = hash_user_data(user_data, default_region=self.default_region)
-        self._warn(row, dropped.warnings)
 
     def deliver(self, chunk: list[tuple[int, WireEvent]]) -> None:
         """Send one chunk; a request that fails finally stops the command."""
@@ -1566,6 +1525,12 @@ class _Run:
         it could repeat a value, hashed or not.
         """
         counts = self.report.counts
+        if result.status is EventStatus.UNCONFIRMED:
+            # Pinterest took the request but its answer did not cover this
+            # event: not resent (that could count it twice), not a failure.
+            counts["unconfirmed"] += 1
+            self.report.add(line, _Status.WARNING, "", _UNCONFIRMED_REASON)
+            return
         if result.is_processed:
             counts["processed"] += 1
             if result.status is not EventStatus.WARNED:
@@ -1775,6 +1740,8 @@ def _print_summary(
             f" Pinterest, {counts['not_sent']} not sent"
             f" ({_plural(counts['requests'], 'request')})"
         )
+        if counts["unconfirmed"]:
+            parts.append(f"{counts['unconfirmed']} unconfirmed")
         if test:
             parts.append("test mode: Pinterest validated them and recorded nothing")
     elif dry_run:

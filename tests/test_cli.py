@@ -292,7 +292,10 @@ def test_validate_explains_a_dropped_value_behind_a_failed_row(cli, tmp_path):
 
     result = cli("validate", str(path))
 
-    assert "line 2: warning: user_data.email: not an email address" in result.stderr
+    assert (
+        "line 2: invalid: user_data.email: dropped: not an email address"
+        in result.stderr
+    )
 
 
 def test_validate_reads_json_lines_with_nested_and_dotted_keys(cli, tmp_path):
@@ -690,6 +693,30 @@ def test_send_reports_rows_pinterest_rejected(cli, tmp_path, httpx_mock: HTTPXMo
     assert result.exit_code == EXIT_ROWS_FAILED
     assert "line 3: rejected: Pinterest: Invalid event_timestamp" in result.stderr
     assert "1 processed, 1 rejected by Pinterest" in result.stdout
+
+
+def test_send_reports_rows_pinterests_answer_left_unconfirmed(
+    cli, tmp_path, httpx_mock: HTTPXMock
+):
+    """A 200 without a result per event: the rows are neither sent again nor failed."""
+    httpx_mock.add_response(json={"num_events_received": 2})
+    now = int(time.time())
+    path = write_csv(
+        tmp_path / "x.csv",
+        "event_name,event_time,email",
+        f"checkout,{now},a@example.com",
+        f"checkout,{now},b@example.com",
+    )
+
+    result = cli("send", str(path), env=CREDENTIALS)
+
+    assert result.exit_code == EXIT_OK
+    assert "line 3: warning: unconfirmed: Pinterest took the request" in result.stderr
+    assert (
+        "0 processed, 0 rejected by Pinterest, 0 not sent (1 request); 2 unconfirmed"
+        in (result.stdout)
+    )
+    assert len(httpx_mock.get_requests()) == 1
 
 
 def test_send_reports_pinterests_warnings_without_failing(
@@ -1309,13 +1336,14 @@ def test_a_header_that_fails_leaves_the_report_as_it_was(cli, tmp_path, earlier)
 
 
 def test_the_summary_counts_the_warnings_the_report_lists(cli, tmp_path):
-    """One warning on a valid row, one on an invalid row (its dropped email)."""
+    """Two valid rows with a warning each, and an invalid row with none."""
     now = int(time.time())
     path = write_csv(
         tmp_path / "x.csv",
         "event_name,event_time,email,phone",
         f"lead,{now},a@b.co,6505551212",
-        f"lead,{now},not-an-email,",
+        f"lead,{now},a@b.co,6505551212",
+        "lead,tomorrow,a@b.co,",
     )
     report = tmp_path / "r.csv"
 
