@@ -45,7 +45,7 @@ from .exceptions import (
     EventValidationError,
     FieldError,
 )
-from .transport import SendResult
+from .transport import EventStatus, SendResult
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -112,10 +112,16 @@ NOT_SENT_MESSAGE = (
     "These are local validation results only."
 )
 ADVERTISER_MESSAGE = (
-    "advertiser_id is not an ad account this server sends events for; "
-    "to allow it, list it in PINTEREST_ADVERTISER_IDS (comma-separated) "
-    "or pass advertiser_ids=[...] to the Client"
+    "advertiser_id is not one this endpoint accepts in a body (events go to "
+    "the server's own ad account whatever the body names); to accept it, "
+    "list it in PINTEREST_ADVERTISER_IDS (comma-separated) or pass "
+    "advertiser_ids=[...] to the Client"
 )
+UNREACHABLE_MESSAGE = (
+    "Pinterest could not be reached, or did not answer in time: it gave no "
+    "verdict on these events"
+)
+START_FAILED_LOG = "starting delivery at the first request failed"
 ORIGIN_MESSAGE = (
     "this endpoint does not take events from pages of the request's Origin; "
     "list that origin in allow_origins (or PINTEREST_ALLOW_ORIGINS)"
@@ -605,6 +611,28 @@ class Ingest:
         # Resolved last, so that a bad option never builds the default client.
         self.client = client if client is not None else get_default_client()
         self.default_region = self.client.default_region
+        self._started_in: int | None = None
+
+    def start_delivery(self) -> None:
+        """At this process's first request, of any kind: start delivery.
+
+        So that what a durable outbox kept from an earlier run goes out
+        without waiting for a new event or a lifespan (a mounted app gets
+        none). A worker process forked after the first request starts its
+        own at its first one. A memory outbox keeps nothing from earlier:
+        its delivery starts with its first event, as a batch fills.
+        """
+        pid = os.getpid()
+        if self._started_in == pid:
+            return
+        self._started_in = pid
+        if not (self.client.is_sending and self.client.outbox.durable):
+            return
+        try:
+            self.client.start()
+        except Exception:
+            # Delivery starts with the next event anyway.
+            logger.exception(START_FAILED_LOG)
 
     def __repr__(self) -> str:
         return (
@@ -750,9 +778,15 @@ class Ingest:
         )
 
     def test_results(self, parsed: ParsedEvents, result: SendResult) -> Reply:
-        """Pinterest's per-event verdicts on a test send (502 if it was not reached)."""
+        """Pinterest's per-event verdicts on a test send (502 if it failed).
+
+        `sent_to_pinterest` says whether Pinterest answered at all (with its
+        verdicts, or with an error status): False when the network failed
+        before an answer came, and the message then says so.
+        """
+        reached = _reached_pinterest(result)
         content: dict[str, Any] = {
-            "sent_to_pinterest": True,
+            "sent_to_pinterest": reached,
             "results": [
                 {
                     "event_id": r.event_id,
@@ -769,7 +803,11 @@ class Ingest:
             return _json_reply(200, content)
         content = {
             "error": "upstream_failed",
-            "message": "Pinterest did not answer for every event",
+            "message": (
+                "Pinterest did not answer for every event"
+                if reached
+                else UNREACHABLE_MESSAGE
+            ),
             **content,
             "errors": [_describe(error) for error in result.errors],
         }
@@ -796,16 +834,22 @@ class Ingest:
             },
         )
 
-    def health(self, counters: Counters) -> Reply:
-        """Liveness and the dispatcher's counters: no personal data, no token."""
-        return _json_reply(
-            200,
-            {
-                "status": "ok",
-                "sending": self.client.is_sending,
-                "counters": counters.as_dict(),
-            },
-        )
+    def health(self, counters: Counters, problem: str | None = None) -> Reply:
+        """Liveness and the dispatcher's counters: no personal data, no token.
+
+        Always 200, since the app answers; `status` is `"degraded"`, with
+        the `problem` said, while delivery is stalled (an outbox that cannot
+        be read or written, Pinterest refusing the token or ad account).
+        """
+        content: dict[str, Any] = {
+            "status": "ok" if problem is None else "degraded",
+            "sending": self.client.is_sending,
+            "counters": counters.as_dict(),
+        }
+        if problem is not None:
+            content["problem"] = problem
+
+        return _json_reply(200, content)
 
     def failure(self, exc: BaseException) -> Reply:
         """503 for a failure of our own code, logged with its type and place only."""
@@ -875,6 +919,12 @@ def _test_endpoint(value: object) -> bool:
             raise ConfigurationError("test_endpoint must be True or False")
         return value
     return env_flag(ENV_TEST_ENDPOINT)
+
+
+def _reached_pinterest(result: SendResult) -> bool:
+    """Whether Pinterest answered any request of a send, even with an error."""
+    answered = any(r.status is not EventStatus.NOT_SENT for r in result.results)
+    return answered or any(isinstance(e, APIError) for e in result.errors)
 
 
 def _describe(error: ConversionsError) -> dict[str, Any]:

@@ -15,12 +15,17 @@ installed, once:
 - Over the default action: at SIGTERM, every open dispatcher delivers what
   it holds within its `shutdown_timeout` and is closed; then the default
   action is restored and the signal raised again, so the process ends as
-  before, killed by SIGTERM (status -15, or 143 in a shell).
+  before, killed by SIGTERM (status -15, or 143 in a shell). What could
+  not be delivered by the deadline (Pinterest down or stalled) is counted
+  dropped and logged at ERROR before that, by the handler itself if the
+  delivery is still under way.
 - Over a handler written in Python (uvicorn's, gunicorn's): that handler
   runs first, then what is queued is delivered there and then within the
   deadline, with a blocking transport (the handler runs in the event
   loop's thread, so nothing there may await), and from then on every
-  accepted event wakes the worker at once.
+  accepted event wakes the worker at once. What is still undelivered at
+  the deadline is logged at ERROR; it is retried while the process runs
+  (and counted at its `close()`, if it gets there).
 
 Nothing is installed over `SIG_IGN` or a handler set outside Python, from
 a thread other than the main one, or for a durable outbox, whose events
@@ -40,7 +45,10 @@ Limitations:
 - Delivery runs in a helper thread that the handler waits for, up to the
   deadline. If the signal interrupts the main thread while it holds a lock
   that delivery needs (in the middle of a `track()`), delivery waits in
-  vain until the deadline, and what was queued is lost.
+  vain until the deadline, and what was queued is lost (counted and
+  logged). A request the thread dispatcher's worker already had under way
+  keeps its transport's timeout and retry budget: it is not waited for
+  past the deadline.
 - A handler installed later by other code replaces the hook; it is not
   installed again.
 """
@@ -80,6 +88,8 @@ class Closable(Protocol):
     def _close_at_exit(self) -> None: ...
 
     def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None: ...
+
+    def _after_signal_delivery(self, *, closing: bool) -> None: ...
 
 
 _open: weakref.WeakSet[Closable] = weakref.WeakSet()
@@ -162,28 +172,44 @@ def _deliver_all(*, closing: bool) -> None:
 
     In helper threads that this (the signal handler's) thread waits for: a
     lock the interrupted code holds can then stall a delivery, not the
-    handler.
+    handler. Once a delivery ended or its deadline passed, the dispatcher
+    says (and, closing, counts) what is left, here, whatever became of the
+    helper: the process may end as soon as this returns.
     """
     now = time.monotonic()
-    helpers: list[tuple[threading.Thread, float]] = []
+    started: list[tuple[Closable, threading.Thread | None, float]] = []
     for dispatcher in list(_open):
         if not dispatcher._needs_signal_delivery:
             continue
         deadline = now + dispatcher.shutdown_timeout
-        helper = threading.Thread(
-            target=_deliver_one,
-            args=(dispatcher, deadline, closing),
-            name="pinterest-mw-sigterm",
-            daemon=True,
+        started.append(
+            (dispatcher, _start_helper(dispatcher, deadline, closing), deadline)
         )
+    for dispatcher, helper, deadline in started:
+        if helper is not None:
+            helper.join(max(deadline - time.monotonic(), 0.0))
         try:
-            helper.start()
-        except RuntimeError:
-            # No thread can start (interpreter shutdown): nothing to wait for.
-            continue
-        helpers.append((helper, deadline))
-    for helper, deadline in helpers:
-        helper.join(max(deadline - time.monotonic(), 0.0))
+            dispatcher._after_signal_delivery(closing=closing)
+        except Exception:
+            logger.exception(SIGNAL_DELIVERY_FAILED_LOG)
+
+
+def _start_helper(
+    dispatcher: Closable, deadline: float, closing: bool
+) -> threading.Thread | None:
+    helper = threading.Thread(
+        target=_deliver_one,
+        args=(dispatcher, deadline, closing),
+        name="pinterest-mw-sigterm",
+        daemon=True,
+    )
+    try:
+        helper.start()
+    except RuntimeError:
+        # No thread can start (interpreter shutdown): nothing to wait for.
+        return None
+
+    return helper
 
 
 def _deliver_one(dispatcher: Closable, deadline: float, closing: bool) -> None:

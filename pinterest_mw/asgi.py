@@ -11,13 +11,16 @@ The browser then posts its events to `/pinterest/track-event`; the app
 validates, enriches and hashes them, queues them and answers `202` at once.
 Delivery to Pinterest happens in the background, in batches. Mounted apps
 get no lifespan from Starlette, and need none to deliver: the client's
-dispatcher starts with the first event, and at SIGTERM a hook delivers
-what is queued in memory before the process ends. Under uvicorn that hook
-runs when the signal arrives, so events accepted during the graceful
-shutdown that follows are sent at once but not waited for. To start
-delivery at start-up and flush after the last request, closing that
-window, give the host app `lifespan=lifespan(client)` (from
-`pinterest_mw`).
+dispatcher starts with the app's first request of any kind (a `GET
+/health` too), which also sends what a durable outbox kept from an earlier
+run, and at SIGTERM a hook delivers what is queued in memory before the
+process ends. Under uvicorn that hook runs when the signal arrives, so
+events accepted during the graceful shutdown that follows are sent at once
+but not waited for. A durable outbox's events wait, without a lifespan,
+until the app's first request (or, with a client whose `dispatcher` is
+`"thread"`, are sent from the start). To start delivery at start-up and
+flush after the last request, closing both windows, give the host app
+`lifespan=lifespan(client)` (from `pinterest_mw`).
 
 The WSGI twin is `pinterest_mw.wsgi.pinterest_wsgi_app`; both share their
 rules (`pinterest_mw._ingest`), so they answer alike.
@@ -29,7 +32,9 @@ import functools
 import logging
 from collections.abc import Iterable
 
+import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -37,6 +42,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._ingest import (
     DEFAULT_MAX_BODY_SIZE,
@@ -57,6 +63,11 @@ from .exceptions import QueueFullError
 __all__ = ["pinterest_app"]
 
 logger = logging.getLogger(__name__)
+
+TEST_SENDS_AT_ONCE = 4
+"""`/track-event-test` calls that may wait for Pinterest at once, per loop."""
+
+_TEST_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("pinterest_mw_test_limiter")
 
 
 def pinterest_app(
@@ -85,18 +96,23 @@ def pinterest_app(
       once the events are queued (on disk, with a durable outbox).
     - `POST /track-event-test` (only with `test_endpoint`; `404` otherwise):
       the same body, sent at once in Pinterest's test mode; answers `200`
-      with Pinterest's verdict per event, `502` when Pinterest could not be
-      reached. Without credentials nothing is sent: the answer says so
-      (`"sent_to_pinterest": false`) and lists the local validation
-      results.
-    - `GET /health`: `{"status": "ok", "sending": ..., "counters": {...}}`.
+      with Pinterest's verdict per event, `502` when Pinterest refused the
+      request or could not be reached (then `"sent_to_pinterest": false`),
+      within about 15 seconds (`TEST_SEND_WITHIN`). At most four such
+      sends wait at a time, in threads of their own. Without credentials
+      nothing is sent: the answer says so (`"sent_to_pinterest": false`)
+      and lists the local validation results.
+    - `GET /health`: `{"status": "ok", "sending": ..., "counters": {...}}`;
+      `"status": "degraded"`, with a `"problem"`, while delivery is stalled
+      (an outbox that cannot be read, Pinterest refusing the token).
 
     Refusals, all JSON with an `error` code (never a 500): `400` not UTF-8
     JSON; `401` wrong shared secret; `403` `origin_not_allowed`: an
     `Origin` header that is neither listed in `allow_origins` nor this
     host's own (`null` included), or `advertiser_not_allowed`: an
-    `advertiser_id` this server does not send for (the body never chooses
-    where events go); `405`;
+    `advertiser_id` outside the client's `advertiser_ids` (a check of the
+    body only: events always go to the client's `ad_account_id`, whatever
+    the body names); `405`;
     `411` (WSGI only: no length); `413` body over `max_body_size` (checked
     while reading); `415` a content type other than `application/json` or
     `text/plain` (what `navigator.sendBeacon` sends for a string); `422`
@@ -183,6 +199,9 @@ def pinterest_app(
         rate_limit_burst=rate_limit_burst,
         test_endpoint=test_endpoint,
     )
+    # Without a loop yet, only a thread can start: the async dispatcher
+    # starts at the first request, in the server's loop.
+    ingest.client._start_if_events_kept(thread_only=True)
     endpoints = _Endpoints(ingest)
     routes = [
         Route("/track-event", endpoints.track, methods=["POST"]),
@@ -197,7 +216,10 @@ def pinterest_app(
         ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CORSMiddleware, **ingest.cors.middleware_options())],
+        middleware=[
+            Middleware(_StartDelivery, ingest=ingest),
+            Middleware(CORSMiddleware, **ingest.cors.middleware_options()),
+        ],
         exception_handlers={HTTPException: endpoints.http_error},
     )
     # Both spellings are routes of their own: a redirect would cost the
@@ -205,6 +227,33 @@ def pinterest_app(
     app.router.redirect_slashes = False
 
     return app
+
+
+class _StartDelivery:
+    """Starts delivery at the app's first request (see `Ingest.start_delivery`)."""
+
+    def __init__(self, app: ASGIApp, ingest: Ingest) -> None:
+        self._app = app
+        self._ingest = ingest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self._ingest.start_delivery()
+        await self._app(scope, receive, send)
+
+
+def _test_limiter() -> anyio.CapacityLimiter:
+    """The threads `/track-event-test` may hold at once, per event loop.
+
+    Apart from anyio's default pool, which the durable outbox's writes and
+    `/health` use: slow test sends must not hold those up.
+    """
+    try:
+        return _TEST_LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(TEST_SENDS_AT_ONCE)
+        _TEST_LIMITER.set(limiter)
+        return limiter
 
 
 def _response(reply: Reply) -> Response:
@@ -233,7 +282,8 @@ class _Endpoints:
 
     async def health(self, request: Request) -> Response:
         try:
-            reply = self._ingest.health(await self._client.acounters())
+            counters = await self._client.acounters()
+            reply = self._ingest.health(counters, self._client._delivery_problem)
         except Exception as exc:  # noqa: BLE001 - answered 503 and logged by failure()
             reply = self._ingest.failure(exc)
         return _response(reply)
@@ -298,11 +348,9 @@ class _Endpoints:
     async def _send_test(self, parsed: ParsedEvents) -> Reply:
         if not self._client.is_sending:
             return self._ingest.local_results(parsed)
-        # The client's one blocking transport, from a worker thread: an async
+        # A blocking transport of the client's, from a thread: an async
         # transport would need a new HTTP client (and its connections) for
         # every call, since it belongs to one event loop.
-        send = functools.partial(
-            self._client.send, parsed.events, test=True, raise_on_error=False
-        )
-        result = await anyio.to_thread.run_sync(send)
+        send = functools.partial(self._client._send_for_test_endpoint, parsed.events)
+        result = await anyio.to_thread.run_sync(send, limiter=_test_limiter())
         return self._ingest.test_results(parsed, result)

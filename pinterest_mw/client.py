@@ -28,6 +28,7 @@ address, user agent and click id Pinterest asks for.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -95,6 +96,12 @@ KEPT_OUTBOX_MESSAGE = (
     "sending the events kept in %s first: without an outbox of its own, this "
     "client uses that file"
 )
+RELEASE_FAILED_MESSAGE = "closing the client's transport or outbox failed"
+
+TEST_SEND_WITHIN = 15.0
+"""Seconds `/track-event-test` may wait for Pinterest, retries included."""
+
+_SHORTEST_TIMEOUT = 0.1
 
 DEFAULT_ACTION_SOURCE = ActionSource.WEB.value
 """The `action_source` of a tracked mapping that names none, as in `build_event`."""
@@ -137,8 +144,12 @@ class Client:
         api_url: the API's base URL (default `PINTEREST_API_URL`, then
             Pinterest's).
         test_mode: send with `?test=true`: Pinterest validates, records nothing.
-        advertiser_ids: ad accounts a request body may name (the sub-apps
-            refuse others); defaults to `ad_account_id` alone.
+        advertiser_ids: the `advertiser_id` values a posted body may carry
+            (the sub-apps refuse others with `403`); defaults to
+            `ad_account_id` alone. This only checks the body: every event
+            still goes to `ad_account_id`, whatever the body names (a body
+            never chooses where events go). List here the ids your pages
+            already send, such as the old npm package's.
         default_region: region assumed for phone numbers without a country
             code, such as `"US"`.
         flush_interval: seconds between deliveries of partial batches.
@@ -147,7 +158,10 @@ class Client:
             builds: 10,000 in memory and 100,000 in SQLite by default (an
             `Outbox` passed in keeps its own bounds, bytes included).
         overflow: what happens when the outbox is full: `"drop_newest"`,
-            `"block"` (for up to `block_timeout` seconds) or `"raise"`.
+            `"block"` (for up to `block_timeout` seconds) or `"raise"`
+            (`QueueFullError`; `OutboxError` when the outbox failed to
+            store them). Events refused under `"raise"` are counted
+            `dropped` too.
         retry: the transport's retry policy within one delivery.
         backoff: the wait between deliveries of a failed batch.
         max_attempts: deliveries before an event is given up; `"auto"`: 20
@@ -274,11 +288,12 @@ class Client:
     def _setup(self) -> None:
         self._lock = threading.RLock()
         self._transport: Transport | None = None
+        self._test_transport: Transport | None = None
         self._dispatcher: _Dispatcher | None = None
 
     def _after_fork_in_child(self) -> None:
         # The dispatcher rebuilds itself; the parent's connections are left alone.
-        abandon(self._transport)
+        abandon(self._transport, self._test_transport)
         dispatcher = self._dispatcher
         self._setup()
         self._dispatcher = dispatcher
@@ -333,6 +348,12 @@ class Client:
             return Counters(queue_depth=self.outbox.depth())
         return dispatcher.counters
 
+    @property
+    def _delivery_problem(self) -> str | None:
+        """Why delivery is stalled (see `/health`); None when it is not."""
+        dispatcher = self._dispatcher
+        return None if dispatcher is None else dispatcher._delivery_problem
+
     async def acounters(self) -> Counters:
         """`counters` for async code: a durable outbox is read in a thread."""
         if self.outbox.blocking:
@@ -351,7 +372,10 @@ class Client:
             return self._transport
 
     def is_allowed_advertiser(self, advertiser_id: str | int) -> bool:
-        """Whether a request body may name this ad account."""
+        """Whether a request body may carry this `advertiser_id`.
+
+        A check of the body only: events go to `ad_account_id` either way.
+        """
         return str(advertiser_id) in self.advertiser_ids
 
     # --- tracking ---
@@ -374,7 +398,9 @@ class Client:
 
         Raises:
             EventValidationError: the event cannot be built.
-            QueueFullError: the outbox is full and the policy is `"raise"`.
+            QueueFullError: the outbox is full and the policy is `"raise"`;
+                `OutboxError`, a subclass, when the outbox failed to store
+                the event. Either way it is counted `dropped`.
         """
         built = self._build(event, context, "")
         self._get_dispatcher().submit([built.to_wire_event()])
@@ -468,6 +494,30 @@ class Client:
         if self._sending:
             self._get_dispatcher().start()
 
+    def _start_if_events_kept(self, *, thread_only: bool) -> None:
+        """Start delivery now if a durable outbox holds events of earlier runs.
+
+        For the sub-apps, built before any request: with `thread_only`,
+        only when the dispatcher is (or will be) a thread, since an async
+        one needs the server's event loop, which does not run yet.
+        """
+        if not (self._sending and self.outbox.durable):
+            return
+        if thread_only and not self._is_thread_dispatched():
+            return
+        try:
+            kept = self.outbox.depth()
+        except Exception:  # noqa: BLE001 - the worker logs what fails, rate-limited
+            kept = 1
+        if kept:
+            self.start()
+
+    def _is_thread_dispatched(self) -> bool:
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            return isinstance(dispatcher, ThreadDispatcher)
+        return self._dispatcher_kind == "thread"
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver what is waiting; True if the outbox emptied within `timeout`.
 
@@ -485,7 +535,9 @@ class Client:
         """Flush for up to `timeout` seconds (`shutdown_timeout` by default), then stop.
 
         Later events are dropped and counted. The client's own outbox and
-        transport are closed.
+        transport are closed once the worker has stopped: a worker still
+        waiting for Pinterest's answer when the timeout passes records it
+        first, and they are closed as it ends.
         """
         with self._lock:
             dispatcher = self._dispatcher
@@ -598,7 +650,7 @@ class Client:
             return AsyncDispatcher(
                 self.outbox,
                 self._build_async_transport,
-                blocking_transport=self._new_transport,
+                blocking_transport=self._transport_within,
                 **options,
             )
 
@@ -612,13 +664,39 @@ class Client:
 
         return transport
 
-    def _new_transport(self) -> Transport:
-        """A blocking transport of its own (the SIGTERM hook's: no lock taken)."""
+    def _new_transport(self, **changes: Any) -> Transport:
+        """A blocking transport of its own, with options `changes`; no lock taken."""
         if not self._sending:
             raise ConfigurationError(
                 "this client does not send: it has no access token or ad account"
             )
-        return Transport(**self._transport_options())
+        return Transport(**{**self._transport_options(), **changes})
+
+    def _transport_within(self, seconds: float) -> Transport:
+        """A blocking transport that gives up within `seconds` (the SIGTERM hook's).
+
+        Each request's timeout and its retry budget are cut to fit: the
+        budget bounds the waits between attempts, and the last attempt may
+        start just before it ends, so it leaves room for one timeout.
+        """
+        timeout = min(self.timeout, max(seconds, _SHORTEST_TIMEOUT))
+        budget = min(self.retry.total_budget, max(seconds - timeout, 0.0))
+        retry = dataclasses.replace(self.retry, total_budget=budget)
+
+        return self._new_transport(timeout=timeout, retry=retry)
+
+    def _send_for_test_endpoint(self, events: Sequence[Event]) -> SendResult:
+        """Send in test mode and wait, within `TEST_SEND_WITHIN` seconds.
+
+        For `/track-event-test`: a developer waits for its answer, and a
+        thread of the server's is held meanwhile.
+        """
+        with self._lock:
+            if self._test_transport is None:
+                self._test_transport = self._transport_within(TEST_SEND_WITHIN)
+            transport = self._test_transport
+
+        return transport.send(events, test=True, raise_on_error=False)
 
     def _build_async_transport(self) -> AsyncTransport:
         if not self._sending:
@@ -628,12 +706,27 @@ class Client:
         return AsyncTransport(**self._transport_options())
 
     def _release(self) -> None:
+        """Close the transports and an outbox of the client's own, once no
+        worker uses them any more (see `close`).
+        """
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            self._release_now()
+        else:
+            dispatcher._after_worker(self._release_now)
+
+    def _release_now(self) -> None:
         with self._lock:
-            transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
-        if self._owns_outbox:
-            self.outbox.close()
+            transports = [self._transport, self._test_transport]
+            self._transport = self._test_transport = None
+        try:
+            for transport in transports:
+                if transport is not None:
+                    transport.close()
+            if self._owns_outbox:
+                self.outbox.close()
+        except Exception:
+            logger.exception(RELEASE_FAILED_MESSAGE)
 
 
 def lifespan(
@@ -642,14 +735,17 @@ def lifespan(
     """A Starlette or FastAPI lifespan that starts delivery and flushes at shutdown.
 
     `client` defaults to `get_default_client()`, looked up when the app
-    starts. Without it, a mounted sub-app still delivers (from the first
-    event), and at SIGTERM a hook delivers what is queued in memory. One
-    window is left there: under uvicorn, events accepted during its
-    graceful shutdown (by requests still being answered) are sent at once
-    but not waited for, since uvicorn then ends the process with SIGTERM;
-    a request to Pinterest still under way is lost with them. The lifespan
-    flushes after the last request, which closes that window, as does a
-    durable outbox (the next process sends what is left).
+    starts. Without it, a mounted sub-app still delivers (from its first
+    request, which also sends what a durable outbox kept from an earlier
+    run), and at SIGTERM a hook delivers what is queued in memory. Two
+    windows are left there: what a durable outbox kept waits for the app's
+    first request; and under uvicorn, events accepted during its graceful
+    shutdown (by requests still being answered) are sent at once but not
+    waited for, since uvicorn then ends the process with SIGTERM; a request
+    to Pinterest still under way is lost with them (logged at ERROR). The
+    lifespan starts delivery at start-up and flushes after the last
+    request, which closes both, as does a durable outbox the second (the
+    next process sends what is left).
 
     To combine it with a lifespan of your own, enter the client's
     `running()` inside it:

@@ -54,13 +54,23 @@ When the outbox is full the overflow policy applies: `"drop_newest"` (the
 default: the events that do not fit are dropped, with a WARNING and the
 `dropped` counter), `"block"` (wait up to `block_timeout` for room, then
 drop), or `"raise"` (`QueueFullError`, nothing of the call stored). The
-policy applies whether or not the dispatcher sends.
+policy applies whether or not the dispatcher sends. An outbox that fails to
+store events (a disk full, a file locked past its busy timeout) drops them
+with an ERROR; under `"raise"`, `OutboxError` (a `QueueFullError`) says so
+to the caller. Events refused under `"raise"` are counted `dropped` too.
 
 Every accepted event ends up `processed`, `failed` (rejected) or `dropped`
 in the counters, each with a log line, or stays in the outbox: at `close()`
 a memory outbox's leftovers, a batch still in flight included, are counted
 dropped (a late answer for that batch is not counted again); a durable
-outbox keeps them for the next run.
+outbox keeps them for the next run. An event is either stored before
+`close()` counts what is left, and counted there, or refused as closed;
+concurrent `close()` calls count once.
+
+An outbox that cannot be read (a damaged file) pauses delivery with the
+same growing backoff as a failed delivery: one ERROR per
+`DROP_LOG_INTERVAL` and the `outbox_errors` counter say so, and the
+`/health` endpoints answer `"degraded"` until a read succeeds.
 
 `flush(timeout)` waits for what can go out before the timeout: it returns
 False at once when all that is left is deferred past it (a long backoff or
@@ -75,8 +85,10 @@ Shutdown: at interpreter exit, every dispatcher flushes for up to
 `shutdown_timeout` seconds. SIGTERM skips that unless something in Python
 handles it, so a sending dispatcher over a non-durable outbox installs a
 SIGTERM hook when built or started in the main thread: it delivers what
-is queued before the process ends (see `pinterest_mw._shutdown` for how,
-and for the window it leaves under uvicorn).
+is queued before the process ends, within `shutdown_timeout`, and what it
+could not deliver by then is logged at ERROR (and counted dropped when the
+process ends next); see `pinterest_mw._shutdown` for how, and for the
+window it leaves under uvicorn.
 
 Privacy: log records and `Counters` hold counts, statuses and durations;
 never payloads, user data or tokens. `DeliveryFailure` passes event ids and
@@ -84,9 +96,10 @@ Pinterest's reasons to the `on_error` callback, never payloads.
 
 Loggers: `pinterest_mw.dispatch` logs each batch at DEBUG, deferrals and
 drops at WARNING, rejected requests, account refusals, unstorable and lost
-events at ERROR. Drop and storage-failure lines are rate-limited (one per
-`DROP_LOG_INTERVAL`, with the count held back, and the rest at close). The
-messages are the module's `*_LOG` constants.
+events and unreadable outboxes at ERROR. Drop, storage-failure and
+read-failure lines are rate-limited (one per `DROP_LOG_INTERVAL`, with the
+count held back, and the rest at close). The messages are the module's
+`*_LOG` constants.
 """
 
 from __future__ import annotations
@@ -94,12 +107,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import random
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
@@ -112,7 +127,13 @@ import anyio.to_thread
 from . import _shutdown
 from ._fork import register_fork_aware
 from .events import WireEvent
-from .exceptions import APIError, ConfigurationError, QueueFullError, TransportError
+from .exceptions import (
+    APIError,
+    ConfigurationError,
+    OutboxError,
+    QueueFullError,
+    TransportError,
+)
 from .outbox import Claim, Outbox, OutboxItem
 from .transport import MAX_BATCH_SIZE, EventResult, EventStatus
 
@@ -144,6 +165,15 @@ up to the `dropped` counter.
 """
 
 _POLL_INTERVAL = 0.01
+_GATE_POLL_INTERVAL = 0.001
+
+# How long close() waits for stores into a memory outbox under way (each
+# is a few microseconds, unless the thread doing it is not scheduled).
+_GATE_WAIT = 1.0
+# How long the SIGTERM hook waits, once its deadline has passed, for a
+# lock or a store that the code it interrupted (in the same thread or
+# another) may hold; it goes on without it then.
+_SIGNAL_WAIT = 0.5
 
 GAVE_UP = "gave up after"
 """How the reason of an event given up after its last attempt begins."""
@@ -182,7 +212,10 @@ CLOSED_LOST_LOG = (
     "closing with %d events not delivered (%d of them in flight, their "
     "answer unknown); they are counted as dropped"
 )
-CLAIM_FAILED_LOG = "could not read the outbox; retrying later"
+CLAIM_FAILED_LOG = (
+    "could not read the outbox (%d failed reads since the last report); "
+    "delivery pauses for %.3g s"
+)
 RELEASE_FAILED_LOG = "could not hand back %d events"
 DEPTH_FAILED_LOG = "could not read the outbox depth at close"
 NO_TRANSPORT_LOG = "could not build the transport; nothing is sent"
@@ -195,6 +228,16 @@ LATE_BATCH_LOG = (
     "a batch of %d events was answered after close; they were already "
     "counted as dropped"
 )
+SIGNAL_UNDELIVERED_LOG = (
+    "%d events were not delivered within the SIGTERM deadline (%.3g s); "
+    "they are retried while the process runs, and lost if it ends first"
+)
+
+CLOSED_REASON = "the dispatcher is closed"
+
+OUTBOX_UNREADABLE = "the outbox cannot be read: nothing is delivered"
+OUTBOX_UNWRITABLE = "the outbox cannot store events: they are dropped"
+ACCOUNT_REFUSED = "Pinterest refuses the access token or ad account"
 
 
 class Sender(Protocol):
@@ -236,15 +279,23 @@ class Counters:
     - `failed`: events Pinterest refused, kept as rejected with the reason;
     - `retried`: deliveries deferred for another attempt after a failure;
     - `dropped`: events not accepted because the outbox was full, could
-      not store them or the dispatcher closed; events given up (lost) after
-      their last attempt; events left in a memory outbox at `close()`;
+      not store them or the dispatcher closed (under the `"raise"` policy
+      too, where the caller got `QueueFullError`); events given up (lost)
+      after their last attempt; events left in a memory outbox at
+      `close()`;
     - `account_refusals`: requests Pinterest refused for the token or the
       ad account (401, 403), each of which paused delivery;
+    - `outbox_errors`: reads and writes of the outbox that failed (a
+      failed claim pauses delivery; events that could not be stored are
+      counted `dropped` too);
     - `queue_depth`: events in the outbox waiting for delivery (in every
       process sharing a durable outbox).
 
     Every accepted event ends up counted once as `processed`, `failed` or
     `dropped`, or is still in the outbox (`queue_depth`).
+
+    .. versionchanged:: 0.2
+       `outbox_errors`.
     """
 
     accepted: int = 0
@@ -255,6 +306,7 @@ class Counters:
     retried: int = 0
     dropped: int = 0
     account_refusals: int = 0
+    outbox_errors: int = 0
     queue_depth: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -359,10 +411,14 @@ class Dispatcher(Protocol):
 
 
 class _CounterSet:
-    """Thread-safe running totals behind `Counters`."""
+    """Thread-safe running totals behind `Counters`.
+
+    Its lock is reentrant: a SIGTERM handler may count in the main thread
+    while the code it interrupted there holds it (see `_shutdown`).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._values = dict.fromkeys(
             (f.name for f in fields(Counters) if f.name != "queue_depth"), 0
         )
@@ -399,11 +455,12 @@ class _LogLimiter:
     `add` returns what to report now, as (events, calls): this call's and
     those held back since the last line, or (0, 0) while the interval runs.
     `take` returns what is still unreported, for a last line at close.
+    Reentrant, as `_CounterSet` is.
     """
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._unreported = 0
         self._calls = 0
         self._reported_at = -math.inf
@@ -429,6 +486,47 @@ class _LogLimiter:
         self._unreported = self._calls = 0
 
         return reported
+
+
+class _StoreGate:
+    """Lets stores into a memory outbox through until `close()` counts what is left.
+
+    A store either passes before the gate shuts, and `shut` waits for it to
+    end so that its events are in the count, or finds the gate shut and is
+    refused. No lock is taken on the way of a store: a SIGTERM handler may
+    interrupt one in the main thread and must not wait for it (see
+    `_shutdown`). Appending to and removing from a deque, and reading a
+    flag, are atomic under the GIL: a store registers itself before it
+    reads the flag, and `shut` sets the flag before it looks for stores,
+    so one of the two always sees the other.
+    """
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self._passing: deque[object] = deque()
+
+    def enter(self) -> object | None:
+        """Register a store; None (nothing registered) when the gate is shut."""
+        token = object()
+        self._passing.append(token)
+        if self.is_open:
+            return token
+        self._passing.remove(token)
+        return None
+
+    def leave(self, token: object) -> None:
+        self._passing.remove(token)
+
+    def shut(self, wait: float) -> None:
+        """Refuse later stores; wait up to `wait` seconds for those under way."""
+        self.is_open = False
+        deadline = time.monotonic() + wait
+        while self._passing and time.monotonic() < deadline:
+            time.sleep(_GATE_POLL_INTERVAL)
+
+
+class _ClosedError(Exception):
+    """A store refused because `close()` has counted what is left."""
 
 
 def _describe(error: BaseException) -> str:
@@ -565,11 +663,21 @@ class _BaseDispatcher:
         self._counters = _CounterSet()
         self._drop_log = _LogLimiter(DROP_LOG_INTERVAL)
         self._store_failure_log = _LogLimiter(DROP_LOG_INTERVAL)
+        self._claim_failure_log = _LogLimiter(DROP_LOG_INTERVAL)
         self._fresh = 0
         # Held while a batch's outcome is counted and written, and while
         # close() counts what is left, so that no event is counted twice.
-        self._settle_lock = threading.Lock()
+        # Reentrant, for the SIGTERM hook (see `_after_signal_delivery`).
+        self._settle_lock = threading.RLock()
+        self._store_gate = _StoreGate()
+        # The first close() (or SIGTERM hook) to draw from these does the
+        # closing, or the counting of what is left: next() is atomic.
+        self._close_calls = itertools.count()
+        self._leftover_reports = itertools.count()
         self._leftovers_counted = False
+        # Set while the outbox fails: the last claim, or the last store.
+        self._claim_failures = 0
+        self._store_failing = False
         self._in_flight = 0
         # The batch being sent, if any, for a SIGTERM to take over.
         self._current: Claim | None = None
@@ -637,6 +745,25 @@ class _BaseDispatcher:
         """At SIGTERM (see `_shutdown`): deliver by `deadline`; close if `closing`."""
         raise NotImplementedError
 
+    def _after_signal_delivery(self, *, closing: bool) -> None:
+        """At SIGTERM, in the handler's thread, once delivery ended or its
+        deadline passed (see `_shutdown`).
+
+        Closing (the process ends next): what is left is counted dropped and
+        logged now, unless the delivery's own close did so already; nothing
+        here waits for the delivery, which may be stuck on a request or on
+        a lock the interrupted code holds. Otherwise (a server goes on with
+        its graceful shutdown, and may still deliver them): what is left is
+        logged, and counted by a later `close()` if the process gets there.
+        """
+        if closing:
+            self._closed = True
+            self._account_leftovers(gate_wait=_SIGNAL_WAIT, lock_wait=_SIGNAL_WAIT)
+            return
+        left = self.outbox.depth()
+        if left:
+            logger.error(SIGNAL_UNDELIVERED_LOG, left, self.shutdown_timeout)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(outbox={self.outbox!r}, "
@@ -647,20 +774,32 @@ class _BaseDispatcher:
     # --- storing ---
 
     def _accept(self, events: Sequence[WireEvent]) -> int:
-        """Store events under the overflow policy; count and log what is dropped."""
+        """Store events under the overflow policy; count and log what is dropped.
+
+        Raises `QueueFullError` under `"raise"` when they do not fit, and
+        `OutboxError` then when the outbox failed to store them.
+        """
         if not events:
             return 0
         if self._closed:
-            self._drop(len(events), "the dispatcher is closed")
+            self._drop(len(events), CLOSED_REASON)
             return 0
         try:
             stored = self._put(events)
         except QueueFullError:
             self._drop(len(events), "the outbox is full")
             raise
-        except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
-            self._store_failed(len(events), exc)
+        except _ClosedError:
+            self._drop(len(events), CLOSED_REASON)
             return 0
+        except Exception as exc:
+            self._store_failed(len(events), exc)
+            if self.overflow == "raise":
+                raise OutboxError(
+                    f"the outbox could not store the events ({type(exc).__name__})"
+                ) from exc
+            return 0
+        self._store_failing = False
         self._tally(len(events), stored)
 
         return stored
@@ -753,18 +892,18 @@ class _BaseDispatcher:
             for events in batches:
                 self._store_failed(len(events), exc)
             return [0] * len(batches)
+        self._store_failing = False
         for events, count in zip(batches, stored, strict=True):
             self._tally(len(events), count)
 
         return stored
 
     def _put(self, events: Sequence[WireEvent]) -> int:
-        test = self.test_mode
         if self.overflow == "raise":
-            if not self.outbox.put(events, atomic=True, test=test):
+            if not self._store(events, atomic=True):
                 raise QueueFullError("the delivery queue is full")
             return len(events)
-        stored = self.outbox.put(events, test=test)
+        stored = self._store(events)
         if self.overflow == "block" and stored < len(events):
             deadline = time.monotonic() + self.block_timeout
             if self.is_sending:
@@ -772,9 +911,27 @@ class _BaseDispatcher:
             while stored < len(events) and time.monotonic() < deadline:
                 self._wake_worker()
                 time.sleep(_POLL_INTERVAL)
-                stored += self.outbox.put(events[stored:], test=test)
+                try:
+                    stored += self._store(events[stored:])
+                except _ClosedError:
+                    break
 
         return stored
+
+    def _store(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
+        """One write to the outbox; `_ClosedError` once `close()` counted a
+        memory outbox's leftovers (see `_StoreGate`).
+        """
+        if self.outbox.durable:
+            # What is stored after close() stays for the next run.
+            return self.outbox.put(events, atomic=atomic, test=self.test_mode)
+        token = self._store_gate.enter()
+        if token is None:
+            raise _ClosedError
+        try:
+            return self.outbox.put(events, atomic=atomic, test=self.test_mode)
+        finally:
+            self._store_gate.leave(token)
 
     def _after_accept(self, count: int) -> None:
         """Start the worker if needed; wake it when a batch is full.
@@ -803,7 +960,8 @@ class _BaseDispatcher:
 
     def _store_failed(self, count: int, error: Exception) -> None:
         """Count events the outbox failed to store; log one line per interval."""
-        self._counters.add(dropped=count)
+        self._store_failing = True
+        self._counters.add(dropped=count, outbox_errors=1)
         count, calls = self._store_failure_log.add(count)
         if count:
             # With the traceback of this failure; earlier ones are counted.
@@ -916,10 +1074,49 @@ class _BaseDispatcher:
     def _may_claim(self) -> bool:
         """Whether the worker may take a batch now.
 
-        Not while paused after an account refusal, nor once `close()` has
-        counted a memory outbox's leftovers as dropped.
+        Not while paused after an account refusal or a failed claim, nor
+        once `close()` has counted a memory outbox's leftovers as dropped.
         """
         return time.monotonic() >= self._paused_until and not self._leftovers_counted
+
+    def _claim_now(self) -> Claim | None:
+        """Claim a batch (blocking I/O for a durable outbox); None if none is
+        due or the outbox failed, which pauses claiming (see `_claim_failed`).
+        """
+        try:
+            claim = self.outbox.claim(self.batch_size, lease=self.lease)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
+            self._claim_failed(exc)
+            return None
+        self._claim_failures = 0
+
+        return claim
+
+    def _claim_failed(self, error: Exception) -> None:
+        """Pause claiming for a backoff that grows while the outbox fails.
+
+        A damaged file fails every read alike: retrying at each round would
+        only fill the log. One ERROR per `DROP_LOG_INTERVAL`, with the
+        traceback of the latest failure and the count of the others.
+        """
+        self._claim_failures += 1
+        delay = self.backoff.delay(self._claim_failures)
+        self._paused_until = max(self._paused_until, time.monotonic() + delay)
+        self._counters.add(outbox_errors=1)
+        _, calls = self._claim_failure_log.add(1)
+        if calls:
+            logger.error(CLAIM_FAILED_LOG, calls, delay, exc_info=error)
+
+    @property
+    def _delivery_problem(self) -> str | None:
+        """Why delivery is stalled, for a health check; None when it is not."""
+        if self._claim_failures:
+            return OUTBOX_UNREADABLE
+        if self._store_failing:
+            return OUTBOX_UNWRITABLE
+        if self._refusal_streak:
+            return ACCOUNT_REFUSED
+        return None
 
     def _start_batch(self, claim: Claim) -> None:
         self._in_flight = len(claim)
@@ -938,11 +1135,7 @@ class _BaseDispatcher:
         """
         claimed = 0
         while self._may_claim() and time.monotonic() < deadline:
-            try:
-                claim = self.outbox.claim(self.batch_size, lease=self.lease)
-            except Exception:
-                logger.exception(CLAIM_FAILED_LOG)
-                break
+            claim = self._claim_now()
             if claim is None:
                 break
             claimed += len(claim)
@@ -963,12 +1156,16 @@ class _BaseDispatcher:
             plan = self._plan(claim, results, None)
         try:
             self._settle(claim, plan)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback
             # The lease expires and the batch is claimed again.
-            logger.exception(RECORD_FAILED_LOG, len(claim))
+            self._record_failed(claim, exc)
         finally:
             self._end_batch()
         self._tell(plan)
+
+    def _record_failed(self, claim: Claim, error: Exception) -> None:
+        self._counters.add(outbox_errors=1)
+        logger.error(RECORD_FAILED_LOG, len(claim), exc_info=error)
 
     def _defer(
         self,
@@ -1084,24 +1281,38 @@ class _BaseDispatcher:
         except Exception:
             logger.exception(ON_ERROR_FAILED_LOG)
 
-    def _account_leftovers(self) -> None:
+    def _account_leftovers(
+        self, *, gate_wait: float = _GATE_WAIT, lock_wait: float = -1
+    ) -> None:
         """At close: say what stays undelivered; count it dropped if not durable.
 
-        A memory outbox's leftovers include the batch a worker may still be
-        sending, whose answer is unknown; they are counted dropped, and a
-        late answer is not counted again (see `_settle`).
+        Once per dispatcher, whoever calls first. A memory outbox's
+        leftovers include the batch a worker may still be sending, whose
+        answer is unknown; they are counted dropped, and a late answer is
+        not counted again (see `_settle`). Stores are refused from here on,
+        and those under way are waited for up to `gate_wait` seconds, so
+        that each accepted event is in the count or was refused. The settle
+        lock is waited for up to `lock_wait` seconds (-1: for as long as it
+        takes), then done without.
         """
+        if next(self._leftover_reports):
+            return
+        if not self.outbox.durable:
+            self._store_gate.shut(gate_wait)
         self._report_unlogged_drops()
-        with self._settle_lock:
-            try:
-                left = self.outbox.depth()
-            except Exception:
-                logger.exception(DEPTH_FAILED_LOG)
-                return
+        locked = self._settle_lock.acquire(timeout=lock_wait)
+        try:
+            left = self.outbox.depth()
+        except Exception:
+            logger.exception(DEPTH_FAILED_LOG)
+            return
+        finally:
             if not self.outbox.durable:
                 self._leftovers_counted = True
-                if left:
-                    self._counters.add(dropped=left)
+            if locked:
+                self._settle_lock.release()
+        if not self.outbox.durable and left:
+            self._counters.add(dropped=left)
         if not left:
             return
         if not self.outbox.durable:
@@ -1185,6 +1396,9 @@ class ThreadDispatcher(_BaseDispatcher):
         self._wake_requested = False
         self._stop_requested = False
         self._thread: threading.Thread | None = None
+        # Called by the worker thread as it ends (see `_after_worker`).
+        self._on_worker_end: list[Callable[[], None]] = []
+        self._ended_thread: threading.Thread | None = None
 
     def _after_fork_in_child(self) -> None:
         # The worker thread does not exist in the child; its transport (and
@@ -1221,7 +1435,8 @@ class ThreadDispatcher(_BaseDispatcher):
         wake = True
         while self.outbox.depth():
             plan = self._flush_wait(deadline)
-            if plan is None:
+            if plan is None or self._closed:
+                # Closed meanwhile by another thread: nothing more goes out.
                 return False
             with self._progress:
                 seen = self._rounds
@@ -1233,9 +1448,11 @@ class ThreadDispatcher(_BaseDispatcher):
         return True
 
     def _wait_for_round_after(self, seen: int, timeout: float) -> None:
-        """Wait until the worker finishes a round after round `seen`."""
+        """Wait until the worker finishes a round after round `seen`, or a close."""
         with self._progress:
-            self._progress.wait_for(lambda: self._rounds != seen, timeout)
+            self._progress.wait_for(
+                lambda: self._rounds != seen or self._closed, timeout
+            )
 
     async def aflush(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - twin of flush(timeout)
         """`flush` for async code, waiting in a thread."""
@@ -1246,29 +1463,48 @@ class ThreadDispatcher(_BaseDispatcher):
 
         Events submitted afterwards are dropped and counted. Undelivered
         events stay in a durable outbox; in memory they are counted as
-        dropped and logged at ERROR.
+        dropped and logged at ERROR. Only the first of concurrent calls
+        does this; the others return at once. A `flush` waiting in another
+        thread returns False.
+
+        Returns once the timeout has passed even if the worker is still
+        waiting for Pinterest's answer to a request: it records that answer
+        (a memory outbox's events are already counted dropped) and ends.
         """
-        if self._closed:
+        if next(self._close_calls):
             return
         timeout = self.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if self.is_sending:
             self.flush(timeout)
+        thread = self._stop()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.1))
+        self._account_leftovers()
+
+    def _stop(self) -> threading.Thread | None:
+        """Refuse events, stop the worker, wake waiting flushes; no waiting."""
         self._closed = True
         with self._wakeup:
             self._stop_requested = True
             self._wakeup.notify_all()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0.1))
-        self._account_leftovers()
+        with self._progress:
+            self._progress.notify_all()
+
+        return thread
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - twin of close(timeout)
         """`close` for async code, waiting in a thread."""
         await anyio.to_thread.run_sync(self.close, timeout)
 
     def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None:
-        """At SIGTERM, from a helper thread: the worker thread does the sending."""
+        """At SIGTERM, from a helper thread: the worker thread does the sending.
+
+        A request already under way keeps the transport's own timeout and
+        retry budget: if it outlasts the deadline, `_after_signal_delivery`
+        counts what is left.
+        """
         remaining = max(deadline - time.monotonic(), 0.0)
         if closing:
             self.close(remaining)
@@ -1304,7 +1540,35 @@ class ThreadDispatcher(_BaseDispatcher):
             self._wake_requested = True
             self._wakeup.notify_all()
 
+    def _after_worker(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the worker thread has ended: now if none runs.
+
+        For what the worker uses and its owner closes (the client's
+        transport and outbox): a worker still waiting for an answer after
+        `close()` records it first.
+        """
+        with self._lock:
+            thread = self._thread
+            running = thread is not None and thread.is_alive()
+            if running and thread not in (
+                self._ended_thread,
+                threading.current_thread(),
+            ):
+                self._on_worker_end.append(callback)
+                return
+        callback()
+
     def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._lock:
+                self._ended_thread = threading.current_thread()
+                callbacks, self._on_worker_end = self._on_worker_end, []
+            for callback in callbacks:
+                callback()
+
+    def _work(self) -> None:
         assert self._make_sender is not None
         try:
             sender = self._make_sender()
@@ -1343,9 +1607,16 @@ class ThreadDispatcher(_BaseDispatcher):
 
 
 class _PortalSender:
-    """A blocking sender over an async one, run in an event loop of its own."""
+    """A blocking sender over an async one, run in an event loop of its own.
 
-    def __init__(self, make: Callable[[], AsyncSender]) -> None:
+    A request still under way at `deadline` (monotonic) is cancelled, and
+    fails as a `TransportError`.
+    """
+
+    def __init__(
+        self, make: Callable[[], AsyncSender], deadline: float = math.inf
+    ) -> None:
+        self._deadline = deadline
         self._portal_context = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_context.__enter__()
         try:
@@ -1362,8 +1633,17 @@ class _PortalSender:
     def send_batch(
         self, batch: Sequence[WireEvent], *, test: bool | None = None
     ) -> list[EventResult]:
-        send = functools.partial(self._sender.send_batch, batch, test=test)
+        send = functools.partial(self._send_by_deadline, batch, test)
         return self._portal.call(send)
+
+    async def _send_by_deadline(
+        self, batch: Sequence[WireEvent], test: bool | None
+    ) -> list[EventResult]:
+        try:
+            with anyio.fail_after(max(self._deadline - time.monotonic(), 0.0)):
+                return await self._sender.send_batch(batch, test=test)
+        except TimeoutError:
+            raise TransportError("no answer before the SIGTERM deadline") from None
 
     def close(self) -> None:
         try:
@@ -1449,9 +1729,15 @@ class _Worker:
         self.done = False
         self.forked = False
         self.task: asyncio.Task[None] | None = None
+        # Called as the worker ends (see `AsyncDispatcher._after_worker`).
+        self.on_end: list[Callable[[], None]] = []
 
     def is_alive(self) -> bool:
-        if self.done or self.stopping:
+        return not self.stopping and self.is_running()
+
+    def is_running(self) -> bool:
+        """Alive, or told to stop but not done yet."""
+        if self.done:
             return False
         if not self.detached or self.loop is None:
             return True
@@ -1508,8 +1794,11 @@ class AsyncDispatcher(_BaseDispatcher):
     worker's loop, since an async HTTP client belongs to one loop.
     `blocking_transport` builds a blocking sender (a `Transport`) for the
     SIGTERM hook, which delivers from the signal handler's thread, where
-    nothing may await; without it, the hook runs an async sender in an
-    event loop of its own.
+    nothing may await. It is called with the seconds left before the
+    hook's deadline, and should give up by then (a `Transport` whose
+    timeout and retry budget fit in them), so that what it could not send
+    is back in the outbox in time. Without it, the hook runs an async
+    sender in an event loop of its own, cancelled at the deadline.
 
     .. versionchanged:: 0.2
        `test_mode` and `blocking_transport`; a worker told to stop is not
@@ -1531,7 +1820,7 @@ class AsyncDispatcher(_BaseDispatcher):
         shutdown_timeout: float = 5.0,
         on_error: Callable[[DeliveryFailure], None] | None = None,
         test_mode: bool | None = None,
-        blocking_transport: Callable[[], Sender] | None = None,
+        blocking_transport: Callable[[float], Sender] | None = None,
     ) -> None:
         self._make_sender: Callable[[], AsyncSender] | None = transport
         self._make_blocking_sender = blocking_transport
@@ -1605,7 +1894,7 @@ class AsyncDispatcher(_BaseDispatcher):
         wake = True
         while self.outbox.depth():
             plan = self._flush_wait(deadline)
-            if plan is None:
+            if plan is None or self._closed:
                 return False
             if wake:
                 self._wake_worker()
@@ -1629,7 +1918,7 @@ class AsyncDispatcher(_BaseDispatcher):
         # Polled: other processes sharing the outbox change it too.
         while await self._offload(self.outbox.depth):
             plan = await self._offload(self._flush_wait, deadline)
-            if plan is None:
+            if plan is None or self._closed:
                 return False
             if wake:
                 self._wake_worker()
@@ -1641,9 +1930,10 @@ class AsyncDispatcher(_BaseDispatcher):
     def close(self, timeout: float | None = None) -> None:
         """Flush for up to `timeout` seconds, then stop the worker.
 
-        From the worker's own loop, use `aclose`.
+        From the worker's own loop, use `aclose`. As for `ThreadDispatcher`,
+        only the first of concurrent calls (`aclose` included) closes.
         """
-        if self._closed:
+        if next(self._close_calls):
             return
         timeout = self.shutdown_timeout if timeout is None else timeout
         if self.is_sending:
@@ -1656,7 +1946,7 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - twin of close(timeout)
         """Flush for up to `timeout` seconds, then stop the worker."""
-        if self._closed:
+        if next(self._close_calls):
             return
         timeout = self.shutdown_timeout if timeout is None else timeout
         if self.is_sending:
@@ -1790,7 +2080,30 @@ class AsyncDispatcher(_BaseDispatcher):
 
     # --- the worker ---
 
+    def _after_worker(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the worker has ended: now if none runs.
+
+        As `ThreadDispatcher._after_worker`. A worker in a loop that went
+        away counts as ended.
+        """
+        with self._start_lock:
+            worker = self._worker
+            if worker is not None and worker.is_running():
+                worker.on_end.append(callback)
+                return
+        callback()
+
     async def _work(self, worker: _Worker) -> None:
+        try:
+            await self._run(worker)
+        finally:
+            with self._start_lock:
+                worker.done = True
+                callbacks, worker.on_end = worker.on_end, []
+            for callback in callbacks:
+                callback()
+
+    async def _run(self, worker: _Worker) -> None:
         assert self._make_sender is not None
         worker.thread_id = threading.get_ident()
         worker.loop = _running_asyncio_loop()
@@ -1798,7 +2111,6 @@ class AsyncDispatcher(_BaseDispatcher):
         try:
             sender = self._make_sender()
         except Exception:
-            worker.done = True
             logger.exception(NO_TRANSPORT_LOG)
             return
         try:
@@ -1814,11 +2126,7 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def _deliver_due(self, sender: AsyncSender, worker: _Worker) -> None:
         while not (worker.forked or worker.stopping) and self._may_claim():
-            try:
-                claim = await self._claim()
-            except Exception:
-                logger.exception(CLAIM_FAILED_LOG)
-                return
+            claim = await self._claim()
             if claim is None:
                 return
             try:
@@ -1841,14 +2149,11 @@ class AsyncDispatcher(_BaseDispatcher):
         releases the claim, so its events are due again at once rather than
         invisible until the lease expires.
         """
-        claim_now = functools.partial(
-            self.outbox.claim, self.batch_size, lease=self.lease
-        )
         if not self.outbox.blocking or self._inline_io:
-            return claim_now()
+            return self._claim_now()
         handover = _ClaimHandover(self._release_quietly)
         try:
-            claim = await anyio.to_thread.run_sync(handover.run, claim_now)
+            claim = await anyio.to_thread.run_sync(handover.run, self._claim_now)
         except anyio.get_cancelled_exc_class():
             handover.abandon()
             raise
@@ -1867,8 +2172,8 @@ class AsyncDispatcher(_BaseDispatcher):
             plan = self._plan(claim, results, None)
         try:
             await self._offload(self._settle, claim, plan)
-        except Exception:
-            logger.exception(RECORD_FAILED_LOG, len(claim))
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback
+            self._record_failed(claim, exc)
         finally:
             self._end_batch()
         self._tell(plan)
@@ -1900,6 +2205,10 @@ class AsyncDispatcher(_BaseDispatcher):
         again, since its answer will never be read; otherwise (the server
         goes on with its graceful shutdown) it is left to the worker, which
         then sends every later event at once.
+
+        The sender is built to give up by `deadline` (see
+        `blocking_transport`), so that what it could not deliver is back in
+        the outbox, deferred, by then.
         """
         worker = self._worker
         main = threading.main_thread().ident
@@ -1907,7 +2216,7 @@ class AsyncDispatcher(_BaseDispatcher):
         stuck = self._current
         if closing and frozen and stuck is not None:
             self._release_quietly(stuck)
-        sender = self._blocking_sender()
+        sender = self._blocking_sender(deadline)
         try:
             self._send_at_signal(sender, deadline, closing=closing)
         finally:
@@ -1932,11 +2241,11 @@ class AsyncDispatcher(_BaseDispatcher):
             time.sleep(min(wait, _POLL_INTERVAL))
             self._send_due_blocking(sender, deadline)
 
-    def _blocking_sender(self) -> Sender:
+    def _blocking_sender(self, deadline: float) -> Sender:
         if self._make_blocking_sender is not None:
-            return self._make_blocking_sender()
+            return self._make_blocking_sender(max(deadline - time.monotonic(), 0.0))
         assert self._make_sender is not None
-        return _PortalSender(self._make_sender)
+        return _PortalSender(self._make_sender, deadline)
 
     def _drain_here(self, deadline: float) -> bool:
         """Deliver in a private loop in this thread: the exit path of last resort."""

@@ -6,6 +6,7 @@ ConversionsError
 ├── EventValidationError   an event that cannot be built (every field at fault)
 ├── UnusableValueError     a personal-data value its field rule cannot use
 ├── QueueFullError         the delivery queue is full under the "raise" policy
+│   └── OutboxError        ... or its outbox failed to store the events
 ├── TransportError         the network failed: connection, timeout, protocol
 └── APIError               Pinterest answered with an error status, or ...
     ├── RateLimitError     ... that status was 429
@@ -40,6 +41,7 @@ __all__ = [
     "ConversionsError",
     "EventValidationError",
     "FieldError",
+    "OutboxError",
     "QueueFullError",
     "RateLimitError",
     "TransportError",
@@ -99,6 +101,17 @@ class UnusableValueError(ConversionsError, ValueError):
 
 class QueueFullError(ConversionsError):
     """The delivery queue had no room and the overflow policy is "raise"."""
+
+
+class OutboxError(QueueFullError):
+    """The outbox failed to store events under the "raise" policy.
+
+    A disk full or a file locked past its busy timeout, for a `SQLiteOutbox`;
+    the storage error is chained as `__cause__`. Nothing of the call was
+    stored. A `QueueFullError`, so that one `except` covers both refusals.
+
+    .. versionadded:: 0.2
+    """
 
 
 class TransportError(ConversionsError):

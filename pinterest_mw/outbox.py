@@ -54,6 +54,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -95,6 +96,13 @@ RECLAIMED_LOG = (
     "%d events leased by process %d, which is gone, are due again at once; "
     "Pinterest may have received them already"
 )
+CLOCK_STEP_LOG = (
+    "the clock stepped back by %.0f s: the retry times of %d deferred events "
+    "are moved back as much"
+)
+
+# Backward steps of the wall clock smaller than this are not corrected.
+_CLOCK_STEP_TOLERANCE = 1.0
 
 _MAX_REASON_LENGTH = 500
 _MAX_LISTED_REASONS = 20
@@ -363,7 +371,16 @@ class MemoryOutbox:
         max_bytes: the most payload bytes held.
         max_rejected: the most rejected events kept (the oldest go first).
         rejected_retention: seconds a rejected event is kept.
-        clock: the time in Unix seconds; replace it in tests.
+        clock: the time in Unix seconds, for the times the store reports
+            (`Claim.expires_at`, `next_attempt_at`, `rejected_at`) and the
+            retention; `time.time` by default.
+        monotonic: the clock retry times and leases follow:
+            `time.monotonic` by default, so that a step of the wall clock
+            (NTP, a resumed laptop) neither holds a retry back nor hastens
+            it. A test that passes only `clock` gets it for both.
+
+    .. versionchanged:: 0.2
+       Retry times and leases follow the monotonic clock (`monotonic`).
     """
 
     durable = False
@@ -376,14 +393,16 @@ class MemoryOutbox:
         *,
         max_rejected: int = 1000,
         rejected_retention: float = DEFAULT_REJECTED_RETENTION,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         _check_bounds(max_events, max_bytes, max_rejected)
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_rejected = max_rejected
         self.rejected_retention = rejected_retention
-        self._clock = clock
+        self._clock = monotonic or clock or time.monotonic
+        self._wall_clock = clock or time.time
         self._setup()
         register_fork_aware(self)
 
@@ -443,7 +462,12 @@ class MemoryOutbox:
             self._leases[claim_id] = (now + lease, {e.key: e for e in taken})
 
         items = tuple(OutboxItem(e.key, e.event, e.attempts) for e in taken)
-        return Claim(claim_id, now + lease, items, taken[0].test)
+        expires_at = self._as_unix_time(now + lease, now)
+        return Claim(claim_id, expires_at, items, taken[0].test)
+
+    def _as_unix_time(self, moment: float, now: float) -> float:
+        """A moment of `self._clock` (whose reading is `now`) as Unix time."""
+        return self._wall_clock() + (moment - now)
 
     def _take_ready(self, limit: int, claim_id: str) -> list[_MemoryEntry]:
         """Up to `limit` ready entries of the first one's mode, leased to `claim_id`."""
@@ -476,7 +500,7 @@ class MemoryOutbox:
     def reject(self, claim: Claim, reasons: Mapping[int, str]) -> None:
         """Keep refused events with their reasons, within the rejected bounds."""
         with self._lock:
-            now = self._clock()
+            now = self._wall_clock()
             for key, reason in reasons.items():
                 entry = self._live.get(key)
                 if entry is None:
@@ -514,7 +538,7 @@ class MemoryOutbox:
         """Counts by state, and the reasons behind deferred and rejected events."""
         with self._lock:
             now = self._clock()
-            self._purge_rejected(now)
+            self._purge_rejected(self._wall_clock())
             in_flight = sum(
                 len(entries)
                 for expires, entries in self._leases.values()
@@ -529,7 +553,9 @@ class MemoryOutbox:
                 in_flight=in_flight,
                 rejected=len(self._rejected),
                 size_bytes=self._live_bytes,
-                next_attempt_at=min(waiting, default=None),
+                next_attempt_at=(
+                    self._as_unix_time(min(waiting), now) if waiting else None
+                ),
                 rejected_reasons=_most_common(
                     Counter(e.reason or "" for e in self._rejected.values())
                 ),
@@ -543,7 +569,7 @@ class MemoryOutbox:
     def list_rejected(self, limit: int = 100) -> list[RejectedEvent]:
         """The most recently rejected events, newest first, without payloads."""
         with self._lock:
-            self._purge_rejected(self._clock())
+            self._purge_rejected(self._wall_clock())
             newest = list(reversed(self._rejected.values()))[:limit]
             return [
                 RejectedEvent(
@@ -560,7 +586,7 @@ class MemoryOutbox:
     def requeue_rejected(self, *, reason: str | None = None) -> int:
         """Make rejected events (all, or those with `reason`) pending again."""
         with self._lock:
-            self._purge_rejected(self._clock())
+            self._purge_rejected(self._wall_clock())
             chosen = [
                 entry
                 for entry in self._rejected.values()
@@ -887,6 +913,16 @@ class SQLiteOutbox:
     (containers) or of older versions expire instead. Retry times are
     stored, so backoff survives restarts.
 
+    Lease expiries and retry times are Unix times (`clock`), the one clock
+    processes share. A step of that clock moves them: forward by more than
+    the lease, and another process may claim a batch still in flight,
+    which Pinterest then gets twice (delivery is at least once); backward,
+    and waits would grow by the step, so a process that sees its clock go
+    back between two claims moves the stored retry times back as much (a
+    process started after the step cannot tell, and several processes that
+    each see it may make those retries come early). Leases of live
+    processes keep their expiry.
+
     The batch a killed process was sending is sent again, although
     Pinterest may have processed it: delivery is at least once, and
     Pinterest de-duplicates web and app events by `event_id` (offline
@@ -980,6 +1016,7 @@ class SQLiteOutbox:
         self._committing = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._last_claimed_at = -math.inf
 
     def _after_fork_in_child(self) -> None:
         # SQLite connections must not cross a fork: the child opens its own.
@@ -1223,6 +1260,7 @@ class SQLiteOutbox:
         expires_at = now + lease
         me = _claimant
         with self._writing() as conn:
+            self._undo_backward_step(conn, now)
             self._release_dead_leases(conn, now)
             oldest = conn.execute(
                 "SELECT test_mode FROM events WHERE state = 0 AND available_at <= ?"
@@ -1250,6 +1288,25 @@ class SQLiteOutbox:
         )
 
         return Claim(claim_id, expires_at, items, None if mode is None else bool(mode))
+
+    def _undo_backward_step(self, conn: sqlite3.Connection, now: float) -> None:
+        """Move retry times back by a backward step of the clock, if there was one.
+
+        Retry times are stored as Unix times: after a step back, a wait
+        would last as long again as the step. This process sees the step
+        when its clock reads earlier than at its last claim.
+        """
+        step = self._last_claimed_at - now
+        self._last_claimed_at = now
+        if step <= _CLOCK_STEP_TOLERANCE:
+            return
+        shifted = conn.execute(
+            "UPDATE events SET available_at = max(?, available_at - ?)"
+            " WHERE state = 0 AND lease_id IS NULL AND available_at > ?",
+            (now, step, now),
+        ).rowcount
+        if shifted:
+            logger.warning(CLOCK_STEP_LOG, step, shifted)
 
     def _release_dead_leases(self, conn: sqlite3.Connection, now: float) -> None:
         """Hand back the leases of processes of this host that have ended."""

@@ -13,7 +13,10 @@ It answers exactly as the ASGI app (`pinterest_mw.asgi.pinterest_app`),
 whose docstring describes the endpoints, options and refusals; both share
 their rules (`pinterest_mw._ingest`). Events are queued for a background
 thread (the client's `ThreadDispatcher`), so a request never waits for
-Pinterest, except at `/track-event-test`, which is there to wait.
+Pinterest, except at `/track-event-test`, which is there to wait (about
+15 seconds at most). Delivery starts when the app is built if a durable
+outbox holds events from an earlier run, and otherwise with the first
+request of any kind.
 
 No web framework is imported: this is PEP 3333 WSGI, CORS included.
 """
@@ -96,6 +99,9 @@ def pinterest_wsgi_app(
         rate_limit_burst=rate_limit_burst,
         test_endpoint=test_endpoint,
     )
+    # Built outside any event loop (as WSGI apps are), the client's
+    # dispatcher is a thread, which can start now.
+    ingest.client._start_if_events_kept(thread_only=False)
     return _WSGIApp(ingest)
 
 
@@ -127,6 +133,7 @@ class _WSGIApp:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
+        self._ingest.start_delivery()
         method = environ.get("REQUEST_METHOD", "GET")
         origin = environ.get("HTTP_ORIGIN")
         if (
@@ -168,7 +175,9 @@ class _WSGIApp:
             return self._ingest.failure(exc)
 
     def _health(self, environ: WSGIEnvironment) -> Reply:
-        return self._ingest.health(self._client.counters)
+        return self._ingest.health(
+            self._client.counters, self._client._delivery_problem
+        )
 
     def _track(self, environ: WSGIEnvironment) -> Reply:
         parsed = self._parse(environ)
@@ -186,7 +195,7 @@ class _WSGIApp:
             return parsed
         if not self._client.is_sending:
             return self._ingest.local_results(parsed)
-        result = self._client.send(parsed.events, test=True, raise_on_error=False)
+        result = self._client._send_for_test_endpoint(parsed.events)
         return self._ingest.test_results(parsed, result)
 
     def _parse(self, environ: WSGIEnvironment) -> ParsedEvents | Reply:

@@ -24,12 +24,20 @@ Usage:
         Track COUNT events in memory with a long flush interval, print each
         event id, then "accepted", then sleep until a signal ends it: the
         SIGTERM hook must deliver them.
+    python outbox_process.py stall API_URL COUNT DISPATCHER
+        Track COUNT events in memory with the DISPATCHER ("thread", or
+        "async": in an event loop of the main thread, as under an ASGI
+        server) and send them at once to an API that never answers, with a
+        SIGTERM deadline of one second; log errors to stderr; print
+        "accepted", then sleep until a signal ends it.
 
 The fake API's token and ad account are used throughout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import time
 
@@ -46,8 +54,7 @@ def client(api_url: str, **options: object) -> Client:
         api_url=api_url,
         retry=RetryPolicy(attempts=2, initial_backoff=0.01, total_budget=5),
         backoff=DeliveryBackoff(initial=0.05, maximum=0.2, jitter=0),
-        shutdown_timeout=10,
-        **options,  # type: ignore[arg-type]
+        **{"shutdown_timeout": 10, **options},  # type: ignore[arg-type]
     )
 
 
@@ -61,6 +68,20 @@ def track(target: Client, count: int) -> None:
             }
         )
         print(event.event_id, flush=True)
+
+
+async def track_in_a_loop(target: Client, count: int) -> None:
+    """Track, print "accepted", then wait in the loop until a signal ends it."""
+    for index in range(count):
+        await target.atrack(
+            {
+                "event_name": "checkout",
+                "action_source": "web",
+                "user_data": {"email": f"buyer{index}@example.com"},
+            }
+        )
+    print("accepted", flush=True)
+    await asyncio.sleep(3600)
 
 
 def deliver(target: Client, timeout: float) -> None:
@@ -98,6 +119,17 @@ def main(argv: list[str]) -> None:
     elif mode == "sigterm":
         api_url, count = argv[1], int(argv[2])
         track(client(api_url, flush_interval=3600), count)
+        print("accepted", flush=True)
+        time.sleep(3600)
+    elif mode == "stall":
+        api_url, count, kind = argv[1], int(argv[2]), argv[3]
+        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+        stalled = client(
+            api_url, flush_interval=0.02, dispatcher=kind, shutdown_timeout=1
+        )
+        if kind == "async":
+            asyncio.run(track_in_a_loop(stalled, count))
+        track(stalled, count)
         print("accepted", flush=True)
         time.sleep(3600)
     else:

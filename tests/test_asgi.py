@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx
 import pytest
-from _helpers import EMAIL, FAST, FOREIGN, SHOP, event
+from _helpers import EMAIL, FAST, FOREIGN, MOCK_URL, SHOP, event
 from fastapi import FastAPI
+from pytest_httpx import HTTPXMock
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
-from pinterest_mw._ingest import QUEUE_FULL_RETRY_AFTER
+from pinterest_mw._ingest import QUEUE_FULL_RETRY_AFTER, UNREACHABLE_MESSAGE
 from pinterest_mw.asgi import pinterest_app
 from pinterest_mw.client import Client
 from pinterest_mw.context import TrustedProxies
+from pinterest_mw.dispatch import OUTBOX_UNREADABLE
 from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import sha256_hex
 from pinterest_mw.outbox import MemoryOutbox
 from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
+from pinterest_mw.transport import Transport
 
 HASHED_EMAIL = sha256_hex("buyer@example.com")
 BROWSER_IP = "203.0.113.7"
@@ -1237,6 +1245,18 @@ async def test_advertiser_refusal_says_how_to_allow_it(client: Client) -> None:
     assert "advertiser_ids=" in response.json()["message"]
 
 
+@pytest.mark.anyio
+async def test_advertiser_refusal_promises_no_routing(client: Client) -> None:
+    """Every event goes to the client's ad account, whatever the body names."""
+    body = {"advertiser_id": "1", "event_data": event()}
+
+    response = await post(pinterest_app(client), body)
+
+    message = response.json()["message"]
+    assert "sends events for" not in message
+    assert "whatever the body names" in message
+
+
 # --- the test endpoint is opt-in -------------------------------------------------
 
 
@@ -1276,19 +1296,25 @@ def test_unusable_test_endpoint_setting_is_refused_at_construction(
 
 
 @pytest.mark.anyio
-async def test_test_endpoint_reuses_the_clients_transport(
+async def test_test_endpoint_reuses_one_transport(
     client: Client,
     fake_pinterest: FakePinterestAPI,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No HTTP client is built per call: the client's one transport sends."""
+    """No HTTP client is built per call: one transport (with its shorter
+    budget, see `TEST_SEND_WITHIN`) sends them all."""
+    built: list[Transport] = []
 
-    def no_new_transport(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a new transport was built for a test call")
+    def counted_transport(*args: Any, **kwargs: Any) -> Transport:
+        built.append(Transport(*args, **kwargs))
+        return built[-1]
+
+    def no_async_transport(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an async transport was built for a test call")
 
     transport = client.transport
-    monkeypatch.setattr("pinterest_mw.client.AsyncTransport", no_new_transport)
-    monkeypatch.setattr("pinterest_mw.client.Transport", no_new_transport)
+    monkeypatch.setattr("pinterest_mw.client.AsyncTransport", no_async_transport)
+    monkeypatch.setattr("pinterest_mw.client.Transport", counted_transport)
     app = pinterest_app(client, test_endpoint=True)
 
     statuses = [
@@ -1296,5 +1322,159 @@ async def test_test_endpoint_reuses_the_clients_transport(
     ]
 
     assert statuses == [200, 200]
+    assert len(built) == 1
     assert client.transport is transport
     assert len(fake_pinterest.test_events) == 2
+
+
+# --- what a durable outbox kept, the outbox failing --------------------------------
+
+
+def keep_events(path: Path, count: int) -> list[str]:
+    """Events a client without credentials kept in the outbox at `path`."""
+    with Client(sending=False, outbox=path) as keeper:
+        return [keeper.track(event()).event_id for _ in range(count)]
+
+
+async def wait_for_delivery(fake: FakePinterestAPI, count: int) -> list[str]:
+    """The ids Pinterest got, once it got `count` events (or 10 s passed)."""
+    with anyio.move_on_after(10):
+        while len(fake.events) < count:  # noqa: ASYNC110 - polls another thread's work
+            await anyio.sleep(0.01)
+    return sorted(delivered_ids(fake))
+
+
+@pytest.mark.anyio
+async def test_the_first_request_of_any_kind_sends_what_the_outbox_kept(
+    make_client: Callable[..., Client],
+    fake_pinterest: FakePinterestAPI,
+    tmp_path: Path,
+) -> None:
+    """Mounted without a lifespan: a health check is enough to start."""
+    kept = keep_events(tmp_path / "outbox.sqlite3", 2)
+    app = pinterest_app(make_client(outbox=tmp_path / "outbox.sqlite3"))
+
+    async with http(app) as session:
+        await session.get("/health")
+
+    assert await wait_for_delivery(fake_pinterest, 2) == sorted(kept)
+
+
+@pytest.mark.anyio
+async def test_a_thread_dispatcher_sends_what_the_outbox_kept_from_the_start(
+    make_client: Callable[..., Client],
+    fake_pinterest: FakePinterestAPI,
+    tmp_path: Path,
+) -> None:
+    kept = keep_events(tmp_path / "outbox.sqlite3", 1)
+
+    pinterest_app(make_client(outbox=tmp_path / "outbox.sqlite3", dispatcher="thread"))
+
+    assert await wait_for_delivery(fake_pinterest, 1) == kept
+
+
+class UnreadableOutbox(MemoryOutbox):
+    """Every claim fails, as a damaged file's do."""
+
+    def claim(self, limit: int, *, lease: float) -> Any:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+@pytest.mark.anyio
+async def test_health_says_degraded_while_the_outbox_cannot_be_read(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client(outbox=UnreadableOutbox())
+    app = pinterest_app(client)
+    await post(app, event())
+
+    with anyio.fail_after(10):
+        while not client.counters.outbox_errors:  # noqa: ASYNC110 - polls a worker
+            await anyio.sleep(0.01)
+    async with http(app) as session:
+        health = (await session.get("/health")).json()
+
+    assert (health["status"], health["problem"]) == ("degraded", OUTBOX_UNREADABLE)
+    assert health["counters"]["outbox_errors"] >= 1
+
+
+@pytest.mark.anyio
+async def test_health_is_ok_while_delivery_works(client: Client) -> None:
+    async with http(pinterest_app(client)) as session:
+        health = (await session.get("/health")).json()
+
+    assert health["status"] == "ok"
+    assert "problem" not in health
+
+
+# --- the test endpoint's answers and threads ---------------------------------------
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_says_nothing_reached_pinterest_when_it_was_not(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fake_pinterest.timeout_next(1)
+
+    response = await post(
+        pinterest_app(client, test_endpoint=True), event(), "/track-event-test"
+    )
+
+    answer = response.json()
+    assert response.status_code == 502
+    assert answer["sent_to_pinterest"] is False
+    assert answer["message"] == UNREACHABLE_MESSAGE
+
+
+@pytest.mark.anyio
+async def test_test_endpoint_says_pinterest_answered_when_it_refused(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fake_pinterest.fail_next(1, status=503)
+
+    response = await post(
+        pinterest_app(client, test_endpoint=True), event(), "/track-event-test"
+    )
+
+    assert response.status_code == 502
+    assert response.json()["sent_to_pinterest"] is True
+
+
+@pytest.mark.anyio
+async def test_test_sends_hold_no_thread_of_the_default_pool(
+    httpx_mock: HTTPXMock, tmp_path: Path
+) -> None:
+    """With one thread in anyio's pool, `/health` (a durable outbox's read)
+    still answers while a test send waits for Pinterest."""
+    fake = FakePinterestAPI()
+    entered, release = threading.Event(), threading.Event()
+
+    def held(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        release.wait(10)
+        return fake.handle(request)
+
+    httpx_mock.add_callback(held, is_reusable=True)
+    client = Client(
+        FAKE_ACCESS_TOKEN,
+        FAKE_AD_ACCOUNT_ID,
+        api_url=MOCK_URL,
+        outbox=tmp_path / "outbox.sqlite3",
+    )
+    app = pinterest_app(client, test_endpoint=True)
+    pool = anyio.to_thread.current_default_thread_limiter()
+    size, pool.total_tokens = pool.total_tokens, 1
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(post, app, event(), "/track-event-test")
+            await anyio.to_thread.run_sync(entered.wait, 10)
+            with anyio.fail_after(10):
+                async with http(app) as session:
+                    health = await session.get("/health")
+            release.set()
+    finally:
+        release.set()
+        pool.total_tokens = size
+        client.close(timeout=0)
+
+    assert health.status_code == 200

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from pinterest_mw.client import (
     DEFAULT_OUTBOX_PATH,
     KEPT_OUTBOX_MESSAGE,
     NOT_SENDING_MESSAGE,
+    TEST_SEND_WITHIN,
     Client,
     get_default_client,
     lifespan,
@@ -45,6 +47,7 @@ from pinterest_mw.events import Event, build_event
 from pinterest_mw.exceptions import (
     ConfigurationError,
     EventValidationError,
+    OutboxError,
     QueueFullError,
 )
 from pinterest_mw.hashing import sha256_hex
@@ -1133,3 +1136,135 @@ def test_an_event_tracked_in_a_forked_child_is_delivered_once(
     assert client.flush(timeout=10)
     assert os.waitstatus_to_exitcode(status) == 0
     assert delivered_ids(fake) == sorted([from_parent.event_id, "from-child"])
+
+
+# --- closing, the outbox failing, bounded sends ---
+
+
+def test_a_storage_failure_under_the_raise_policy_reaches_the_caller(
+    clients: list[Client], tmp_path: Path
+) -> None:
+    """Another process holds the file's lock past the busy timeout."""
+    path = tmp_path / "outbox.sqlite3"
+    client = Client(
+        outbox=SQLiteOutbox(path, busy_timeout=0.05), overflow="raise", sending=False
+    )
+    clients.append(client)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+
+    try:
+        with pytest.raises(OutboxError):
+            client.track(event_data())
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert client.counters.dropped == 1
+    assert client.outbox.depth() == 0
+
+
+def test_close_leaves_the_outbox_and_transport_to_a_worker_still_sending(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The late answer is recorded, then both are closed; nothing is cut."""
+    fake = FakePinterestAPI(latency=1.0)
+    with serve_fake_api(fake) as url:
+        client = Client(
+            FAKE_ACCESS_TOKEN,
+            FAKE_AD_ACCOUNT_ID,
+            api_url=url,
+            outbox=tmp_path / "outbox.sqlite3",
+            dispatcher="thread",
+            **FAST,
+        )
+        client.track(event_data())
+        deadline = time.monotonic() + 30
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dispatcher = client._get_dispatcher()
+        assert isinstance(dispatcher, ThreadDispatcher)
+        worker = dispatcher._thread
+        assert worker is not None
+
+        client.close(timeout=0)
+        worker.join(30)
+
+    # Closed once the worker recorded the answer (a later read opens it).
+    assert isinstance(client.outbox, SQLiteOutbox)
+    assert client.outbox._writer is None
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert dispatcher.counters.processed == 1
+
+
+def test_a_client_closed_twice_at_once_counts_what_is_left_once(
+    clients: list[Client], stalled_api: str
+) -> None:
+    client = Client(
+        FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, api_url=stalled_api, timeout=1, **FAST
+    )
+    clients.append(client)
+    client.track(event_data())
+    closes = [threading.Thread(target=client.close, args=(0.1,)) for _ in "ab"]
+
+    for close in closes:
+        close.start()
+    for close in closes:
+        close.join(30)
+
+    assert client.counters.dropped == 1
+    dispatcher = client._get_dispatcher()
+    assert isinstance(dispatcher, ThreadDispatcher)
+    if dispatcher._thread is not None:
+        dispatcher._thread.join(30)
+
+
+@pytest.fixture
+def stalled_api() -> Iterator[str]:
+    """The URL of an API that takes connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "timeout", "budget"), [(2.0, 2.0, 0.0), (30.0, 10.0, 20.0)]
+)
+def test_the_sigterm_transport_fits_its_requests_in_the_time_left(
+    clients: list[Client], seconds: float, timeout: float, budget: float
+) -> None:
+    client = Client(FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, timeout=10)
+    clients.append(client)
+
+    transport = client._transport_within(seconds)
+
+    assert (transport.timeout, transport.retry.total_budget) == (timeout, budget)
+    transport.close()
+
+
+def test_test_endpoint_sends_fit_in_their_time_limit(clients: list[Client]) -> None:
+    client = Client(
+        FAKE_ACCESS_TOKEN,
+        FAKE_AD_ACCOUNT_ID,
+        timeout=10,
+        retry=RetryPolicy(total_budget=60),
+    )
+    clients.append(client)
+
+    transport = client._transport_within(TEST_SEND_WITHIN)
+
+    assert transport.timeout + transport.retry.total_budget <= TEST_SEND_WITHIN
+    transport.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -19,11 +20,14 @@ import pytest
 from pinterest_mw._shutdown import close_all_at_exit
 from pinterest_mw.dispatch import (
     ACCOUNT_REFUSED_LOG,
+    CLAIM_FAILED_LOG,
     CLOSED_LOST_LOG,
+    CLOSED_REASON,
     DROPPED_LOG,
     DROPPED_UNREPORTED_LOG,
     LOST_LOG,
     ON_ERROR_FAILED_LOG,
+    OUTBOX_UNREADABLE,
     STORE_FAILED_LOG,
     AsyncDispatcher,
     Counters,
@@ -35,11 +39,12 @@ from pinterest_mw.events import WireEvent, build_event
 from pinterest_mw.exceptions import (
     APIError,
     ConfigurationError,
+    OutboxError,
     QueueFullError,
     RateLimitError,
     TransportError,
 )
-from pinterest_mw.outbox import MemoryOutbox, Outbox, SQLiteOutbox
+from pinterest_mw.outbox import Claim, MemoryOutbox, Outbox, SQLiteOutbox
 from pinterest_mw.testing import FAKE_ACCESS_TOKEN, FAKE_AD_ACCOUNT_ID, FakePinterestAPI
 from pinterest_mw.transport import (
     EventResult,
@@ -1380,7 +1385,7 @@ async def test_at_sigterm_the_batch_of_a_frozen_loop_is_sent_again() -> None:
     dispatcher = AsyncDispatcher(
         MemoryOutbox(),
         lambda: HeldSender(FakeSender()),
-        blocking_transport=lambda: blocking,
+        blocking_transport=lambda seconds: blocking,
         batch_size=2,
         flush_interval=0.01,
     )
@@ -1403,3 +1408,199 @@ async def test_at_sigterm_the_batch_of_a_frozen_loop_is_sent_again() -> None:
     assert worker is not None
     assert worker.task is not None
     await asyncio.wait([worker.task], timeout=5)
+
+
+# --- closing while other threads submit, flush or close ---
+
+
+class HeldPutOutbox(MemoryOutbox):
+    """A memory outbox whose next `put` waits, once it began, for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = True
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put(
+        self,
+        events: Sequence[WireEvent],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
+    ) -> int:
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            self.release.wait(10)
+        return super().put(events, atomic=atomic, test=test)
+
+
+def test_an_event_stored_while_close_counts_the_leftovers_is_counted(
+    make_thread: Callable[..., ThreadDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() waits for a store under way, so its event is in the count."""
+    monkeypatch.setattr("pinterest_mw.dispatch._GATE_WAIT", 30.0)
+    outbox = HeldPutOutbox()
+    dispatcher = make_thread(FakeSender(), outbox, flush_interval=3600)
+    submitting = threading.Thread(target=dispatcher.submit, args=(wire(1),))
+    submitting.start()
+    assert outbox.entered.wait(5)
+    closing = threading.Thread(target=dispatcher.close, args=(0,))
+
+    closing.start()
+    while not dispatcher._closed:
+        time.sleep(0.001)
+    outbox.release.set()
+    submitting.join(10)
+    closing.join(10)
+
+    counters = dispatcher.counters
+    assert (counters.accepted, counters.dropped) == (1, 1)
+
+
+def test_an_event_stored_after_the_leftovers_were_counted_is_refused(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    dispatcher = make_thread(FakeSender(), flush_interval=3600)
+    dispatcher._account_leftovers()
+
+    accepted = dispatcher.submit(wire(1))
+
+    counters = dispatcher.counters
+    assert (accepted, counters.accepted, counters.dropped) == (0, 0, 1)
+    assert DROPPED_LOG % (1, CLOSED_REASON, "drop_newest") in caplog.messages
+
+
+class HeldAnswerSender(FakeSender):
+    """Holds each answer until `release` is set, for both dispatchers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def answer(
+        self, batch: Sequence[WireEvent], test: bool | None = None
+    ) -> list[EventResult]:
+        self.entered.set()
+        self.release.wait(10)
+        return super().answer(batch, test)
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_concurrent_closes_count_the_leftovers_once(
+    make_thread: Callable[..., ThreadDispatcher],
+    make_async: Callable[..., AsyncDispatcher],
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    sender = HeldAnswerSender()
+    make = make_thread if kind == "thread" else make_async
+    dispatcher = make(sender, flush_interval=3600)
+    dispatcher.submit(wire(3))
+    dispatcher.start()
+    assert sender.entered.wait(5)
+    closes = [threading.Thread(target=dispatcher.close, args=(0.2,)) for _ in "ab"]
+
+    for close in closes:
+        close.start()
+    for close in closes:
+        close.join(10)
+    sender.release.set()
+
+    lost = [r for r in caplog.records if r.msg == CLOSED_LOST_LOG]
+    assert (dispatcher.counters.dropped, len(lost)) == (3, 1)
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_a_flush_in_another_thread_returns_once_the_dispatcher_is_closed(
+    make_thread: Callable[..., ThreadDispatcher],
+    make_async: Callable[..., AsyncDispatcher],
+    kind: str,
+) -> None:
+    sender = HeldAnswerSender()
+    make = make_thread if kind == "thread" else make_async
+    dispatcher = make(sender, flush_interval=3600)
+    dispatcher.submit(wire(1))
+    results: list[bool] = []
+    flushing = threading.Thread(target=lambda: results.append(dispatcher.flush(60)))
+    flushing.start()
+    assert sender.entered.wait(5)
+
+    dispatcher.close(timeout=0)
+    flushing.join(30)
+    sender.release.set()
+
+    assert results == [False]
+
+
+# --- an outbox that fails ---
+
+
+def test_a_storage_failure_under_the_raise_policy_raises(
+    sqlite: Callable[..., SQLiteOutbox],
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    outbox = sqlite()
+
+    def broken_put(events: Sequence[WireEvent], **options: Any) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+    outbox.put = broken_put  # type: ignore[method-assign]
+    dispatcher = make_thread(None, outbox, overflow="raise")
+
+    with pytest.raises(OutboxError) as raised:
+        dispatcher.submit(wire(1))
+
+    assert isinstance(raised.value, QueueFullError)
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    counters = dispatcher.counters
+    assert (counters.dropped, counters.outbox_errors) == (1, 1)
+
+
+class UnreadableOutbox(MemoryOutbox):
+    """Stores events, but claims fail while `readable` is False, as a damaged
+    file's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readable = False
+
+    def claim(self, limit: int, *, lease: float) -> Claim | None:
+        if not self.readable:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return super().claim(limit, lease=lease)
+
+
+def test_an_unreadable_outbox_is_logged_once_per_interval_and_paused(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each failed claim pauses claiming for a growing backoff, and counts."""
+    dispatcher = make_thread(FakeSender(), UnreadableOutbox(), flush_interval=0.001)
+    dispatcher.submit(wire(1))
+
+    while dispatcher.counters.outbox_errors < 3:
+        time.sleep(0.001)
+
+    failures = [r for r in caplog.records if r.msg == CLAIM_FAILED_LOG]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert dispatcher._delivery_problem == OUTBOX_UNREADABLE
+
+
+def test_an_outbox_readable_again_is_delivered_from(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    outbox = UnreadableOutbox()
+    sender = FakeSender()
+    dispatcher = make_thread(sender, outbox, flush_interval=0.001)
+    dispatcher.submit(wire(1))
+    while not dispatcher.counters.outbox_errors:
+        time.sleep(0.001)
+
+    outbox.readable = True
+
+    assert dispatcher.flush(10)
+    assert dispatcher._delivery_problem is None
+    assert sender.sent_ids == ["event-0"]

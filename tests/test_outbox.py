@@ -1078,3 +1078,72 @@ def test_a_read_only_outbox_needs_an_existing_file(tmp_path: Path) -> None:
         SQLiteOutbox(path, readonly=True)
 
     assert not path.exists()
+
+
+# --- steps of the wall clock ---
+
+
+def test_a_memory_outbox_waits_out_a_backoff_on_the_monotonic_clock(
+    clock: Clock,
+) -> None:
+    """A step back of the wall clock (NTP) holds no retry back."""
+    monotonic = Clock()
+    outbox = MemoryOutbox(clock=clock, monotonic=monotonic)
+    outbox.put(wire(1))
+    claim = outbox.claim(1, lease=60)
+    assert claim is not None
+    outbox.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+
+    clock.advance(-3600)
+    monotonic.advance(31)
+
+    assert outbox.claim(1, lease=60) is not None
+
+
+def test_a_memory_outbox_reports_its_times_on_the_wall_clock(clock: Clock) -> None:
+    outbox = MemoryOutbox(clock=clock, monotonic=Clock())
+    outbox.put(wire(2))
+    claim = outbox.claim(1, lease=60)
+    assert claim is not None
+    outbox.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+    second = outbox.claim(1, lease=60)
+
+    assert second is not None
+    assert second.expires_at == clock.now + 60
+    assert outbox.stats().next_attempt_at == clock.now + 30
+
+
+def test_a_step_back_of_the_clock_moves_stored_retry_times_back(
+    sqlite: Callable[..., SQLiteOutbox], clock: Clock
+) -> None:
+    outbox = sqlite(clock=clock)
+    outbox.put(wire(1))
+    claim = outbox.claim(1, lease=60)
+    assert claim is not None
+    outbox.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+
+    clock.advance(-3600)
+    early = outbox.claim(1, lease=60)
+    clock.advance(31)
+
+    assert early is None
+    assert outbox.claim(1, lease=60) is not None
+
+
+@pytest.mark.skipif(os.name != "posix", reason="probes processes with signal 0")
+def test_a_deferred_event_keeps_its_retry_time_when_its_process_ended(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path, clock: Clock
+) -> None:
+    """Only leased events are handed back, and those were due when claimed."""
+    outbox = sqlite(tmp_path / "ended.sqlite3", clock=clock)
+    outbox.put(wire(2))
+    claim = outbox.claim(2, lease=60)
+    assert claim is not None
+    outbox.defer(claim, {claim.items[0].key: 30.0}, "HTTP 503")
+    _lease_to(outbox.path, _ended_process_id(), "ended")
+
+    reclaimed = outbox.claim(2, lease=60)
+
+    assert reclaimed is not None
+    assert ids(reclaimed.items) == ["event-1"]
+    assert outbox.stats().next_attempt_at == clock.now + 30

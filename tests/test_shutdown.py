@@ -24,7 +24,12 @@ import pytest
 
 from pinterest_mw import _shutdown
 from pinterest_mw.client import Client
-from pinterest_mw.dispatch import ThreadDispatcher
+from pinterest_mw.dispatch import (
+    CLOSED_LOST_LOG,
+    SIGNAL_UNDELIVERED_LOG,
+    AsyncDispatcher,
+    ThreadDispatcher,
+)
 from pinterest_mw.events import WireEvent
 from pinterest_mw.outbox import MemoryOutbox
 from pinterest_mw.testing import (
@@ -287,3 +292,166 @@ def test_sigterm_under_uvicorn_delivers_what_a_mounted_sub_app_queued(
     accepted = sorted(i for answer in answers for i in answer.json()["event_ids"])
     assert status == -signal.SIGTERM
     assert _delivered(fake) == accepted
+
+
+# --- when delivery cannot finish by the deadline ---
+
+
+class StuckSender(RecordingSender):
+    """A blocking sender whose requests wait until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        self.release.wait(30)
+        return super().send_batch(batch, test=test)
+
+
+class IdleAsyncSender:
+    """The worker's async sender; the tests below never let it send."""
+
+    async def send_batch(
+        self, batch: Sequence[WireEvent], *, test: bool | None = None
+    ) -> list[EventResult]:
+        raise AssertionError("the worker was not to send")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _stuck_at_signal(stuck: StuckSender) -> AsyncDispatcher:
+    """A dispatcher holding two events whose SIGTERM delivery never ends."""
+    dispatcher = AsyncDispatcher(
+        MemoryOutbox(),
+        IdleAsyncSender,
+        blocking_transport=lambda seconds: stuck,
+        flush_interval=3600,
+        shutdown_timeout=0.2,
+    )
+    dispatcher.submit(
+        [WireEvent("a", "checkout", b"{}"), WireEvent("b", "lead", b"{}")]
+    )
+    return dispatcher
+
+
+def test_closing_at_sigterm_counts_what_a_stuck_delivery_left_by_the_deadline(
+    sigterm: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler's thread counts and logs them, the process may end next."""
+    stuck = StuckSender()
+    dispatcher = _stuck_at_signal(stuck)
+
+    _shutdown._deliver_all(closing=True)
+
+    dropped = dispatcher.counters.dropped
+    stuck.release.set()
+    assert dropped == 2
+    assert CLOSED_LOST_LOG % (2, 2) in caplog.messages
+
+
+def test_over_a_server_handler_what_a_stuck_delivery_left_is_logged(
+    sigterm: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not counted: the server goes on, and may still deliver them."""
+    stuck = StuckSender()
+    dispatcher = _stuck_at_signal(stuck)
+
+    _shutdown._deliver_all(closing=False)
+
+    dropped = dispatcher.counters.dropped
+    stuck.release.set()
+    assert dropped == 0
+    assert SIGNAL_UNDELIVERED_LOG % (2, 0.2) in caplog.messages
+    dispatcher.close(timeout=1)
+
+
+@pytest.fixture
+def stalled_api() -> Iterator[tuple[str, threading.Event]]:
+    """An API that takes connections and never answers: Pinterest stalled.
+
+    Yields its URL and an event set at its first connection.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    reached = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            reached.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", reached
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_the_sigterm_delivery_of_an_async_dispatcher_ends_by_its_deadline(
+    stalled_api: tuple[str, threading.Event],
+) -> None:
+    """Its transport's timeout and retry budget are cut to the time left."""
+    url, _ = stalled_api
+    client = Client(
+        FAKE_ACCESS_TOKEN,
+        FAKE_AD_ACCOUNT_ID,
+        api_url=url,
+        dispatcher="async",
+        flush_interval=3600,
+        timeout=30,
+    )
+    client.track({"event_name": "checkout", "user_data": {"email": "a@b.co"}})
+    dispatcher = client._get_dispatcher()
+    helper = threading.Thread(
+        target=dispatcher._deliver_at_signal,
+        args=(time.monotonic() + 1,),
+        kwargs={"closing": False},
+        daemon=True,
+    )
+
+    helper.start()
+    helper.join(20)
+
+    assert not helper.is_alive()
+    assert (dispatcher.counters.retried, client.outbox.depth()) == (1, 1)
+    client.close(timeout=0)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_sigterm_while_pinterest_stalls_logs_and_counts_the_loss(
+    stalled_api: tuple[str, threading.Event], tmp_path: Path, kind: str
+) -> None:
+    """The process still ends by SIGTERM, one ERROR line saying what was lost."""
+    url, reached = stalled_api
+    process = subprocess.Popen(
+        [sys.executable, str(HELPER), "stall", url, "3", kind],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(url),
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        while process.stdout.readline() not in ("accepted\n", ""):
+            pass
+        assert reached.wait(STARTUP_TIMEOUT)
+
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=STARTUP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=STARTUP_TIMEOUT)
+
+    assert process.returncode == -signal.SIGTERM
+    assert "closing with 3 events not delivered" in errors

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +20,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from pinterest_mw.asgi import pinterest_app
 from pinterest_mw.client import Client
-from pinterest_mw.dispatch import ThreadDispatcher
+from pinterest_mw.dispatch import OUTBOX_UNREADABLE, ThreadDispatcher
 from pinterest_mw.exceptions import ConfigurationError
 from pinterest_mw.hashing import sha256_hex
 from pinterest_mw.outbox import MemoryOutbox
@@ -609,3 +612,82 @@ def test_test_endpoint_follows_the_environment(
     response = post(pinterest_wsgi_app(local_client), event(), "/track-event-test")
 
     assert response.status_code == 200
+
+
+# --- what a durable outbox kept, the outbox failing, test sends ---
+
+
+def wait_for_delivery(fake: FakePinterestAPI, count: int) -> list[str]:
+    """The ids Pinterest got, once it got `count` events (or 10 s passed)."""
+    deadline = time.monotonic() + 10
+    while len(fake.events) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sorted(e["event_id"] for e in fake.events)
+
+
+def test_the_app_sends_what_the_outbox_kept_from_when_it_is_built(
+    make_client: Callable[..., Client],
+    fake_pinterest: FakePinterestAPI,
+    tmp_path: Path,
+) -> None:
+    """No request, no event, no `start()`: a WSGI app has no lifespan."""
+    with Client(sending=False, outbox=tmp_path / "outbox.sqlite3") as keeper:
+        kept = [keeper.track(event()).event_id for _ in range(2)]
+
+    pinterest_wsgi_app(make_client(outbox=tmp_path / "outbox.sqlite3"))
+
+    assert wait_for_delivery(fake_pinterest, 2) == sorted(kept)
+
+
+def test_the_first_request_of_any_kind_starts_delivery(
+    make_client: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """For what another process may have left in a shared durable outbox."""
+    client = make_client(outbox=tmp_path / "outbox.sqlite3", dispatcher="thread")
+    app = pinterest_wsgi_app(client)
+    started: list[bool] = []
+    monkeypatch.setattr(client, "start", lambda: started.append(True))
+
+    with http(app) as session:
+        session.get("/health")
+        session.get("/health")
+
+    assert started == [True]
+
+
+class UnreadableOutbox(MemoryOutbox):
+    """Every claim fails, as a damaged file's do."""
+
+    def claim(self, limit: int, *, lease: float) -> Any:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+def test_health_says_degraded_while_the_outbox_cannot_be_read(
+    make_client: Callable[..., Client],
+) -> None:
+    client = make_client(outbox=UnreadableOutbox(), dispatcher="thread")
+    app = pinterest_wsgi_app(client)
+    post(app, event())
+    deadline = time.monotonic() + 10
+    while not client.counters.outbox_errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    with http(app) as session:
+        health = session.get("/health").json()
+
+    assert (health["status"], health["problem"]) == ("degraded", OUTBOX_UNREADABLE)
+
+
+def test_test_endpoint_says_nothing_reached_pinterest_when_it_was_not(
+    client: Client, fake_pinterest: FakePinterestAPI
+) -> None:
+    fake_pinterest.timeout_next(1)
+
+    response = post(
+        pinterest_wsgi_app(client, test_endpoint=True), event(), "/track-event-test"
+    )
+
+    assert response.status_code == 502
+    assert response.json()["sent_to_pinterest"] is False
