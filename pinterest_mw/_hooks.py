@@ -25,8 +25,8 @@ from starlette.types import Scope
 
 from ._field_paths import safe_path
 from .client import Client, EventInput, get_default_client
-from .context import RequestContext, current_context, enrich_event_data
-from .events import ActionSource, Event, _validate_event_name, parse_event
+from .context import RequestContext
+from .events import ActionSource, Event, _validate_event_name
 from .exceptions import ConfigurationError, EventValidationError, QueueFullError
 
 __all__ = ["HookCounters", "hook_counters"]
@@ -297,7 +297,7 @@ class Emitter:
         try:
             data, context = prepare()
             client = self.client()
-            event = _build_event(client, data, context)
+            event = client.build(data, context=context)
         except Exception as error:  # noqa: BLE001 - logged and counted by fail()
             self.fail(event_name, error)
             return None
@@ -349,21 +349,3 @@ class HeldEvent:
     event_name: str
     client: Client
     event: Event
-
-
-def _build_event(
-    client: Client, data: EventInput, context: RequestContext | None
-) -> Event:
-    """Build `data` as `client.track` would, without queueing it.
-
-    `client.submit` then says whether the queue took it, which `track`
-    does not.
-    """
-    if isinstance(data, Event):
-        return data
-    if context is None:
-        context = current_context()
-    if context is not None:
-        data = enrich_event_data(data, context)
-
-    return parse_event(data, default_region=client.default_region)

@@ -179,10 +179,6 @@ def pinterest_app(
     Nothing from a body or a header is logged or echoed back, only event
     ids, event names and field paths.
 
-    .. versionchanged:: 0.2
-       `/track-event-test` is off by default; posts from unlisted origins
-       are refused; the body's client IP and user agent are never used.
-
     Raises:
         ConfigurationError: for any unusable option, here and not at the
             first request.

@@ -187,12 +187,6 @@ class Client:
     A sending client with an in-memory outbox, built in the main thread,
     installs a SIGTERM hook that delivers what is queued before the process
     ends (see `lifespan()` for what it leaves out under uvicorn).
-
-    .. versionchanged:: 0.2
-       `"auto"` picks the async dispatcher only for a loop in the main
-       thread; an existing `DEFAULT_OUTBOX_PATH` is used by a sending
-       client without an outbox; events keep the client's `test_mode` in
-       the outbox; the SIGTERM hook.
     """
 
     def __init__(
@@ -406,6 +400,20 @@ class Client:
         self._get_dispatcher().submit([built.to_wire_event()])
 
         return built
+
+    def build(
+        self, event: EventInput, *, context: RequestContext | None = None
+    ) -> Event:
+        """Validate, enrich and hash an event as `track` does, without queueing it.
+
+        For code that queues with `submit`, whose return value says whether
+        the queue took the event (`track` leaves that to the counters).
+        `context` defaults to the current request's.
+
+        Raises:
+            EventValidationError: listing every problem, with its path.
+        """
+        return self._build(event, context, "")
 
     def track_many(
         self, events: Sequence[EventInput], *, context: RequestContext | None = None

@@ -87,9 +87,6 @@ class TrustedProxies:
     only the proxy allowed to connect: the server reports no address for
     such a peer, and a peer without an address is what `"unix"` trusts.
 
-    .. versionchanged:: 0.2
-       `"unix"` trusts a peer on a unix socket.
-
     Raises:
         ConfigurationError: an entry is neither an address, a network nor
             `"unix"`.
@@ -124,8 +121,6 @@ class TrustedProxies:
         A ready-made `TrustedProxies` is used as it is; None reads
         `PINTEREST_TRUSTED_PROXIES` (comma-separated, none when unset); any
         other value is a collection of addresses, networks and `"unix"`.
-
-        .. versionadded:: 0.2
 
         Raises:
             ConfigurationError: a single string instead of a collection, or
@@ -175,10 +170,6 @@ class TrustedProxies:
         header values. The `for=` hops of `Forwarded` win when it has any;
         a trusted peer that forwards no client address gives None, not its
         own address.
-
-        .. versionchanged:: 0.2
-           A `Forwarded` header without `for=` no longer hides
-           `X-Forwarded-For`, and a trusted peer without either gives None.
         """
         headers = {"forwarded": forwarded, "x-forwarded-for": forwarded_for}
         found = {name: value for name, value in headers.items() if value}
@@ -319,9 +310,6 @@ class RequestContext:
         A header sent on several lines is read as WSGI servers join it:
         values in order, separated by `, ` (`; ` for `Cookie`), so that two
         `X-Forwarded-For` lines give the same client IP under ASGI and WSGI.
-
-        .. versionchanged:: 0.2
-           Repeated headers are joined; only the last one was read.
         """
         headers = _scope_headers(scope.get("headers", ()))
         client = scope.get("client")
@@ -457,9 +445,6 @@ def enrich_event_data(
     is kept when the request carries none: a page on another site than the
     endpoint cannot send its first-party `_epik` cookie, and a cookie is no
     harder to forge than a body.
-
-    .. versionchanged:: 0.2
-       `from_browser` added.
     """
     enriched = dict(data)
     if context is None and not from_browser:

@@ -647,10 +647,6 @@ def track_conversion(
     `OPTIONS`, `TRACE` or `CONNECT` request (when the request is known:
     see the module docs) or a websocket endpoint.
 
-    .. versionchanged:: 0.2
-       `HEAD` and `OPTIONS` requests emit nothing. Under the middleware,
-       the status sent decides; a websocket endpoint emits nothing.
-
     See the module docs for what goes into the event and how the request
     is found. The event is built (validated and hashed) when the view
     returns, then queued by the middleware, or without it with

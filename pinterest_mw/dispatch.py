@@ -293,9 +293,6 @@ class Counters:
 
     Every accepted event ends up counted once as `processed`, `failed` or
     `dropped`, or is still in the outbox (`queue_depth`).
-
-    .. versionchanged:: 0.2
-       `outbox_errors`.
     """
 
     accepted: int = 0
@@ -1351,9 +1348,6 @@ class ThreadDispatcher(_BaseDispatcher):
         test_mode: the mode events are stored and sent in: True for
             Pinterest's test mode, False live, None (default) whatever the
             transport sends in.
-
-    .. versionchanged:: 0.2
-       `test_mode`; a SIGTERM hook delivers what is queued in memory.
     """
 
     def __init__(
@@ -1799,10 +1793,6 @@ class AsyncDispatcher(_BaseDispatcher):
     timeout and retry budget fit in them), so that what it could not send
     is back in the outbox in time. Without it, the hook runs an async
     sender in an event loop of its own, cancelled at the deadline.
-
-    .. versionchanged:: 0.2
-       `test_mode` and `blocking_transport`; a worker told to stop is not
-       restarted by `flush`/`close`, and claims no further batch.
     """
 
     def __init__(

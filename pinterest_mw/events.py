@@ -1109,10 +1109,6 @@ class Event(_WireModel):
     nested model belongs, is refused by `to_json()`, `to_wire()` and
     `model_dump()` with an `EventValidationError` naming the field, so raw
     personal data never reaches Pinterest through them.
-
-    .. versionchanged:: 0.2
-       Whole floats as ids, legacy and three-letter language codes, and the
-       check of unvalidated events before serializing.
     """
 
     _hidden_fields: ClassVar[frozenset[str]] = frozenset({"event_source_url"})
@@ -1180,9 +1176,6 @@ class Event(_WireModel):
         code (set `default_region` to read it correctly), and an
         `event_name` that is a standard name in other letter case
         (`Checkout`), which Pinterest counts as an advertiser-defined event.
-
-        .. versionchanged:: 0.2
-           Warns about standard event names in other letter case.
         """
         dropped: tuple[FieldWarning, ...] = getattr(self.user_data, "warnings", ())
         name_warning = _event_name_warning(self.event_name)
@@ -1399,10 +1392,6 @@ def parse_event(
             Messages never repeat an input value, the event name included.
         ConfigurationError: `default_region` or `date_format` is unusable
             (see `hash_user_data`), checked before any event is read.
-
-    .. versionchanged:: 0.2
-       Messages no longer quote the event name; an unusable `date_format`
-       raises `ConfigurationError` even when no date needs it.
     """
     context = _context(default_region, date_format, now)
     # Inline rather than through `_validated`: this is the hot path.

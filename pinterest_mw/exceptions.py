@@ -109,8 +109,6 @@ class OutboxError(QueueFullError):
     A disk full or a file locked past its busy timeout, for a `SQLiteOutbox`;
     the storage error is chained as `__cause__`. Nothing of the call was
     stored. A `QueueFullError`, so that one `except` covers both refusals.
-
-    .. versionadded:: 0.2
     """
 
 
@@ -174,9 +172,6 @@ class APIError(ConversionsError):
         """Whether sending the same request again may succeed.
 
         True for 408 (Request Timeout), 429 and every 5xx.
-
-        .. versionchanged:: 0.2
-           408 is retryable.
         """
         return self.status_code in _RETRYABLE_STATUSES or self.status_code >= 500
 
@@ -204,9 +199,6 @@ class UnreadableResponseError(APIError):
     one result per event is not this error: its events are reported
     `unconfirmed` and not resent (see `EventStatus.UNCONFIRMED`).
     `message` is ours and never quotes the body.
-
-    .. versionchanged:: 0.2
-       Only for bodies that are not Pinterest's answer.
     """
 
     def __init__(self, status_code: int, *, retry_after: float | None = None) -> None:

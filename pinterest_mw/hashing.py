@@ -820,9 +820,6 @@ def normalize_date_of_birth(value: object, date_format: str | None = None) -> st
     `ConfigurationError` for a `date_format` that `strptime` cannot use or
     that does not read a day, a month and a year (see `hash_user_data`),
     and `TypeError` for one that is not a string.
-
-    .. versionchanged:: 0.2
-       An unusable `date_format` raises `ConfigurationError`.
     """
     checked = _checked_date_format(date_format)
     if isinstance(value, date):
@@ -938,10 +935,6 @@ def normalize_phone(value: object, default_region: str | None = None) -> str:
     Privacy: returns the number in clear; hash it before it leaves the
     process. Up to 4096 recently parsed numbers stay in an in-memory cache;
     nothing is written elsewhere. Error messages never hold the number.
-
-    .. versionchanged:: 0.2
-       The region's own international prefix is read by phonenumbers, and
-       numbers too long for their country are refused.
     """
     region = check_default_region(default_region)
     try:

@@ -134,10 +134,6 @@ class RouteRule:
     page URL, language) and a random event id: the Pinterest tag on the
     page cannot know that id, so do not fire the same event from the tag
     too, or use `@track_conversion` where deduplication matters.
-
-    .. versionchanged:: 0.2
-       `HEAD` and `OPTIONS` requests never match; `content_types` entries
-       are read as media types, parameters dropped.
     """
 
     __slots__ = (

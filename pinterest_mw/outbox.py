@@ -134,9 +134,6 @@ class Claim:
     another claim may take them again. `test` is the mode every event of
     the claim was stored in: send them with it (None: the sender's own).
     Its `repr` counts the events and shows no payload.
-
-    .. versionchanged:: 0.2
-       `test`.
     """
 
     claim_id: str
@@ -378,9 +375,6 @@ class MemoryOutbox:
             `time.monotonic` by default, so that a step of the wall clock
             (NTP, a resumed laptop) neither holds a retry back nor hastens
             it. A test that passes only `clock` gets it for both.
-
-    .. versionchanged:: 0.2
-       Retry times and leases follow the monotonic clock (`monotonic`).
     """
 
     durable = False
@@ -964,10 +958,6 @@ class SQLiteOutbox:
     is made readable by its owner only (mode 0600), with its -wal and -shm
     files, whether this class created it or found it; when that fails (a
     file owned by another user) a WARNING says so.
-
-    .. versionchanged:: 0.2
-       Opened and checked at construction; `readonly`; leases name their
-       process; events keep their test mode (schema version 2).
     """
 
     durable = True

@@ -135,8 +135,6 @@ class EventStatus(StrEnum):
 
     It may or may not have been recorded, and it is not resent, lest
     Pinterest count it twice (see `error_message`).
-
-    .. versionadded:: 0.2
     """
 
 
@@ -202,10 +200,7 @@ class SendResult:
 
     @property
     def unconfirmed(self) -> list[EventResult]:
-        """The events Pinterest got but gave no result for (not resent).
-
-        .. versionadded:: 0.2
-        """
+        """The events Pinterest got but gave no result for (not resent)."""
         return self._with_status(EventStatus.UNCONFIRMED)
 
     def _with_status(self, status: EventStatus) -> list[EventResult]:
