@@ -85,10 +85,9 @@ from .hashing import (
     HASHED_FIELDS,
     USER_DATA_KEYS,
     FieldWarning,
-    _checked_date_format,
+    _hash_with_rules,
     _integer_text,
-    check_default_region,
-    hash_user_data,
+    _rules,
 )
 
 __all__ = [
@@ -893,17 +892,10 @@ class UserData(_WireModel):
             return handler(data)
 
         context = info.context or {}
-        try:
-            hashed = hash_user_data(
-                data,
-                default_region=context.get("default_region"),
-                date_format=context.get("date_format"),
-            )
-        except ConfigurationError:
-            raise
-        except (ValueError, TypeError) as exc:
-            # The hasher raises only for its options, never for a value.
-            raise ConfigurationError(str(exc)) from exc
+        rules = context.get(_RULES_KEY)
+        if rules is None:
+            rules = _rules_of(context)
+        hashed = _hash_with_rules(data, rules)
         fields = hashed.fields
         problems = []
         if not _satisfies_matching_rule(fields):
@@ -1353,18 +1345,34 @@ def batch_body(payloads: Iterable[bytes]) -> bytes:
     return b'{"data":[' + b",".join(payloads) + b"]}"
 
 
+# The hasher's rules in a validation context built by `_context`: its options
+# are checked once there, not again for each event.
+_RULES_KEY = "_pinterest_mw_rules"
+
+
 def _context(
     default_region: str | None, date_format: str | None, now: datetime | float | None
 ) -> dict[str, Any]:
     """The validation context; raises for unusable options before any event."""
-    if default_region is not None:
-        check_default_region(default_region)
-    if date_format is not None:
-        if not isinstance(date_format, str):
-            raise ConfigurationError("date_format must be a strptime format string")
-        _checked_date_format(date_format)
+    if date_format is not None and not isinstance(date_format, str):
+        raise ConfigurationError("date_format must be a strptime format string")
 
-    return {"default_region": default_region, "date_format": date_format, "now": now}
+    return {
+        "default_region": default_region,
+        "date_format": date_format,
+        "now": now,
+        _RULES_KEY: _rules(default_region, date_format),
+    }
+
+
+def _rules_of(context: Mapping[str, Any]) -> Mapping[str, Callable[[str], str]]:
+    """The hasher's rules for a context of the caller's own (`model_validate`)."""
+    try:
+        return _rules(context.get("default_region"), context.get("date_format"))
+    except ConfigurationError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 def parse_event(

@@ -1038,7 +1038,12 @@ _INTEGER_FIELDS: Final = frozenset({"ph", "db", "zp", "external_id"})
 
 
 def _rules(default_region: object, date_format: object) -> dict[str, _TextRule]:
-    """Return the field rules for these options; bad options raise."""
+    """Return the field rules for these options; bad options raise.
+
+    Where the options come in: `hash_user_data`, and the event model once
+    per call of `parse_event` or `parse_events`, which hands the rules to
+    `_hash_with_rules` for each event.
+    """
     if default_region is None and date_format is None:
         return _BASE_RULES
     if date_format is not None and not isinstance(date_format, str):
@@ -1257,7 +1262,13 @@ def hash_user_data(
     numbers and gender, state and country texts stay in bounded in-memory
     caches (4096 and 2048 entries) for speed.
     """
-    rules = _rules(default_region, date_format)
+    return _hash_with_rules(data, _rules(default_region, date_format), path)
+
+
+def _hash_with_rules(
+    data: Mapping[str, Any], rules: Mapping[str, _TextRule], path: str = "user_data"
+) -> HashedUserData:
+    """`hash_user_data` with the rules of its options (see `_rules`)."""
     if type(data) is not dict and not isinstance(data, Mapping):
         return HashedUserData({}, (FieldWarning(path, _NOT_A_MAPPING),))
 
