@@ -59,6 +59,7 @@ import anyio
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
+from ._parsing import parsed_or_none
 from ._version import __version__
 from .events import Event, WireEvent, batch_body, parse_event
 from .exceptions import (
@@ -865,7 +866,7 @@ def _check_api_url(value: str | None) -> str:
     if not value:
         return DEFAULT_API_URL
     problem = "api_url must be an http(s) URL without credentials, query or fragment"
-    url = _url_or_none(value)
+    url = parsed_or_none(httpx.URL, value, (httpx.InvalidURL, TypeError))
     if (
         url is None
         or url.scheme not in ("http", "https")
@@ -877,15 +878,6 @@ def _check_api_url(value: str | None) -> str:
         raise ConfigurationError(problem)
 
     return str(url).rstrip("/")
-
-
-def _url_or_none(value: str) -> httpx.URL | None:
-    # httpx's error quotes the URL, credentials included: it must not become
-    # the __context__ of ours.
-    try:
-        return httpx.URL(value)
-    except (httpx.InvalidURL, TypeError):
-        return None
 
 
 def _check_test_mode(value: bool) -> bool:
