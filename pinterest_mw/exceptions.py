@@ -123,7 +123,13 @@ class UnusableValueError(ConversionsError, ValueError):
 
 
 class QueueFullError(ConversionsError):
-    """The delivery queue had no room and the overflow policy is "raise"."""
+    """The delivery queue had no room and the overflow policy is "raise".
+
+    The request hooks (`@track_conversion`, route rules) also hand one to
+    their `on_error` when the client did not accept an event under another
+    policy: a full queue, a closed client or a failing outbox, which the
+    client's own log line tells apart.
+    """
 
 
 class OutboxError(QueueFullError):
