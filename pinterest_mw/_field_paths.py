@@ -11,25 +11,32 @@ from __future__ import annotations
 
 from typing import Final
 
-from .events import AppInfo, ContentItem, CustomData, DeviceInfo, Event
+from pydantic import BaseModel
+
+from .events import AppInfo, ContentItem, CustomData, DeviceInfo, Event, UserData
 from .hashing import USER_DATA_KEYS
 
 __all__ = ["KNOWN_FIELD_NAMES", "UNKNOWN_KEY", "safe_path"]
 
-_NESTED_NAMES: Final = frozenset(
+
+def _field_names(*models: type[BaseModel]) -> set[str]:
+    """The names of the models' fields, and their aliases (wire codes)."""
+    return {
+        name
+        for model in models
+        for field_name, info in model.model_fields.items()
+        for name in (field_name, info.alias)
+        if name
+    }
+
+
+KNOWN_FIELD_NAMES: Final = frozenset(
     {
+        "data",
         *USER_DATA_KEYS,
-        *USER_DATA_KEYS.values(),
-        *CustomData.model_fields,
-        "np",
-        *AppInfo.model_fields,
-        *DeviceInfo.model_fields,
-        "type",
-        *ContentItem.model_fields,
+        *_field_names(Event, UserData, CustomData, ContentItem, AppInfo, DeviceInfo),
     }
 )
-
-KNOWN_FIELD_NAMES: Final = frozenset({"data", *Event.model_fields, *_NESTED_NAMES})
 """Every name a field path of ours may hold: event fields and their parts,
 and `data`, the list a batch's paths start with."""
 

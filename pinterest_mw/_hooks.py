@@ -38,7 +38,7 @@ logger = logging.getLogger("pinterest_mw.decorators")
 ErrorHook = Callable[[Exception], None]
 
 NOT_QUEUED_MESSAGE = "%s: %s event not queued (%s)"
-QUEUE_FULL_MESSAGE = "the queue had no room for the event"
+NOT_ACCEPTED_MESSAGE = "the client did not accept the event; its own log line says why"
 
 NOT_VISIT_METHODS = frozenset({"CONNECT", "HEAD", "OPTIONS", "TRACE"})
 """Request methods that never emit an event.
@@ -67,8 +67,9 @@ class HookCounters:
     - `skipped`: views that returned successfully but whose event was
       skipped (`current_event().skip()` or a `when` predicate saying no);
     - `failed`: events that could not be queued: a callable raised, the
-      event was invalid, or the queue was full (whatever the overflow
-      policy: the client also counts the event in `counters.dropped`).
+      event was invalid, or the client did not accept it (its queue was
+      full, whatever the overflow policy, it was closed, or its outbox
+      failed: the client also counts the event in `counters.dropped`).
 
     What happens once queued is in the client's `counters`.
     """
@@ -163,13 +164,13 @@ def is_success(status: int | None) -> bool:
 def release_held(serving: Serving, status: int | None) -> None:
     """Queue the events held for this response if its status is 2xx."""
     for held in _releasable(serving, status):
-        held.emitter.submit(held.event_name, held.client, held.event)
+        held.submit()
 
 
 async def arelease_held(serving: Serving, status: int | None) -> None:
     """`release_held` for async code."""
     for held in _releasable(serving, status):
-        await held.emitter.asubmit(held.event_name, held.client, held.event)
+        await held.asubmit()
 
 
 def _releasable(serving: Serving, status: int | None) -> list[HeldEvent]:
@@ -237,7 +238,8 @@ def _reason(error: Exception) -> str:
         paths = ", ".join(sorted({safe_path(e.path) for e in error.errors}))
         return f"invalid event: {paths}"
     if isinstance(error, QueueFullError):
-        return "the queue is full"
+        # Ours, and value-free: a full queue, a failed outbox, or not taken.
+        return str(error)
 
     return type(error).__name__
 
@@ -272,7 +274,7 @@ class Emitter:
 
     `track` builds (validates and hashes) and queues at once; a hook that
     must wait for the response builds first (`build`, so that the data is
-    read while the request is there) and queues later (`submit`).
+    read while the request is there) and queues later (`HeldEvent.submit`).
     """
 
     __slots__ = ("_client", "_log", "_on_error", "origin")
@@ -306,36 +308,22 @@ class Emitter:
     def track(self, event_name: str, prepare: Prepare) -> None:
         held = self.build(event_name, prepare)
         if held is not None:
-            self.submit(event_name, held.client, held.event)
+            held.submit()
 
     async def atrack(self, event_name: str, prepare: Prepare) -> None:
         held = self.build(event_name, prepare)
         if held is not None:
-            await self.asubmit(event_name, held.client, held.event)
-
-    def submit(self, event_name: str, client: Client, event: Event) -> None:
-        try:
-            accepted = client.submit([event])
-        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
-            self.fail(event_name, error)
-            return
-        self._queued(event_name, event.event_id, accepted)
-
-    async def asubmit(self, event_name: str, client: Client, event: Event) -> None:
-        try:
-            accepted = await client.asubmit([event])
-        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
-            self.fail(event_name, error)
-            return
-        self._queued(event_name, event.event_id, accepted)
+            await held.asubmit()
 
     def fail(self, event_name: str, error: Exception) -> None:
         _report_failure(self._log, self.origin, event_name, error, self._on_error)
 
-    def _queued(self, event_name: str, event_id: str, accepted: int) -> None:
+    def queued(self, event_name: str, event_id: str, accepted: int) -> None:
+        """Count an event the client took, or report one it did not take."""
         if not accepted:
-            # The overflow policy dropped it; the client counted it dropped.
-            self.fail(event_name, QueueFullError(QUEUE_FULL_MESSAGE))
+            # A full queue, a closed client or a failed outbox: the client
+            # logged which, and counted the event dropped.
+            self.fail(event_name, QueueFullError(NOT_ACCEPTED_MESSAGE))
             return
         count("tracked")
         self._log.debug("%s: queued %s event %s", self.origin, event_name, event_id)
@@ -349,3 +337,21 @@ class HeldEvent:
     event_name: str
     client: Client
     event: Event
+
+    def submit(self) -> None:
+        """Queue the event; a failure is reported by the emitter, never raised."""
+        try:
+            accepted = self.client.submit([self.event])
+        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
+            self.emitter.fail(self.event_name, error)
+            return
+        self.emitter.queued(self.event_name, self.event.event_id, accepted)
+
+    async def asubmit(self) -> None:
+        """`submit` for async code."""
+        try:
+            accepted = await self.client.asubmit([self.event])
+        except Exception as error:  # noqa: BLE001 - logged and counted by fail()
+            self.emitter.fail(self.event_name, error)
+            return
+        self.emitter.queued(self.event_name, self.event.event_id, accepted)

@@ -66,7 +66,7 @@ import threading
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -1208,52 +1208,6 @@ def _standard_input() -> Iterator[IO[str]]:
 # --- the report ---------------------------------------------------------------
 
 
-WITHHELD_REASON: Final = "reason not shown: it would repeat a value of the row"
-"""What the report says instead of a reason that repeats a value of its row."""
-
-# Short numbers (a quantity, a number of days) say nothing of a person and
-# turn up in many reasons; longer ones (a phone number) are compared by
-# their digits too, as a reason may show them normalized.
-_SHORT_NUMBER: Final = 5
-_PHONE_DIGITS: Final = 7
-_SHORT_TEXT: Final = 4
-
-
-def _repeats_a_value(message: str, values: Iterable[str]) -> bool:
-    """Whether `message` repeats one of `values`, ignoring case and spacing.
-
-    Texts shorter than `_SHORT_TEXT` count only as whole words.
-    """
-    text = " ".join(message.split()).casefold()
-    digits = re.findall(r"\d+", text)
-    for value in values:
-        folded = " ".join(value.split()).casefold()
-        if not folded or (folded.isdigit() and len(folded) < _SHORT_NUMBER):
-            continue
-        if len(folded) >= _SHORT_TEXT:
-            if folded in text:
-                return True
-        elif re.search(rf"(?<!\w){re.escape(folded)}(?!\w)", text):
-            return True
-        number = re.sub(r"\D", "", folded)
-        if len(number) >= _PHONE_DIGITS and any(number in run for run in digits):
-            return True
-
-    return False
-
-
-def _texts(value: Any) -> Iterator[str]:
-    """Every value in a row's data (or an event's JSON), as text."""
-    if isinstance(value, Mapping):
-        for item in value.values():
-            yield from _texts(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _texts(item)
-    elif value is not None and not isinstance(value, bool):
-        yield str(value)
-
-
 class _Status(StrEnum):
     INVALID = "invalid"
     REJECTED = "rejected"
@@ -1307,21 +1261,18 @@ class _Report:
         status: _Status,
         field: str,
         message: str,
-        values: Iterable[str] = (),
         *,
         by: str = "",
     ) -> None:
         """Report one problem, by line and field path, never by value.
 
-        A message that repeats one of `values` (what the row holds) is
-        replaced with `WITHHELD_REASON`, whoever wrote it; `by` names who
-        did when it is not us (`Pinterest`).
+        `by` names who wrote the message when it is not us (`Pinterest`):
+        the transport has withheld any of Pinterest's that repeats a value
+        sent (see `EventResult`), and ours never repeat one.
         """
         self.problems += 1
         self.by_status[status] += 1
         field = safe_path(field) if field else field
-        if _repeats_a_value(message, values):
-            message = WITHHELD_REASON
         if by:
             message = f"{by}: {message}"
         if self._writer is not None:
@@ -1337,11 +1288,9 @@ class _Report:
         line: int,
         status: _Status,
         errors: Sequence[FieldError],
-        values: Iterable[str] = (),
     ) -> None:
-        values = tuple(values)
         for error in errors:
-            self.add(line, status, error.path, error.message, values)
+            self.add(line, status, error.path, error.message)
 
     def close(self) -> None:
         if self._file is not None:
@@ -1457,17 +1406,12 @@ class _Run:
         try:
             return parse_event(row.data, default_region=self.default_region)
         except EventValidationError as exc:
-            values = tuple(_texts(row.data))
-            self.report.add_errors(row.line, _Status.INVALID, exc.errors, values)
+            self.report.add_errors(row.line, _Status.INVALID, exc.errors)
             return None
 
     def _warn(self, row: _Row, warnings: Sequence[FieldWarning]) -> None:
-        if warnings:
-            values = tuple(_texts(row.data))
-            for warning in warnings:
-                self.report.add(
-                    row.line, _Status.WARNING, warning.path, warning.reason, values
-                )
+        for warning in warnings:
+            self.report.add(row.line, _Status.WARNING, warning.path, warning.reason)
 
     def _wire_event(self, row: _Row, event: Event) -> WireEvent:
         if not self.derive_ids or "event_id" in row.data:
@@ -1519,11 +1463,7 @@ class _Run:
         return "; ".join(parts)
 
     def _count(self, line: int, event: WireEvent, result: EventResult) -> None:
-        """Count Pinterest's answer for one row; report a warning or rejection.
-
-        Pinterest's message is checked against what was sent for the row:
-        it could repeat a value, hashed or not.
-        """
+        """Count Pinterest's answer for one row; report a warning or rejection."""
         counts = self.report.counts
         if result.status is EventStatus.UNCONFIRMED:
             # Pinterest took the request but its answer did not cover this
@@ -1541,8 +1481,7 @@ class _Run:
             counts["rejected"] += 1
             status = _Status.REJECTED
             message = result.error_message or "rejected without a message"
-        values = _texts(json.loads(event.payload))
-        self.report.add(line, status, "", message, values, by="Pinterest")
+        self.report.add(line, status, "", message, by="Pinterest")
 
     def sent_so_far(self) -> str:
         """How much of the file reached Pinterest, and how to skip it next time."""

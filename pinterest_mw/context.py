@@ -37,7 +37,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -289,9 +289,12 @@ class RequestContext:
     click_id: str | None = None
     page_url: str | None = None
     language: str | None = None
+    # The scheme the client used, resolved with the client IP: the
+    # middleware's cookie needs it, and the proxies are walked only once.
+    _scheme: str = field(default="http", init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
-        present = [f.name for f in fields(self) if getattr(self, f.name)]
+        present = [f.name for f in fields(self) if f.repr and getattr(self, f.name)]
         return f"RequestContext(present={present!r})"
 
     @classmethod
@@ -315,13 +318,13 @@ class RequestContext:
         client = scope.get("client")
         peer = client[0] if client else None
         forwarding = (trusted_proxies or _NO_PROXIES)._resolve(peer, headers)
+        scheme = forwarding.scheme or str(scope.get("scheme", "http"))
         if page == "url":
-            scheme = forwarding.scheme or scope.get("scheme", "http")
             page_url = _scope_url(scope, headers.get("host"), scheme)
         else:
             page_url = headers.get("referer")
 
-        return cls._build(headers, forwarding.client_ip, page_url)
+        return cls._build(headers, forwarding.client_ip, page_url, scheme)
 
     @classmethod
     def from_environ(
@@ -342,54 +345,50 @@ class RequestContext:
         forwarding = (trusted_proxies or _NO_PROXIES)._resolve(
             peer if isinstance(peer, str) else None, headers
         )
+        scheme = forwarding.scheme or str(environ.get("wsgi.url_scheme", "http"))
         if page == "url":
-            scheme = forwarding.scheme or environ.get("wsgi.url_scheme", "http")
             page_url = _environ_url(environ, scheme)
         else:
             page_url = headers.get("referer")
 
-        return cls._build(headers, forwarding.client_ip, page_url)
+        return cls._build(headers, forwarding.client_ip, page_url, scheme)
 
     @classmethod
     def _build(
-        cls, headers: Mapping[str, str], client_ip: str | None, page_url: str | None
+        cls,
+        headers: Mapping[str, str],
+        client_ip: str | None,
+        page_url: str | None,
+        scheme: str,
     ) -> RequestContext:
         click_id = _epik_from_url(page_url) or _cookie(
             headers.get("cookie"), EPIK_COOKIE
         )
-
-        return cls(
+        context = cls(
             client_ip=client_ip,
             user_agent=headers.get("user-agent") or None,
             click_id=click_id,
             page_url=_page_url(page_url),
             language=_language(headers.get("accept-language")),
         )
+        # Frozen, and kept out of the constructor: not a public field.
+        object.__setattr__(context, "_scheme", scheme)
+
+        return context
 
 
 _NO_PROXIES = TrustedProxies()
 
 
-def scope_scheme(scope: Scope, trusted_proxies: TrustedProxies | None) -> str:
-    """The scheme the client used for an ASGI request: `http` or `https`.
+def request_scheme(context: RequestContext) -> str:
+    """The scheme the client used for the request `context` was read from.
 
-    The server's (`scope["scheme"]`), unless a trusted proxy says otherwise
-    in `X-Forwarded-Proto` or `Forwarded: proto=`.
+    `http` or `https`: the server's (ASGI `scope["scheme"]`, WSGI
+    `wsgi.url_scheme`), unless a trusted proxy says otherwise in
+    `X-Forwarded-Proto` or `Forwarded: proto=`. `http` for a context not
+    read from a request.
     """
-    client = scope.get("client")
-    forwarding = (trusted_proxies or _NO_PROXIES)._resolve(
-        client[0] if client else None, _scope_headers(scope.get("headers", ()))
-    )
-    return forwarding.scheme or str(scope.get("scheme", "http"))
-
-
-def environ_scheme(environ: Environ, trusted_proxies: TrustedProxies | None) -> str:
-    """`scope_scheme` for a WSGI request (`wsgi.url_scheme`)."""
-    peer = environ.get("REMOTE_ADDR")
-    forwarding = (trusted_proxies or _NO_PROXIES)._resolve(
-        peer if isinstance(peer, str) else None, _environ_headers(environ)
-    )
-    return forwarding.scheme or str(environ.get("wsgi.url_scheme", "http"))
+    return context._scheme
 
 
 _current: ContextVar[RequestContext | None] = ContextVar(

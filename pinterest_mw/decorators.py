@@ -95,6 +95,7 @@ from ._hooks import (
     count,
     hook_counters,
     is_async_callable,
+    is_success,
     is_visit_method,
     serving_var,
 )
@@ -428,9 +429,10 @@ def _class_status(response_class: object) -> int:
     return default if isinstance(default, int) else 200
 
 
-def _is_success(
+def _view_succeeded(
     result: object, kwargs: Mapping[str, Any], request: Any, is_flask: bool
 ) -> bool:
+    """Whether the view's return value calls for a 2xx, without the middleware."""
     status = _response_status(result, is_flask)
     if status is None:
         if is_flask and result is None:
@@ -438,7 +440,7 @@ def _is_success(
             return False
         status = _default_status(kwargs, request)
 
-    return 200 <= status < 300
+    return is_success(status)
 
 
 def _check_view(view: object, owner: str) -> None:
@@ -511,20 +513,23 @@ class _Tracker:
         The event is built here, while the request is there for the
         callables. Under the middleware it is handed over, to be queued once
         the response sent is known to be 2xx, and None is returned, as when
-        no event is due. Never raises.
+        no event is due; the view's return value is not read for a status
+        then. Never raises.
         """
-        if not self.should_emit(pending, found, result, kwargs):
+        serving = serving_var.get()
+        if serving is not None and not serving.is_open:
+            serving = None
+        if not self.should_emit(pending, found, result, kwargs, serving is not None):
             return None
         held = self.emitter.build(
             self.event_name, self.preparer(pending, found, result)
         )
-        if held is None:
+        if held is None or serving is None:
+            return held
+        if serving.hold(held):
             return None
-        serving = serving_var.get()
-        if serving is not None and serving.hold(held):
-            return None
-
-        return held
+        # Closed since, from another thread: the status sent is gone.
+        return held if self._succeeded(found, result, kwargs) else None
 
     def should_emit(
         self,
@@ -532,8 +537,13 @@ class _Tracker:
         found: _Found,
         result: object,
         kwargs: Mapping[str, Any],
+        by_status: bool,
     ) -> bool:
-        """Whether the view's outcome calls for the event (never raises)."""
+        """Whether the view's outcome calls for the event (never raises).
+
+        With `by_status`, the middleware decides success by the status it
+        sees sent; otherwise the return value does.
+        """
         request = found.request
         if found.framework == "websocket":
             return False
@@ -542,14 +552,21 @@ class _Tracker:
                 "%s: no event for a %s request", self.emitter.origin, request.method
             )
             return False
-        if not _is_success(result, kwargs, request, found.is_flask):
-            logger.debug("%s: no event, the view did not succeed", self.emitter.origin)
+        if not by_status and not self._succeeded(found, result, kwargs):
             return False
         if pending.is_skipped or not self._wanted(request, result):
             count("skipped")
             return False
 
         return True
+
+    def _succeeded(
+        self, found: _Found, result: object, kwargs: Mapping[str, Any]
+    ) -> bool:
+        if _view_succeeded(result, kwargs, found.request, found.is_flask):
+            return True
+        logger.debug("%s: no event, the view did not succeed", self.emitter.origin)
+        return False
 
     def preparer(self, pending: PendingEvent, found: _Found, result: object) -> Prepare:
         request = found.request
@@ -723,7 +740,7 @@ def _sync_wrapper(view: Callable[..., Any], tracker: _Tracker) -> Callable[..., 
 
         held = tracker.finish(pending, found, result, kwargs)
         if held is not None:
-            tracker.emitter.submit(held.event_name, held.client, held.event)
+            held.submit()
 
         return result
 
@@ -749,11 +766,9 @@ def _async_wrapper(
             # Flask runs an async view in an event loop that ends with the
             # request: queued from that loop, the client would start its
             # delivery there. From a thread, it delivers from a thread.
-            await anyio.to_thread.run_sync(
-                tracker.emitter.submit, held.event_name, held.client, held.event
-            )
+            await anyio.to_thread.run_sync(held.submit)
         else:
-            await tracker.emitter.asubmit(held.event_name, held.client, held.event)
+            await held.asubmit()
 
         return result
 

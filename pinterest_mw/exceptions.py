@@ -16,7 +16,9 @@ ConversionsError
 
 No message or `repr` produced here ever holds the access token or the value
 of an event field: field errors name the path and the rule, API errors carry
-Pinterest's own code and message.
+Pinterest's own code and message. A path part that is a key the caller chose
+(`user_data.<key>`), which may itself be personal data, is shown as
+`<unknown key>`; `FieldError.path` keeps it as given.
 
 `TransportError` and `APIError` raised by a transport's `send()` carry the
 `SendResult` of the whole call as `send_result`: what became of every event,
@@ -58,24 +60,45 @@ class ConfigurationError(ConversionsError):
     """A client, transport or app was configured with an unusable option."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class FieldError:
     """One problem with one field of an event, named by its path.
 
     `path` is dotted from the event (or from the request body, for the
     endpoints), such as `data.2.custom_data.value`; `message` says which rule
     failed and never repeats the offending value.
+
+    Privacy: `path` is kept as given, so it may hold a key the caller chose
+    (`user_data.jane@example.com`), and such a key may be personal data.
+    `str()` and `repr()` show every part that is not one of our field names
+    or an index as `<unknown key>`; show `path` itself only to whoever sent
+    the key.
     """
 
     path: str
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{_shown(self.path)}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"FieldError(path={_shown(self.path)!r}, message={self.message!r})"
+
+
+def _shown(path: str) -> str:
+    # Imported here: the field names come from the event model, which
+    # imports this module.
+    from ._field_paths import safe_path
+
+    return safe_path(path)
 
 
 class EventValidationError(ConversionsError, ValueError):
-    """An event could not be built; `errors` lists every field at fault."""
+    """An event could not be built; `errors` lists every field at fault.
+
+    The message names each path as `FieldError` shows it, caller's keys
+    hidden; the paths in `errors` are kept as given (see `FieldError`).
+    """
 
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
@@ -100,7 +123,13 @@ class UnusableValueError(ConversionsError, ValueError):
 
 
 class QueueFullError(ConversionsError):
-    """The delivery queue had no room and the overflow policy is "raise"."""
+    """The delivery queue had no room and the overflow policy is "raise".
+
+    The request hooks (`@track_conversion`, route rules) also hand one to
+    their `on_error` when the client did not accept an event under another
+    policy: a full queue, a closed client or a failing outbox, which the
+    client's own log line tells apart.
+    """
 
 
 class OutboxError(QueueFullError):

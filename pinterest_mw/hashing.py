@@ -33,6 +33,7 @@ from typing import Any, Final
 import phonenumbers
 import pycountry
 
+from ._parsing import parsed_or_none
 from .exceptions import ConfigurationError, UnusableValueError
 
 __all__ = [
@@ -445,21 +446,10 @@ def _iso_date(text: str) -> str | None:
     if len(compact) != 8 or not compact.isascii() or not compact.isdigit():
         return None
 
-    if not _is_calendar_date(compact):
+    if parsed_or_none(date.fromisoformat, compact) is None:
         raise UnusableValueError(_NOT_A_DATE)
 
     return compact
-
-
-def _is_calendar_date(compact: str) -> bool:
-    # A predicate, so that the error is raised outside the except block:
-    # the ValueError, which quotes the date, must not be its __context__.
-    try:
-        date.fromisoformat(compact)
-    except ValueError:
-        return False
-
-    return True
 
 
 def _date_of_birth_rule(date_format: str | None, text: str) -> str:
@@ -980,22 +970,11 @@ def _parse_ip(text: str) -> str:
         raise UnusableValueError(_EMPTY)
     with_port = _BRACKETED_HOST.fullmatch(text) or _IPV4_WITH_PORT.fullmatch(text)
     host = text if with_port is None else with_port.group(1)
-    address = _ip_address_or_none(host)
+    address = parsed_or_none(ipaddress.ip_address, host)
     if address is None:
         raise UnusableValueError(_NOT_AN_IP)
 
     return _canonical_ip(address)
-
-
-def _ip_address_or_none(
-    host: str,
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    # The ValueError quotes the address: it must not become the __context__
-    # of the error raised for it.
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
 
 
 def _canonical_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -1038,7 +1017,12 @@ _INTEGER_FIELDS: Final = frozenset({"ph", "db", "zp", "external_id"})
 
 
 def _rules(default_region: object, date_format: object) -> dict[str, _TextRule]:
-    """Return the field rules for these options; bad options raise."""
+    """Return the field rules for these options; bad options raise.
+
+    Where the options come in: `hash_user_data`, and the event model once
+    per call of `parse_event` or `parse_events`, which hands the rules to
+    `_hash_with_rules` for each event.
+    """
     if default_region is None and date_format is None:
         return _BASE_RULES
     if date_format is not None and not isinstance(date_format, str):
@@ -1257,7 +1241,13 @@ def hash_user_data(
     numbers and gender, state and country texts stay in bounded in-memory
     caches (4096 and 2048 entries) for speed.
     """
-    rules = _rules(default_region, date_format)
+    return _hash_with_rules(data, _rules(default_region, date_format), path)
+
+
+def _hash_with_rules(
+    data: Mapping[str, Any], rules: Mapping[str, _TextRule], path: str = "user_data"
+) -> HashedUserData:
+    """`hash_user_data` with the rules of its options (see `_rules`)."""
     if type(data) is not dict and not isinstance(data, Mapping):
         return HashedUserData({}, (FieldWarning(path, _NOT_A_MAPPING),))
 

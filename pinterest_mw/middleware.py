@@ -79,9 +79,8 @@ from .context import (
     RequestContext,
     TrustedProxies,
     environ_path,
-    environ_scheme,
+    request_scheme,
     scope_path,
-    scope_scheme,
     use_context,
 )
 from .events import ActionSource
@@ -323,12 +322,12 @@ class _Hooks:
         return tuple(rule for rule in self.rules if rule.matches_request(method, path))
 
     def epik_cookie_for(
-        self, method: str, query_string: str, scheme: Callable[[], str]
+        self, method: str, query_string: str, context: RequestContext
     ) -> str | None:
         """The `Set-Cookie` value for the URL's `epik`, if any and acceptable.
 
         Only for a GET, the request a click on a pin makes; `Secure` only
-        for a request made over https (`scheme()`, called only then).
+        for a request made over https (as `context` was read).
         """
         if not self.epik_cookie or method != "GET" or _EPIK not in query_string:
             return None
@@ -338,7 +337,7 @@ class _Hooks:
             if _EPIK_VALUE.fullmatch(value):
                 attributes = (
                     self.secure_cookie_attributes
-                    if scheme() == "https"
+                    if request_scheme(context) == "https"
                     else self.cookie_attributes
                 )
                 return f"{_EPIK_COOKIE}={value}{attributes}"
@@ -466,15 +465,17 @@ class PinterestMiddleware:
         context = RequestContext.from_scope(scope, trusted_proxies=hooks.proxies)
         rules = hooks.rules_for(scope["method"], scope_path(scope))
         cookie = hooks.epik_cookie_for(
-            scope["method"],
-            scope.get("query_string", b"").decode("latin-1"),
-            lambda: scope_scheme(scope, hooks.proxies),
+            scope["method"], scope.get("query_string", b"").decode("latin-1"), context
         )
 
         answer = _Answer()
         serving = Serving(scope, hooks.client)
         watched = _watch(
-            send, answer, cookie.encode("latin-1") if cookie else None, serving
+            send,
+            answer,
+            serving,
+            cookie.encode("latin-1") if cookie is not None else None,
+            reads_headers=bool(rules) or cookie is not None,
         )
         with use_context(context), served_by_middleware(serving):
             await self.app(scope, receive, watched)
@@ -483,32 +484,47 @@ class PinterestMiddleware:
 
 
 def _watch(
-    send: Send, answer: _Answer, cookie: bytes | None, serving: Serving
+    send: Send,
+    answer: _Answer,
+    serving: Serving,
+    cookie: bytes | None,
+    *,
+    reads_headers: bool,
 ) -> Callable[[Message], Awaitable[None]]:
-    """A `send` that notes the response's start and adds the cookie if due.
+    """A `send` that notes the response's status, and its headers if asked.
 
     Once the start is sent, the views' held events are queued if it is 2xx.
+    Without `reads_headers` (no route rule and no cookie for this request)
+    no header is decoded: the held events need the status only.
     """
 
     async def watched(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
-            answer.status = message["status"]
-            for name, value in headers:
-                answer.note_header(
-                    name.decode("latin-1").lower(), value.decode("latin-1")
-                )
-            if cookie is not None and answer.takes_epik_cookie():
-                headers.append((b"set-cookie", cookie))
-                if answer.needs_private():
-                    headers.append((b"cache-control", b"private"))
-                message = {**message, "headers": headers}
+        if message["type"] != "http.response.start":
             await send(message)
-            await arelease_held(serving, answer.status)
             return
+        answer.status = message["status"]
+        if reads_headers:
+            message = _read_asgi_headers(message, answer, cookie)
         await send(message)
+        await arelease_held(serving, answer.status)
 
     return watched
+
+
+def _read_asgi_headers(
+    message: Message, answer: _Answer, cookie: bytes | None
+) -> Message:
+    """Note the start's headers; return it with the cookie's added if due."""
+    headers = list(message.get("headers", ()))
+    for name, value in headers:
+        answer.note_header(name.decode("latin-1").lower(), value.decode("latin-1"))
+    if cookie is None or not answer.takes_epik_cookie():
+        return message
+    headers.append((b"set-cookie", cookie))
+    if answer.needs_private():
+        headers.append((b"cache-control", b"private"))
+
+    return {**message, "headers": headers}
 
 
 # --- WSGI -------------------------------------------------------------------------
@@ -564,13 +580,16 @@ class PinterestWSGIMiddleware:
             environ.get("REQUEST_METHOD", ""), environ_path(environ)
         )
         cookie = hooks.epik_cookie_for(
-            environ.get("REQUEST_METHOD", ""),
-            environ.get("QUERY_STRING", ""),
-            lambda: environ_scheme(environ, hooks.proxies),
+            environ.get("REQUEST_METHOD", ""), environ.get("QUERY_STRING", ""), context
         )
 
         answer = _Answer()
-        watched = _watch_start_response(start_response, answer, cookie)
+        watched = _watch_start_response(
+            start_response,
+            answer,
+            cookie,
+            reads_headers=bool(rules) or cookie is not None,
+        )
         serving = Serving(None, hooks.client)
         with use_context(context), served_by_middleware(serving):
             body = self.app(environ, watched)
@@ -585,32 +604,48 @@ class PinterestWSGIMiddleware:
 
 
 def _watch_start_response(
-    start_response: StartResponse, answer: _Answer, cookie: str | None
+    start_response: StartResponse,
+    answer: _Answer,
+    cookie: str | None,
+    *,
+    reads_headers: bool,
 ) -> StartResponse:
+    """A `start_response` that notes the status, and the headers if asked.
+
+    Without `reads_headers` (no route rule and no cookie for this request)
+    no header is looked at: the held events need the status only.
+    """
+
     def watched(
         status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], object]:
-        _note_wsgi_answer(answer, status, headers)
-        if cookie is not None and answer.takes_epik_cookie():
-            headers = [*headers, ("Set-Cookie", cookie)]
-            if answer.needs_private():
-                headers.append(("Cache-Control", "private"))
+        # An app may call start_response again with exc_info: the last call
+        # counts.
+        code = status.split(" ", 1)[0]
+        answer.status = int(code) if code.isdigit() else None
+        if reads_headers:
+            headers = _read_wsgi_headers(answer, headers, cookie)
         return start_response(status, headers, exc_info)
 
     return watched
 
 
-def _note_wsgi_answer(
-    answer: _Answer, status: str, headers: list[tuple[str, str]]
-) -> None:
-    # An app may call start_response again with exc_info: the last call counts.
-    code = status.split(" ", 1)[0]
-    answer.status = int(code) if code.isdigit() else None
+def _read_wsgi_headers(
+    answer: _Answer, headers: list[tuple[str, str]], cookie: str | None
+) -> list[tuple[str, str]]:
+    """Note the headers; return them with the cookie's added if due."""
     answer.media_type = None
     answer.sets_epik = False
     answer.cache_control = None
     for name, value in headers:
         answer.note_header(name.lower(), value)
+    if cookie is None or not answer.takes_epik_cookie():
+        return headers
+    headers = [*headers, ("Set-Cookie", cookie)]
+    if answer.needs_private():
+        headers.append(("Cache-Control", "private"))
+
+    return headers
 
 
 class _EmitWhenSent:

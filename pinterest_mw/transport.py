@@ -26,7 +26,8 @@ between the tasks of one event loop.
 
 Privacy: the access token only ever goes into the `Authorization` header.
 It is in no `repr`, log record or exception message: every text taken from
-Pinterest's answers (error and per-event messages) has it redacted. Log
+Pinterest's answers (error and per-event messages) has it redacted, and is
+withheld when it repeats a value that was sent (see `EventResult`). Log
 records carry counts, event names and ids, statuses and durations; never
 bodies, user data or URLs with their query.
 
@@ -38,6 +39,7 @@ caller, which knows whether the events are lost: the dispatcher keeps them).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -57,6 +59,7 @@ import anyio
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
+from ._parsing import parsed_or_none
 from ._version import __version__
 from .events import Event, WireEvent, batch_body, parse_event
 from .exceptions import (
@@ -94,6 +97,22 @@ MAX_BATCH_SIZE = 1000
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 _MAX_MESSAGE_LENGTH = 500
+
+WITHHELD_MESSAGE = "Pinterest's message is withheld: it repeats a value that was sent"
+"""What stands for a Pinterest message that repeats a value sent (see
+`EventResult`)."""
+
+# Values Pinterest's messages may quote: what our results and log lines
+# show anyway (the event's name and id), or what names no one (its time and
+# source). Every other value sent is compared with the message.
+_SHOWN_FIELDS = frozenset({"event_name", "event_id", "event_time", "action_source"})
+# Short numbers (a quantity, a number of days) say nothing of a person and
+# turn up in many messages; longer ones (a phone number) are compared by
+# their digits too, as a message may show them normalized. Shorter texts
+# count only as whole words.
+_SHORT_NUMBER = 5
+_PHONE_DIGITS = 7
+_SHORT_TEXT = 4
 
 _NO_VERDICT = "Pinterest's answer held no result for this event"
 _NO_REASON = "Pinterest rejected the event without a message"
@@ -146,6 +165,15 @@ class EventResult:
     `send_batch()`). `error_message` is Pinterest's message for a failed
     event, or why the event was not sent; `warning_message` is Pinterest's
     warning for a warned one. Both are None when there is nothing to say.
+
+    Privacy: a message of Pinterest's that repeats a value sent with the
+    event (an email's digest, an IP address, a custom data value; its name,
+    id, time and action source aside) is replaced with `WITHHELD_MESSAGE`,
+    and so is an `APIError`'s message that repeats a value of its request.
+    Case and spacing are ignored, and a number of 7 digits or more is also
+    found among other characters (`+1 415-555-0123`); numbers shorter than
+    5 digits and texts shorter than 4 characters count only as whole
+    words. A message that quotes part of a value only is not caught.
     """
 
     index: int
@@ -408,7 +436,7 @@ class _BaseTransport:
                 return _unconfirmed(status, batch, offset)
             raise UnreadableResponseError(status, retry_after=_retry_after(response))
 
-        code, message = _error_fields(document, self._token)
+        code, message = _error_fields(document, self._token, batch)
         if status == 422:
             details = document.get("details") if isinstance(document, dict) else None
             if _is_summary(details):
@@ -838,7 +866,7 @@ def _check_api_url(value: str | None) -> str:
     if not value:
         return DEFAULT_API_URL
     problem = "api_url must be an http(s) URL without credentials, query or fragment"
-    url = _url_or_none(value)
+    url = parsed_or_none(httpx.URL, value, (httpx.InvalidURL, TypeError))
     if (
         url is None
         or url.scheme not in ("http", "https")
@@ -850,15 +878,6 @@ def _check_api_url(value: str | None) -> str:
         raise ConfigurationError(problem)
 
     return str(url).rstrip("/")
-
-
-def _url_or_none(value: str) -> httpx.URL | None:
-    # httpx's error quotes the URL, credentials included: it must not become
-    # the __context__ of ours.
-    try:
-        return httpx.URL(value)
-    except (httpx.InvalidURL, TypeError):
-        return None
 
 
 def _check_test_mode(value: bool) -> bool:
@@ -997,28 +1016,87 @@ def _json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-def _error_fields(document: Any, secret: str) -> tuple[int | None, str | None]:
+def _error_fields(
+    document: Any, secret: str, sent: Sequence[WireEvent]
+) -> tuple[int | None, str | None]:
     if not isinstance(document, dict):
         return None, None
     code = document.get("code")
     if not isinstance(code, int) or isinstance(code, bool):
         code = None
 
-    return code, _answer_text(document.get("message"), secret)
+    return code, _answer_text(document.get("message"), secret, sent)
 
 
-def _answer_text(value: Any, secret: str) -> str | None:
+def _answer_text(value: Any, secret: str, sent: Sequence[WireEvent]) -> str | None:
     """A text from Pinterest's answer, fit for our messages, logs and reprs.
 
     Anything but a non-empty string is None. `secret` (the access token) is
     redacted first, since a proxy or a gateway may echo the request's
-    `Authorization` header; then the text is cut to 500 characters. Cutting
-    first would leave the start of a token that straddles the cut unredacted.
+    `Authorization` header. A text that repeats a value of the `sent`
+    events (an email's digest, an IP address) is `WITHHELD_MESSAGE`.
+    Then the text is cut to 500 characters: cutting first would leave the
+    start of a token or a value that straddles the cut unnoticed.
     """
     if not isinstance(value, str) or not value:
         return None
+    text = value.replace(secret, _REDACTED)
+    if _repeats_a_value(text, _sent_values(sent)):
+        return WITHHELD_MESSAGE
 
-    return value.replace(secret, _REDACTED)[:_MAX_MESSAGE_LENGTH]
+    return text[:_MAX_MESSAGE_LENGTH]
+
+
+def _sent_values(sent: Sequence[WireEvent]) -> Iterator[str]:
+    """Every value of the events, as text, but for the `_SHOWN_FIELDS`."""
+    for event in sent:
+        try:
+            document = json.loads(event.payload)
+        except ValueError:
+            # Not JSON: a hand-made WireEvent, which Pinterest refuses whole.
+            continue
+        if not isinstance(document, dict):
+            yield from _texts(document)
+            continue
+        for name, value in document.items():
+            if name not in _SHOWN_FIELDS:
+                yield from _texts(value)
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif value is not None and not isinstance(value, bool):
+        yield str(value)
+
+
+def _repeats_a_value(message: str, values: Iterable[str]) -> bool:
+    """Whether `message` repeats one of `values`, ignoring case and spacing.
+
+    A message that quotes only part of a value (a digest's first characters)
+    is not caught.
+    """
+    text = " ".join(message.split()).casefold()
+    long_runs = [run for run in re.findall(r"\d+", text) if len(run) >= _PHONE_DIGITS]
+    for value in values:
+        folded = " ".join(value.split()).casefold()
+        if not folded or (folded.isdigit() and len(folded) < _SHORT_NUMBER):
+            continue
+        if len(folded) >= _SHORT_TEXT:
+            if folded in text:
+                return True
+        elif re.search(rf"(?<!\w){re.escape(folded)}(?!\w)", text):
+            return True
+        if long_runs:
+            number = re.sub(r"\D", "", folded)
+            if len(number) >= _PHONE_DIGITS and any(number in run for run in long_runs):
+                return True
+
+    return False
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -1135,12 +1213,13 @@ def _event_result(entry: Any, index: int, event: WireEvent, secret: str) -> Even
         return build(EventStatus.FAILED, _NO_VERDICT)
     status = entry.get("status")
     if status == "processed":
-        warning = _answer_text(entry.get("warning_message"), secret)
+        warning = _answer_text(entry.get("warning_message"), secret, (event,))
         return build(
             EventStatus.WARNED if warning else EventStatus.PROCESSED, None, warning
         )
     if status == "failed":
-        error = _answer_text(entry.get("error_message"), secret) or _NO_REASON
+        error = _answer_text(entry.get("error_message"), secret, (event,))
+        error = error or _NO_REASON
         return build(EventStatus.FAILED, error)
 
     return build(EventStatus.FAILED, _UNKNOWN_STATUS)

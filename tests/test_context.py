@@ -12,6 +12,7 @@ from pinterest_mw.context import (
     TrustedProxies,
     current_context,
     enrich_event_data,
+    request_scheme,
     use_context,
 )
 from pinterest_mw.exceptions import ConfigurationError
@@ -648,3 +649,42 @@ def test_use_context_sets_and_restores_the_current_context() -> None:
         inside = current_context()
 
     assert (inside, current_context()) == (context, None)
+
+
+class TestScheme:
+    """The scheme the client used, read once with the context (for the cookie)."""
+
+    @pytest.mark.parametrize(
+        ("server", "forwarded", "expected"),
+        [
+            ("https", {}, "https"),
+            ("http", {}, "http"),
+            ("http", {"x-forwarded-proto": "https"}, "https"),
+            ("https", {"forwarded": "for=198.51.100.1;proto=http"}, "http"),
+        ],
+    )
+    def test_asgi_and_wsgi_read_the_same_scheme(
+        self, server: str, forwarded: dict[str, str], expected: str
+    ) -> None:
+        headers = {"x-forwarded-for": "198.51.100.1", **forwarded}
+        asgi = RequestContext.from_scope(
+            {**scope(headers, peer="10.0.0.2"), "scheme": server},
+            trusted_proxies=PROXIES,
+            page="referer",
+        )
+        wsgi = RequestContext.from_environ(
+            environ(headers, REMOTE_ADDR="10.0.0.2", **{"wsgi.url_scheme": server}),
+            trusted_proxies=PROXIES,
+            page="referer",
+        )
+
+        assert (request_scheme(asgi), request_scheme(wsgi)) == (expected, expected)
+
+    def test_the_scheme_is_no_field_of_the_context(self) -> None:
+        """Not in its repr, its equality or its constructor."""
+        context = RequestContext.from_scope(scope(), page="referer")
+
+        assert request_scheme(context) == "https"
+        assert request_scheme(RequestContext()) == "http"
+        assert context == RequestContext(client_ip="203.0.113.9")
+        assert repr(context) == "RequestContext(present=['client_ip'])"

@@ -28,11 +28,13 @@ from pytest_httpx import HTTPXMock
 from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
 from starlette.exceptions import HTTPException, StarletteDeprecationWarning
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from pinterest_mw._hooks import NOT_ACCEPTED_MESSAGE
 from pinterest_mw.client import Client, set_default_client
 from pinterest_mw.decorators import (
     NO_CURRENT_EVENT_MESSAGE,
@@ -794,6 +796,61 @@ def test_flask_async_view_events_are_delivered_without_a_flush(
     assert wait_until(lambda: len(fake_pinterest.events) == 1)
 
 
+class StatusRewriter:
+    """An ASGI layer under ours that answers 200 whatever the view said."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def rewrite(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "status": 200}
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+def test_under_the_middleware_a_view_returning_an_error_emits_if_2xx_is_sent(
+    client: Client,
+) -> None:
+    """The status sent decides, not the status the return value declares."""
+
+    @track_conversion("lead", client=client)
+    async def view(request: Request) -> Response:
+        return PlainTextResponse("later", status_code=404)
+
+    app = Starlette(
+        routes=[Route("/", view)],
+        middleware=[Middleware(PinterestMiddleware), Middleware(StatusRewriter)],
+    )
+
+    reply = get_from(app, "/")
+
+    assert (reply.status_code, client.counters.accepted) == (200, 1)
+
+
+def test_under_the_wsgi_middleware_a_view_returning_an_error_emits_if_2xx_is_sent(
+    client: Client,
+) -> None:
+    """An `after_request` hook turns the view's error into a page."""
+    app = flask.Flask(__name__)
+    app.add_url_rule(
+        "/", "view", track_conversion("lead", client=client)(lambda: ("gone", 410))
+    )
+
+    @app.after_request
+    def recover(response: flask.Response) -> flask.Response:
+        response.status_code = 200
+        return response
+
+    app.wsgi_app = PinterestWSGIMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+
+    reply = FlaskHarness(app).get("/")
+
+    assert (reply.status, client.counters.accepted) == (200, 1)
+
+
 def test_flask_view_returning_none_emits_nothing(client: Client) -> None:
     """Flask answers a view that returns None with an error, not a page."""
     app = flask.Flask(__name__)
@@ -1177,10 +1234,21 @@ def test_full_queue_does_not_break_the_view_and_is_reported(
     assert [type(error) for error in errors] == [QueueFullError]
 
 
-def test_full_queue_is_logged_as_such(
-    make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("overflow", "reason"),
+    [
+        ("raise", "the delivery queue is full"),
+        ("drop_newest", NOT_ACCEPTED_MESSAGE),
+    ],
+)
+def test_a_refused_event_is_logged_with_what_is_known_of_why(
+    overflow: str,
+    reason: str,
+    make_client: Callable[..., Client],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = make_client(max_queue_size=1, flush_interval=60)
+    """Under "drop_newest" the client only says it took nothing, and logs why."""
+    client = make_client(max_queue_size=1, overflow=overflow, flush_interval=60)
     app = order_page(client)
 
     with caplog.at_level(logging.WARNING, logger="pinterest_mw.decorators"):
@@ -1188,7 +1256,26 @@ def test_full_queue_is_logged_as_such(
             get_from(app, f"/orders/{n}")
 
     [record] = [r for r in caplog.records if r.name == "pinterest_mw.decorators"]
-    assert record.getMessage().endswith("checkout event not queued (the queue is full)")
+    assert record.getMessage().endswith(f"checkout event not queued ({reason})")
+
+
+def test_an_event_for_a_closed_client_is_not_said_to_meet_a_full_queue(
+    make_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed client takes nothing either: its own line says it is closed."""
+    client = make_client()
+    app = order_page(client)
+    get_from(app, "/orders/0")
+    client.close(timeout=5)
+
+    with caplog.at_level(logging.WARNING, logger="pinterest_mw"):
+        reply = get_from(app, "/orders/1")
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert reply.status_code == 200
+    assert any("closed" in message for message in messages)
+    assert not any("full" in message for message in messages)
+    assert any(message.endswith(f"({NOT_ACCEPTED_MESSAGE})") for message in messages)
 
 
 # --- without a request -------------------------------------------------------------

@@ -18,6 +18,7 @@ from _helpers import HUGE, HugeInt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pinterest_mw import hashing
 from pinterest_mw.events import (
     ActionSource,
     AppInfo,
@@ -204,6 +205,30 @@ def test_phone_without_country_code_is_sent_with_a_warning():
 
     assert event.user_data.phone == [sha("4155550100")]
     assert [(w.path, w.dropped) for w in event.warnings] == [("user_data.phone", False)]
+
+
+def test_the_region_is_checked_once_for_a_whole_list(monkeypatch):
+    """Not again by the hasher for each event: the options came in once."""
+    checked: list[object] = []
+    check = hashing.check_default_region
+
+    def counted(region: object) -> str | None:
+        checked.append(region)
+        return check(region)
+
+    monkeypatch.setattr(hashing, "check_default_region", counted)
+    items = [event_data(user_data={"email": EMAIL, "phone": "(415) 555-0100"})] * 3
+
+    events = parse_events(items, now=NOW, default_region="US")
+
+    assert [event.user_data.phone for event in events] == [[sha("14155550100")]] * 3
+    assert checked == ["US"]
+
+
+def test_a_context_of_the_callers_own_is_checked_too():
+    """`model_validate` with a context `parse_event` did not build."""
+    with pytest.raises(ConfigurationError, match=r"^default_region must be"):
+        UserData.model_validate({"email": EMAIL}, context={"default_region": "XX"})
 
 
 def test_build_event_passes_default_region_to_the_hasher():

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pinterest_mw import exceptions
+from pinterest_mw.events import parse_event
 from pinterest_mw.exceptions import (
     APIError,
     ConfigurationError,
@@ -116,3 +117,47 @@ def test_a_status_is_retryable_when_a_resend_may_succeed(status, retryable):
 
 def test_an_unreadable_answer_is_always_retryable():
     assert UnreadableResponseError(200).is_retryable
+
+
+# --- caller's keys in paths ------------------------------------------------------
+
+CALLER_KEY = "jane.doe@example.com"
+
+
+def event_with_a_caller_key() -> dict[str, Any]:
+    return {
+        "event_name": "checkout",
+        "action_source": "web",
+        "user_data": {CALLER_KEY: "v", "em": "ann@example.com"},
+    }
+
+
+def test_the_message_hides_a_key_the_caller_chose():
+    """A key may itself be personal data: the message reaches logs and Sentry (#2)."""
+    with pytest.raises(EventValidationError) as caught:
+        parse_event(event_with_a_caller_key())
+
+    assert CALLER_KEY not in str(caught.value)
+    assert "user_data.<unknown key>: is not a field" in str(caught.value)
+
+
+def test_the_errors_keep_the_path_as_given():
+    """Code that answers the caller may still name the caller's own key."""
+    with pytest.raises(EventValidationError) as caught:
+        parse_event(event_with_a_caller_key())
+
+    assert [error.path for error in caught.value.errors] == [f"user_data.{CALLER_KEY}"]
+
+
+@pytest.mark.parametrize("show", [str, repr], ids=["str", "repr"])
+def test_a_field_error_shows_a_caller_key_hidden(show):
+    error = FieldError(f"data.3.user_data.{CALLER_KEY}", "is not a field")
+
+    assert CALLER_KEY not in show(error)
+    assert "data.3.user_data.<unknown key>" in show(error)
+
+
+def test_a_field_error_shows_our_own_paths_whole():
+    error = FieldError("custom_data.contents.0.item_price", "must be a number")
+
+    assert str(error) == "custom_data.contents.0.item_price: must be a number"

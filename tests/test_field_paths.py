@@ -15,6 +15,8 @@ from pinterest_mw._field_paths import UNKNOWN_KEY, safe_path
         "custom_data.contents.0.item_price",
         "data.3.event_time",
         "app_info.app_version",
+        "custom_data.np",
+        "device_info.type",
         "",
     ],
 )

@@ -962,6 +962,106 @@ async def test_asgi_messages_pass_through_unchanged() -> None:
     assert [m.get("body") for m in sent] == [None, b"one,", b"two", b""]
 
 
+class WatchedHeaders(list[tuple[Any, Any]]):
+    """Response headers that count how often they are read through."""
+
+    reads = 0
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        type(self).reads += 1
+        return super().__iter__()
+
+
+@pytest.fixture
+def watched_headers() -> type[WatchedHeaders]:
+    WatchedHeaders.reads = 0
+    return WatchedHeaders
+
+
+ASGI_SCOPE = {
+    "type": "http",
+    "method": "GET",
+    "path": "/products/1",
+    "headers": [],
+    "query_string": b"",
+}
+
+
+@pytest.mark.anyio
+async def test_asgi_response_headers_are_not_read_without_rule_or_cookie(
+    watched_headers: type[WatchedHeaders],
+) -> None:
+    """Held events need the status only: the start message goes on as it is."""
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": watched_headers([(b"content-type", b"text/html")]),
+    }
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await PinterestMiddleware(app, epik_cookie=True)(dict(ASGI_SCOPE), None, send)
+
+    assert sent == [start]
+    assert sent[0] is start
+    assert watched_headers.reads == 0
+
+
+def test_wsgi_response_headers_are_not_read_without_rule_or_cookie(
+    watched_headers: type[WatchedHeaders],
+) -> None:
+    headers = watched_headers([("Content-Type", "text/html")])
+    given: list[Any] = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", headers)
+        return [b"ok"]
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        given.append(headers)
+        return lambda data: None
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/products/1"}
+    PinterestWSGIMiddleware(app, epik_cookie=True)(environ, start_response)
+
+    assert given == [headers]
+    assert given[0] is headers
+    assert watched_headers.reads == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_proxies_are_walked_once_for_context_and_cookie(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cookie's `Secure` comes from the scheme read with the context."""
+    walks: list[str | None] = []
+    resolve = TrustedProxies._resolve
+
+    def counted(self: TrustedProxies, peer: str | None, headers: Any) -> Any:
+        walks.append(peer)
+        return resolve(self, peer, headers)
+
+    monkeypatch.setattr(TrustedProxies, "_resolve", counted)
+
+    cookies = plain_http_set_cookies(
+        kind,
+        "/products/1?epik=abc",
+        peer=PROXY,
+        headers={"x-forwarded-for": FORWARDED_CLIENT, "x-forwarded-proto": "https"},
+        epik_cookie=True,
+        trusted_proxies=["10.0.0.0/8"],
+    )
+
+    assert cookies == [f"_epik=abc{COOKIE_ATTRIBUTES}"]
+    assert walks == [PROXY]
+
+
 # --- RouteRule ----------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from pinterest_mw.testing import (
 )
 from pinterest_mw.transport import (
     DEFAULT_API_URL,
+    WITHHELD_MESSAGE,
     AsyncTransport,
     EventResult,
     EventStatus,
@@ -709,7 +710,7 @@ def test_answer_text_redacts_the_token_before_cutting_the_text():
     """Cut first, a token across the cut would be left half visible."""
     text = "x" * 490 + FAKE_ACCESS_TOKEN
 
-    cleaned = _answer_text(text, FAKE_ACCESS_TOKEN)
+    cleaned = _answer_text(text, FAKE_ACCESS_TOKEN, ())
 
     assert cleaned == ("x" * 490 + "<redacted>")[:500]
     assert FAKE_ACCESS_TOKEN[:5] not in cleaned
@@ -717,7 +718,98 @@ def test_answer_text_redacts_the_token_before_cutting_the_text():
 
 @pytest.mark.parametrize("value", [None, "", 42, ["message"]])
 def test_answer_text_is_none_for_anything_but_a_non_empty_string(value):
-    assert _answer_text(value, FAKE_ACCESS_TOKEN) is None
+    assert _answer_text(value, FAKE_ACCESS_TOKEN, ()) is None
+
+
+# --- Pinterest's messages that repeat what was sent --------------------------------
+
+IP = "203.0.113.77"
+
+
+def marked_event() -> WireEvent:
+    return event(
+        7,
+        name="markerevent",
+        email=EMAIL,
+        event_time=int(time.time()),
+        custom_data={"order_id": "ORD-MARKER-9", "value": "1234.56", "num_items": 12},
+    ).to_wire_event()
+
+
+def rejected_with(message: str) -> dict[str, Any]:
+    result = {"status": "failed", "error_message": message, "warning_message": ""}
+    return {"num_events_received": 1, "num_events_processed": 0, "events": [result]}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"bad em {EMAIL_HASH}",
+        f"bad em {EMAIL_HASH.upper()}",
+        "order   ord-marker-9 is closed",
+        "1234.56 is too much",
+    ],
+)
+def test_a_message_repeating_a_value_sent_is_withheld(message):
+    """Even hashed, an email is an identifier (#3)."""
+    assert _answer_text(message, FAKE_ACCESS_TOKEN, [marked_event()]) == (
+        WITHHELD_MESSAGE
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "markerevent is not an event Pinterest knows",
+        "event evt-7 is a duplicate",
+        "12 items is too many",
+        "event_time is too old",
+    ],
+)
+def test_a_message_quoting_what_is_shown_anyway_is_kept(message):
+    """The event's name and id, short numbers: no value of a person."""
+    assert _answer_text(message, FAKE_ACCESS_TOKEN, [marked_event()]) == message
+
+
+async def test_per_event_messages_repeating_a_value_are_withheld(
+    make_transport, httpx_mock
+):
+    """Results feed the dispatcher's logs, the outbox's reasons and the CLI."""
+    httpx_mock.add_response(json=rejected_with(f"bad em {EMAIL_HASH}"))
+
+    result = await resolve(make_transport().send([event(0, email=EMAIL)]))
+
+    assert [r.error_message for r in result.results] == [WITHHELD_MESSAGE]
+
+
+async def test_a_warning_repeating_the_ip_address_is_withheld(
+    make_transport, httpx_mock
+):
+    wire = build_event(
+        "checkout",
+        user_data={"client_ip_address": IP, "client_user_agent": "Mozilla/5.0"},
+    ).to_wire_event()
+    entry = {"status": "processed", "error_message": "", "warning_message": IP}
+    body = {"num_events_received": 1, "num_events_processed": 1, "events": [entry]}
+    httpx_mock.add_response(json=body)
+
+    result = await resolve(make_transport().send([wire]))
+
+    assert [r.warning_message for r in result.results] == [WITHHELD_MESSAGE]
+
+
+async def test_an_error_message_repeating_a_value_of_the_request_is_withheld(
+    make_transport, httpx_mock
+):
+    """APIError's message reaches logs, on_error and `request failed: ...`."""
+    echo = f"Invalid parameter: em {EMAIL_HASH}"
+    httpx_mock.add_response(status_code=400, json={"code": 1, "message": echo})
+
+    with pytest.raises(APIError) as caught:
+        await resolve(make_transport().send([event(0, email=EMAIL)]))
+
+    assert caught.value.message == WITHHELD_MESSAGE
+    assert EMAIL_HASH not in str(caught.value)
 
 
 async def test_a_token_across_the_cut_of_a_long_error_message_is_redacted(
