@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -655,6 +657,38 @@ def test_the_first_request_of_any_kind_starts_delivery(
         session.get("/health")
 
     assert started == [True]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_starts_delivery_at_its_own_first_request(
+    make_client: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """gunicorn with `--preload`: the parent's start does not cover the child."""
+    client = make_client(outbox=tmp_path / "outbox.sqlite3", dispatcher="thread")
+    app = pinterest_wsgi_app(client)
+    started: list[int] = []
+    monkeypatch.setattr(client, "start", lambda: started.append(os.getpid()))
+    health = environ_for(b"", REQUEST_METHOD="GET", PATH_INFO="/health")
+    call(app, health)
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                call(app, {**health, "wsgi.input": io.BytesIO()})
+                os.write(write_end, b"1" if started[-1] == os.getpid() else b"0")
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+
+    assert answer == b"1"
+    assert started == [os.getpid()]
 
 
 class UnreadableOutbox(MemoryOutbox):
