@@ -21,6 +21,8 @@ passed. Two dispatchers share one interface:
 What happens to a batch depends on Pinterest's answer:
 
 - processed (with or without a warning): the event is deleted;
+- taken (2xx) without a result for the event: it is deleted, not resent
+  (Pinterest may have recorded it), and counted `unconfirmed`;
 - the event failed (in a 200 or a 422): kept as rejected, with Pinterest's
   message;
 - the request was refused (400, 404, ...): all its events are kept as
@@ -59,13 +61,14 @@ store events (a disk full, a file locked past its busy timeout) drops them
 with an ERROR; under `"raise"`, `OutboxError` (a `QueueFullError`) says so
 to the caller. Events refused under `"raise"` are counted `dropped` too.
 
-Every accepted event ends up `processed`, `failed` (rejected) or `dropped`
-in the counters, each with a log line, or stays in the outbox: at `close()`
-a memory outbox's leftovers, a batch still in flight included, are counted
-dropped (a late answer for that batch is not counted again); a durable
-outbox keeps them for the next run. An event is either stored before
-`close()` counts what is left, and counted there, or refused as closed;
-concurrent `close()` calls count once.
+Every accepted event ends up `processed`, `unconfirmed` (Pinterest took
+the request without a result for it: not resent), `failed` (rejected) or
+`dropped` in the counters, each with a log line, or stays in the outbox: at
+`close()` a memory outbox's leftovers, a batch still in flight included,
+are counted dropped (a late answer for that batch is not counted again); a
+durable outbox keeps them for the next run. An event is either stored
+before `close()` counts what is left, and counted there, or refused as
+closed; concurrent `close()` calls count once.
 
 An outbox that cannot be read (a damaged file) pauses delivery with the
 same growing backoff as a failed delivery: one ERROR per
@@ -221,7 +224,10 @@ DEPTH_FAILED_LOG = "could not read the outbox depth at close"
 NO_TRANSPORT_LOG = "could not build the transport; nothing is sent"
 TRANSPORT_CLOSE_FAILED_LOG = "closing the transport failed"
 ON_ERROR_FAILED_LOG = "the on_error callback raised"
-BATCH_LOG = "batch of %d events: %d processed, %d rejected, %d deferred, %d dropped"
+BATCH_LOG = (
+    "batch of %d events: %d processed, %d unconfirmed, %d rejected, "
+    "%d deferred, %d dropped"
+)
 SEND_FAILED_LOG = "sending %d events failed unexpectedly"
 RECORD_FAILED_LOG = "could not record the outcome of %d events"
 LATE_BATCH_LOG = (
@@ -234,6 +240,7 @@ SIGNAL_UNDELIVERED_LOG = (
 )
 
 CLOSED_REASON = "the dispatcher is closed"
+OUTBOX_FULL_REASON = "the outbox is full"
 
 OUTBOX_UNREADABLE = "the outbox cannot be read: nothing is delivered"
 OUTBOX_UNWRITABLE = "the outbox cannot store events: they are dropped"
@@ -277,6 +284,9 @@ class Counters:
     - `processed`: events Pinterest accepted (`warned` included);
     - `warned`: events Pinterest accepted with a warning;
     - `failed`: events Pinterest refused, kept as rejected with the reason;
+    - `unconfirmed`: events of a request Pinterest took (2xx) without a
+      result for them: it may or may not have recorded them, and they are
+      not resent, lest it count them twice (`EventStatus.UNCONFIRMED`);
     - `retried`: deliveries deferred for another attempt after a failure;
     - `dropped`: events not accepted because the outbox was full, could
       not store them or the dispatcher closed (under the `"raise"` policy
@@ -291,8 +301,9 @@ class Counters:
     - `queue_depth`: events in the outbox waiting for delivery (in every
       process sharing a durable outbox).
 
-    Every accepted event ends up counted once as `processed`, `failed` or
-    `dropped`, or is still in the outbox (`queue_depth`).
+    Every accepted event ends up counted once as `processed`,
+    `unconfirmed`, `failed` or `dropped`, or is still in the outbox
+    (`queue_depth`).
     """
 
     accepted: int = 0
@@ -300,6 +311,7 @@ class Counters:
     processed: int = 0
     warned: int = 0
     failed: int = 0
+    unconfirmed: int = 0
     retried: int = 0
     dropped: int = 0
     account_refusals: int = 0
@@ -440,6 +452,8 @@ class _Settlement:
     dropped: list[int] = field(default_factory=list)
     defer_reason: str = ""
     warned: int = 0
+    # Of `completed`: taken by Pinterest without a result (not resent).
+    unconfirmed: int = 0
     failures: list[DeliveryFailure] = field(default_factory=list)
     # Seconds delivery pauses for, when Pinterest refused the token or
     # ad account (0: it did not).
@@ -523,7 +537,15 @@ class _StoreGate:
 
 
 class _ClosedError(Exception):
-    """A store refused because `close()` has counted what is left."""
+    """A store refused because `close()` has counted what is left.
+
+    `stored` events of the call went in before (under `"block"`, which
+    stores a call's events as room comes).
+    """
+
+    def __init__(self, stored: int = 0) -> None:
+        super().__init__(stored)
+        self.stored = stored
 
 
 def _describe(error: BaseException) -> str:
@@ -784,11 +806,11 @@ class _BaseDispatcher:
         try:
             stored = self._put(events)
         except QueueFullError:
-            self._drop(len(events), "the outbox is full")
+            self._drop(len(events), OUTBOX_FULL_REASON)
             raise
-        except _ClosedError:
-            self._drop(len(events), CLOSED_REASON)
-            return 0
+        except _ClosedError as closed:
+            self._tally(len(events), closed.stored, CLOSED_REASON)
+            return closed.stored
         except Exception as exc:
             self._store_failed(len(events), exc)
             if self.overflow == "raise":
@@ -801,13 +823,13 @@ class _BaseDispatcher:
 
         return stored
 
-    def _tally(self, count: int, stored: int) -> None:
-        """Count a call's `stored` events accepted and the rest of `count` dropped."""
+    def _tally(self, count: int, stored: int, why: str = OUTBOX_FULL_REASON) -> None:
+        """Count a call's `stored` events accepted, the rest of `count` dropped."""
         if stored:
             self._counters.add(accepted=stored)
             self._after_accept(stored)
         if stored < count:
-            self._drop(count - stored, "the outbox is full")
+            self._drop(count - stored, why)
 
     @property
     def _groups_writes(self) -> bool:
@@ -886,8 +908,8 @@ class _BaseDispatcher:
         try:
             stored: list[int] = put_many(batches, test=self.test_mode)
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
-            for events in batches:
-                self._store_failed(len(events), exc)
+            # One failed write, whatever the number of calls it carried.
+            self._store_failed(sum(len(events) for events in batches), exc)
             return [0] * len(batches)
         self._store_failing = False
         for events, count in zip(batches, stored, strict=True):
@@ -902,16 +924,29 @@ class _BaseDispatcher:
             return len(events)
         stored = self._store(events)
         if self.overflow == "block" and stored < len(events):
-            deadline = time.monotonic() + self.block_timeout
-            if self.is_sending:
-                self._ensure_worker()
-            while stored < len(events) and time.monotonic() < deadline:
-                self._wake_worker()
-                time.sleep(_POLL_INTERVAL)
-                try:
-                    stored += self._store(events[stored:])
-                except _ClosedError:
-                    break
+            stored = self._wait_for_room(events, stored)
+
+        return stored
+
+    def _wait_for_room(self, events: Sequence[WireEvent], stored: int) -> int:
+        """Under `"block"`: store the rest as room comes, for `block_timeout`.
+
+        Raises `_ClosedError`, with how many were stored, when the
+        dispatcher stops meanwhile.
+        """
+        deadline = time.monotonic() + self.block_timeout
+        if self.is_sending:
+            self._ensure_worker()
+        while stored < len(events) and time.monotonic() < deadline:
+            self._wake_worker()
+            time.sleep(_POLL_INTERVAL)
+            if self._closed:
+                # A durable outbox's stores have no gate: stop here too.
+                raise _ClosedError(stored)
+            try:
+                stored += self._store(events[stored:])
+            except _ClosedError:
+                raise _ClosedError(stored) from None
 
         return stored
 
@@ -1034,6 +1069,7 @@ class _BaseDispatcher:
             else:
                 plan.completed.append(item.key)
                 plan.warned += result.status is EventStatus.WARNED
+                plan.unconfirmed += result.status is EventStatus.UNCONFIRMED
         for message, items in refused.items():
             self._note(plan, "rejected", items, message)
         if unsent:
@@ -1232,7 +1268,8 @@ class _BaseDispatcher:
         logger.debug(
             BATCH_LOG,
             len(claim),
-            len(plan.completed),
+            len(plan.completed) - plan.unconfirmed,
+            plan.unconfirmed,
             len(plan.rejected),
             len(plan.deferred),
             len(plan.dropped),
@@ -1240,7 +1277,8 @@ class _BaseDispatcher:
 
     def _count(self, plan: _Settlement) -> None:
         self._counters.add(
-            processed=len(plan.completed),
+            processed=len(plan.completed) - plan.unconfirmed,
+            unconfirmed=plan.unconfirmed,
             warned=plan.warned,
             failed=len(plan.rejected),
             retried=len(plan.deferred),

@@ -27,6 +27,7 @@ from pinterest_mw.dispatch import (
     DROPPED_UNREPORTED_LOG,
     LOST_LOG,
     ON_ERROR_FAILED_LOG,
+    OUTBOX_FULL_REASON,
     OUTBOX_UNREADABLE,
     STORE_FAILED_LOG,
     AsyncDispatcher,
@@ -543,6 +544,49 @@ def test_block_policy_waits_for_the_worker_to_make_room(
     assert (accepted, dispatcher.counters.dropped) == (5, 0)
 
 
+class FullOutbox(MemoryOutbox):
+    """A memory outbox of one event, full; `refused` is set at each refusal."""
+
+    def __init__(self) -> None:
+        super().__init__(max_events=1)
+        super().put(wire(1, start=100))
+        self.refused = threading.Event()
+
+    def put(
+        self,
+        events: Sequence[WireEvent],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
+    ) -> int:
+        stored = super().put(events, atomic=atomic, test=test)
+        if stored < len(events):
+            self.refused.set()
+        return stored
+
+
+def test_a_blocked_store_refused_by_close_is_dropped_as_closed(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not as "the outbox is full": the close, not the room, ended its wait."""
+    outbox = FullOutbox()
+    dispatcher = make_thread(None, outbox, overflow="block", block_timeout=60)
+    results: list[int] = []
+    submitting = threading.Thread(
+        target=lambda: results.append(dispatcher.submit(wire(1)))
+    )
+    submitting.start()
+    assert outbox.refused.wait(5)
+
+    dispatcher.close(timeout=0)
+    submitting.join(30)
+
+    # Dropped: the event refused, and the one the outbox held at close.
+    assert (results, dispatcher.counters.dropped) == ([0], 2)
+    assert DROPPED_LOG % (1, CLOSED_REASON, "block") in caplog.messages
+    assert not any(OUTBOX_FULL_REASON in message for message in caplog.messages)
+
+
 def test_a_storage_failure_drops_and_logs(
     sqlite: Callable[..., SQLiteOutbox],
     make_thread: Callable[..., ThreadDispatcher],
@@ -587,7 +631,44 @@ def test_repeated_storage_failures_log_once_per_interval_and_add_up(
     assert dispatcher.counters.dropped == 6
 
 
+@pytest.mark.anyio
+async def test_a_failed_grouped_write_counts_one_outbox_error(
+    sqlite: Callable[..., SQLiteOutbox], make_thread: Callable[..., ThreadDispatcher]
+) -> None:
+    """Three calls share one write: one failure of the outbox, three drops."""
+    outbox = sqlite()
+    writes: list[int] = []
+
+    def broken_put_many(batches: Sequence[Sequence[WireEvent]], **options: Any) -> Any:
+        writes.append(len(batches))
+        raise sqlite3.OperationalError("database is locked")
+
+    outbox.put_many = broken_put_many  # type: ignore[method-assign]
+    dispatcher = make_thread(None, outbox)
+
+    accepted = await asyncio.gather(*(dispatcher.asubmit(wire(1)) for _ in "abc"))
+
+    counters = dispatcher.counters
+    assert (writes, accepted) == ([3], [0, 0, 0])
+    assert (counters.outbox_errors, counters.dropped) == (1, 3)
+
+
 # --- outcomes ---
+
+
+def test_unconfirmed_events_are_counted_apart_from_processed_ones(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    """Pinterest took the request without a result for them: not resent."""
+    sender = FakeSender("unconfirmed")
+    dispatcher = make_thread(sender)
+    dispatcher.submit(wire(2))
+
+    assert dispatcher.flush(timeout=5)
+    counters = dispatcher.counters
+    assert (counters.processed, counters.unconfirmed) == (0, 2)
+    assert sender.sent_ids == ["event-0", "event-1"]
+    assert counters.as_dict()["unconfirmed"] == 2
 
 
 def test_processed_events_leave_the_outbox(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from _helpers import EMAIL, FAST, FOREIGN, MOCK_URL, SHOP, event
 from flask import Flask
+from pytest_httpx import HTTPXMock
 from starlette.testclient import TestClient
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -689,6 +690,28 @@ def test_a_forked_worker_starts_delivery_at_its_own_first_request(
 
     assert answer == b"1"
     assert started == [os.getpid()]
+
+
+def test_health_counts_unconfirmed_events_apart(httpx_mock: HTTPXMock) -> None:
+    """Pinterest answered 2xx without a result for the event: not processed."""
+    httpx_mock.add_response(json={"events": []})
+    client = Client(
+        FAKE_ACCESS_TOKEN,
+        FAKE_AD_ACCOUNT_ID,
+        api_url=MOCK_URL,
+        dispatcher="thread",
+        **FAST,
+    )
+    app = pinterest_wsgi_app(client)
+    try:
+        post(app, event())
+        assert client.flush(timeout=10)
+        with http(app) as session:
+            counters = session.get("/health").json()["counters"]
+    finally:
+        client.close(timeout=1)
+
+    assert (counters["unconfirmed"], counters["processed"]) == (1, 0)
 
 
 class UnreadableOutbox(MemoryOutbox):
