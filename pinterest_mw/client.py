@@ -572,7 +572,10 @@ class Client:
         Later events are dropped and counted. The client's own outbox and
         transport are closed once the worker has stopped: a worker still
         waiting for Pinterest's answer when the timeout passes records it
-        first, and they are closed as it ends.
+        first, and they are closed as it ends. Called while another thread
+        closes the client, it waits for that close to end (for up to the
+        timeout and two seconds more), and the outbox and transport are
+        closed only once it has.
         """
         with self._lock:
             dispatcher = self._dispatcher
@@ -741,14 +744,15 @@ class Client:
         return AsyncTransport(**self._transport_options())
 
     def _release(self) -> None:
-        """Close the transports and an outbox of the client's own, once no
-        worker uses them any more (see `close`).
+        """Close the transports and an outbox of the client's own, once
+        neither the worker nor the dispatcher's first `close()` uses them
+        any more (see `close`).
         """
         dispatcher = self._dispatcher
         if dispatcher is None:
             self._release_now()
         else:
-            dispatcher._after_worker(self._release_now)
+            dispatcher._after_close(self._release_now)
 
     def _release_now(self) -> None:
         with self._lock:
