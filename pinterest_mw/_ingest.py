@@ -121,7 +121,6 @@ UNREACHABLE_MESSAGE = (
     "Pinterest could not be reached, or did not answer in time: it gave no "
     "verdict on these events"
 )
-START_FAILED_LOG = "starting delivery at the first request failed"
 ORIGIN_MESSAGE = (
     "this endpoint does not take events from pages of the request's Origin; "
     "list that origin in allow_origins (or PINTEREST_ALLOW_ORIGINS)"
@@ -611,28 +610,6 @@ class Ingest:
         # Resolved last, so that a bad option never builds the default client.
         self.client = client if client is not None else get_default_client()
         self.default_region = self.client.default_region
-        self._started_in: int | None = None
-
-    def start_delivery(self) -> None:
-        """At this process's first request, of any kind: start delivery.
-
-        So that what a durable outbox kept from an earlier run goes out
-        without waiting for a new event or a lifespan (a mounted app gets
-        none). A worker process forked after the first request starts its
-        own at its first one. A memory outbox keeps nothing from earlier:
-        its delivery starts with its first event, as a batch fills.
-        """
-        pid = os.getpid()
-        if self._started_in == pid:
-            return
-        self._started_in = pid
-        if not (self.client.is_sending and self.client.outbox.durable):
-            return
-        try:
-            self.client.start()
-        except Exception:
-            # Delivery starts with the next event anyway.
-            logger.exception(START_FAILED_LOG)
 
     def __repr__(self) -> str:
         return (

@@ -17,8 +17,8 @@ installed, once:
   action is restored and the signal raised again, so the process ends as
   before, killed by SIGTERM (status -15, or 143 in a shell). What could
   not be delivered by the deadline (Pinterest down or stalled) is counted
-  dropped and logged at ERROR before that, by the handler itself if the
-  delivery is still under way.
+  dropped and logged at ERROR before that, by the handler itself, whatever
+  became of the delivery (which only delivers and stops).
 - Over a handler written in Python (uvicorn's, gunicorn's): that handler
   runs first, then what is queued is delivered there and then within the
   deadline, with a blocking transport (the handler runs in the event

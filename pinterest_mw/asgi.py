@@ -11,16 +11,22 @@ The browser then posts its events to `/pinterest/track-event`; the app
 validates, enriches and hashes them, queues them and answers `202` at once.
 Delivery to Pinterest happens in the background, in batches. Mounted apps
 get no lifespan from Starlette, and need none to deliver: the client's
-dispatcher starts with the app's first request of any kind (a `GET
-/health` too), which also sends what a durable outbox kept from an earlier
-run, and at SIGTERM a hook delivers what is queued in memory before the
-process ends. Under uvicorn that hook runs when the signal arrives, so
-events accepted during the graceful shutdown that follows are sent at once
-but not waited for. A durable outbox's events wait, without a lifespan,
-until the app's first request (or, with a client whose `dispatcher` is
-`"thread"`, are sent from the start). To start delivery at start-up and
-flush after the last request, closing both windows, give the host app
-`lifespan=lifespan(client)` (from `pinterest_mw`).
+dispatcher starts with the first event, and at SIGTERM a hook delivers
+what is queued in memory before the process ends. Under uvicorn that hook
+runs when the signal arrives, so events accepted during the graceful
+shutdown that follows are sent at once but not waited for.
+
+A sending client with a durable outbox also starts delivery at the app's
+first request in each process, whatever it asks for (a `GET /health`, a
+`404`; not a CORS preflight, which `CORSMiddleware` answers before the
+app), so that what the outbox kept from an earlier run goes out without a
+new event. With a client whose `dispatcher` is `"thread"`, that starts
+when the app is built if the outbox holds events then. Otherwise they wait
+for that first request.
+
+To start delivery at start-up and flush after the last request, closing
+both windows, give the host app `lifespan=lifespan(client)` (from
+`pinterest_mw`).
 
 The WSGI twin is `pinterest_mw.wsgi.pinterest_wsgi_app`; both share their
 rules (`pinterest_mw._ingest`), so they answer alike.
@@ -42,7 +48,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._ingest import (
     DEFAULT_MAX_BODY_SIZE,
@@ -212,10 +217,7 @@ def pinterest_app(
         ]
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(_StartDelivery, ingest=ingest),
-            Middleware(CORSMiddleware, **ingest.cors.middleware_options()),
-        ],
+        middleware=[Middleware(CORSMiddleware, **ingest.cors.middleware_options())],
         exception_handlers={HTTPException: endpoints.http_error},
     )
     # Both spellings are routes of their own: a redirect would cost the
@@ -223,19 +225,6 @@ def pinterest_app(
     app.router.redirect_slashes = False
 
     return app
-
-
-class _StartDelivery:
-    """Starts delivery at the app's first request (see `Ingest.start_delivery`)."""
-
-    def __init__(self, app: ASGIApp, ingest: Ingest) -> None:
-        self._app = app
-        self._ingest = ingest
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self._ingest.start_delivery()
-        await self._app(scope, receive, send)
 
 
 def _test_limiter() -> anyio.CapacityLimiter:
@@ -262,7 +251,11 @@ def _response(reply: Reply) -> Response:
 
 
 class _Endpoints:
-    """The request handlers, bound to one configuration."""
+    """The request handlers, bound to one configuration.
+
+    Each starts with `Client._start_delivery_once()`: one attribute read
+    once delivery started, and no middleware layer around every request.
+    """
 
     def __init__(self, ingest: Ingest) -> None:
         self._ingest = ingest
@@ -271,12 +264,15 @@ class _Endpoints:
         self._secret_header = ingest.secret_header
 
     async def track(self, request: Request) -> Response:
+        self._client._start_delivery_once()
         return _response(await self._guarded(request, test=False))
 
     async def track_test(self, request: Request) -> Response:
+        self._client._start_delivery_once()
         return _response(await self._guarded(request, test=True))
 
     async def health(self, request: Request) -> Response:
+        self._client._start_delivery_once()
         try:
             counters = await self._client.acounters()
             reply = self._ingest.health(counters, self._client._delivery_problem)
@@ -286,6 +282,7 @@ class _Endpoints:
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Routing refusals (404, 405) as JSON, like every other answer."""
+        self._client._start_delivery_once()
         if isinstance(exc, HTTPException) and exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "POST").split(", ")
             return _response(method_not_allowed(allowed))

@@ -97,6 +97,7 @@ KEPT_OUTBOX_MESSAGE = (
     "client uses that file"
 )
 RELEASE_FAILED_MESSAGE = "closing the client's transport or outbox failed"
+START_FAILED_MESSAGE = "starting delivery for the track endpoints failed"
 
 TEST_SEND_WITHIN = 15.0
 """Seconds `/track-event-test` may wait for Pinterest, retries included."""
@@ -284,6 +285,9 @@ class Client:
         self._transport: Transport | None = None
         self._test_transport: Transport | None = None
         self._dispatcher: _Dispatcher | None = None
+        # Whether the track endpoints started delivery in this process (see
+        # `_start_delivery_once`); a forked child starts its own.
+        self._endpoints_started = False
 
     def _after_fork_in_child(self) -> None:
         # The dispatcher rebuilds itself; the parent's connections are left alone.
@@ -502,12 +506,35 @@ class Client:
         if self._sending:
             self._get_dispatcher().start()
 
-    def _start_if_events_kept(self, *, thread_only: bool) -> None:
-        """Start delivery now if a durable outbox holds events of earlier runs.
+    def _start_delivery_once(self) -> None:
+        """Start delivery for the track endpoints, once per process.
 
-        For the sub-apps, built before any request: with `thread_only`,
-        only when the dispatcher is (or will be) a thread, since an async
-        one needs the server's event loop, which does not run yet.
+        At their first request (see `pinterest_app`), or when one is built
+        (`_start_if_events_kept`). Only a sending client with a durable
+        outbox needs it: what the outbox kept from an earlier run, or what
+        another process left in it, goes out without waiting for a new event
+        or a lifespan (a mounted app gets none). A memory outbox keeps
+        nothing from earlier, and its delivery starts with its first event.
+        After a fork, the child starts its own at its first request.
+        """
+        if self._endpoints_started:
+            return
+        self._endpoints_started = True
+        if not (self._sending and self.outbox.durable):
+            return
+        try:
+            self.start()
+        except Exception:
+            # Delivery starts with the next event anyway.
+            logger.exception(START_FAILED_MESSAGE)
+
+    def _start_if_events_kept(self, *, thread_only: bool) -> None:
+        """When a track endpoint app is built: start delivery now if a
+        durable outbox holds events of earlier runs.
+
+        With `thread_only`, only when the dispatcher is (or will be) a
+        thread, since an async one needs the server's event loop, which
+        does not run yet; it starts at the first request.
         """
         if not (self._sending and self.outbox.durable):
             return
@@ -518,7 +545,7 @@ class Client:
         except Exception:  # noqa: BLE001 - the worker logs what fails, rate-limited
             kept = 1
         if kept:
-            self.start()
+            self._start_delivery_once()
 
     def _is_thread_dispatched(self) -> bool:
         dispatcher = self._dispatcher
@@ -545,7 +572,10 @@ class Client:
         Later events are dropped and counted. The client's own outbox and
         transport are closed once the worker has stopped: a worker still
         waiting for Pinterest's answer when the timeout passes records it
-        first, and they are closed as it ends.
+        first, and they are closed as it ends. Called while another thread
+        closes the client, it waits for that close to end (for up to the
+        timeout and two seconds more), and the outbox and transport are
+        closed only once it has.
         """
         with self._lock:
             dispatcher = self._dispatcher
@@ -714,14 +744,15 @@ class Client:
         return AsyncTransport(**self._transport_options())
 
     def _release(self) -> None:
-        """Close the transports and an outbox of the client's own, once no
-        worker uses them any more (see `close`).
+        """Close the transports and an outbox of the client's own, once
+        neither the worker nor the dispatcher's first `close()` uses them
+        any more (see `close`).
         """
         dispatcher = self._dispatcher
         if dispatcher is None:
             self._release_now()
         else:
-            dispatcher._after_worker(self._release_now)
+            dispatcher._after_close(self._release_now)
 
     def _release_now(self) -> None:
         with self._lock:
@@ -743,9 +774,10 @@ def lifespan(
     """A Starlette or FastAPI lifespan that starts delivery and flushes at shutdown.
 
     `client` defaults to `get_default_client()`, looked up when the app
-    starts. Without it, a mounted sub-app still delivers (from its first
-    request, which also sends what a durable outbox kept from an earlier
-    run), and at SIGTERM a hook delivers what is queued in memory. Two
+    starts. Without it, a mounted sub-app still delivers (from the first
+    event; with a sending client and a durable outbox, also from its first
+    request, which sends what the outbox kept from an earlier run), and at
+    SIGTERM a hook delivers what is queued in memory. Two
     windows are left there: what a durable outbox kept waits for the app's
     first request; and under uvicorn, events accepted during its graceful
     shutdown (by requests still being answered) are sent at once but not

@@ -21,6 +21,8 @@ passed. Two dispatchers share one interface:
 What happens to a batch depends on Pinterest's answer:
 
 - processed (with or without a warning): the event is deleted;
+- taken (2xx) without a result for the event: it is deleted, not resent
+  (Pinterest may have recorded it), and counted `unconfirmed`;
 - the event failed (in a 200 or a 422): kept as rejected, with Pinterest's
   message;
 - the request was refused (400, 404, ...): all its events are kept as
@@ -59,13 +61,15 @@ store events (a disk full, a file locked past its busy timeout) drops them
 with an ERROR; under `"raise"`, `OutboxError` (a `QueueFullError`) says so
 to the caller. Events refused under `"raise"` are counted `dropped` too.
 
-Every accepted event ends up `processed`, `failed` (rejected) or `dropped`
-in the counters, each with a log line, or stays in the outbox: at `close()`
-a memory outbox's leftovers, a batch still in flight included, are counted
-dropped (a late answer for that batch is not counted again); a durable
-outbox keeps them for the next run. An event is either stored before
-`close()` counts what is left, and counted there, or refused as closed;
-concurrent `close()` calls count once.
+Every accepted event ends up `processed`, `unconfirmed` (Pinterest took
+the request without a result for it: not resent), `failed` (rejected) or
+`dropped` in the counters, each with a log line, or stays in the outbox: at
+`close()` a memory outbox's leftovers, a batch still in flight included,
+are counted dropped (a late answer for that batch is not counted again); a
+durable outbox keeps them for the next run. An event is either stored
+before `close()` stops the dispatcher, and counted there, or refused as
+closed. The first `close()` does the closing; concurrent calls wait for it
+to end (for up to their own timeout and a little more).
 
 An outbox that cannot be read (a damaged file) pauses delivery with the
 same growing backoff as a failed delivery: one ERROR per
@@ -107,7 +111,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import random
@@ -170,6 +173,9 @@ _GATE_POLL_INTERVAL = 0.001
 # How long close() waits for stores into a memory outbox under way (each
 # is a few microseconds, unless the thread doing it is not scheduled).
 _GATE_WAIT = 1.0
+# How long a later close() waits, past its own timeout, for the first one
+# to end: its wait for the worker and for the stores under way.
+_LATER_CLOSE_WAIT = 2.0
 # How long the SIGTERM hook waits, once its deadline has passed, for a
 # lock or a store that the code it interrupted (in the same thread or
 # another) may hold; it goes on without it then.
@@ -221,7 +227,10 @@ DEPTH_FAILED_LOG = "could not read the outbox depth at close"
 NO_TRANSPORT_LOG = "could not build the transport; nothing is sent"
 TRANSPORT_CLOSE_FAILED_LOG = "closing the transport failed"
 ON_ERROR_FAILED_LOG = "the on_error callback raised"
-BATCH_LOG = "batch of %d events: %d processed, %d rejected, %d deferred, %d dropped"
+BATCH_LOG = (
+    "batch of %d events: %d processed, %d unconfirmed, %d rejected, "
+    "%d deferred, %d dropped"
+)
 SEND_FAILED_LOG = "sending %d events failed unexpectedly"
 RECORD_FAILED_LOG = "could not record the outcome of %d events"
 LATE_BATCH_LOG = (
@@ -234,6 +243,7 @@ SIGNAL_UNDELIVERED_LOG = (
 )
 
 CLOSED_REASON = "the dispatcher is closed"
+OUTBOX_FULL_REASON = "the outbox is full"
 
 OUTBOX_UNREADABLE = "the outbox cannot be read: nothing is delivered"
 OUTBOX_UNWRITABLE = "the outbox cannot store events: they are dropped"
@@ -277,6 +287,9 @@ class Counters:
     - `processed`: events Pinterest accepted (`warned` included);
     - `warned`: events Pinterest accepted with a warning;
     - `failed`: events Pinterest refused, kept as rejected with the reason;
+    - `unconfirmed`: events of a request Pinterest took (2xx) without a
+      result for them: it may or may not have recorded them, and they are
+      not resent, lest it count them twice (`EventStatus.UNCONFIRMED`);
     - `retried`: deliveries deferred for another attempt after a failure;
     - `dropped`: events not accepted because the outbox was full, could
       not store them or the dispatcher closed (under the `"raise"` policy
@@ -291,8 +304,9 @@ class Counters:
     - `queue_depth`: events in the outbox waiting for delivery (in every
       process sharing a durable outbox).
 
-    Every accepted event ends up counted once as `processed`, `failed` or
-    `dropped`, or is still in the outbox (`queue_depth`).
+    Every accepted event ends up counted once as `processed`,
+    `unconfirmed`, `failed` or `dropped`, or is still in the outbox
+    (`queue_depth`).
     """
 
     accepted: int = 0
@@ -300,6 +314,7 @@ class Counters:
     processed: int = 0
     warned: int = 0
     failed: int = 0
+    unconfirmed: int = 0
     retried: int = 0
     dropped: int = 0
     account_refusals: int = 0
@@ -440,10 +455,17 @@ class _Settlement:
     dropped: list[int] = field(default_factory=list)
     defer_reason: str = ""
     warned: int = 0
+    # Of `completed`: taken by Pinterest without a result (not resent).
+    unconfirmed: int = 0
     failures: list[DeliveryFailure] = field(default_factory=list)
     # Seconds delivery pauses for, when Pinterest refused the token or
     # ad account (0: it did not).
     paused_for: float = 0.0
+
+    @property
+    def leaving(self) -> int:
+        """Events that writing the plan takes out of the outbox's depth."""
+        return len(self.completed) + len(self.dropped) + len(self.rejected)
 
 
 class _LogLimiter:
@@ -485,28 +507,92 @@ class _LogLimiter:
         return reported
 
 
-class _StoreGate:
-    """Lets stores into a memory outbox through until `close()` counts what is left.
+class _WhenDone:
+    """Callbacks to run once something has ended: at once if it already has.
 
-    A store either passes before the gate shuts, and `shut` waits for it to
-    end so that its events are in the count, or finds the gate shut and is
-    refused. No lock is taken on the way of a store: a SIGTERM handler may
-    interrupt one in the main thread and must not wait for it (see
-    `_shutdown`). Appending to and removing from a deque, and reading a
-    flag, are atomic under the GIL: a store registers itself before it
-    reads the flag, and `shut` sets the flag before it looks for stores,
-    so one of the two always sees the other.
+    For what must wait for a worker, or for the first `close()`, to end:
+    closing the outbox and the transport they use, say.
     """
 
     def __init__(self) -> None:
-        self.is_open = True
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._ended.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def finish(self) -> None:
+        """Mark it ended; run the callbacks waiting, here, in order."""
+        with self._lock:
+            self._ended.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the end; whether it came."""
+        return self._ended.wait(timeout)
+
+
+class _Closing:
+    """A dispatcher's way from open to closed: steps taken once, in order.
+
+    1. stopped (`stop`): events are refused from here on, the worker stops
+       and flushes return. A store into a memory outbox that began before
+       is let through and waited for (`enter`, `wait_for_stores`), so that
+       each accepted event is in the count of what is left, or refused.
+    2. counted (`claim_count`, then `end_count`): what is left is counted
+       (and logged), once. From the moment a memory outbox's leftovers are
+       read (`leftovers_read`), no batch is claimed, and a late answer for
+       one in flight is not counted again.
+    3. done (`claim_close`, then `done.finish()`): the first `close()` has
+       ended; later calls wait for it, and what waits for it (the client
+       closing its outbox) runs then.
+
+    The SIGTERM hook takes steps 1 and 2 only: the process ends next.
+    Nothing on the way of a store or of the hook waits for a lock, since
+    the hook may interrupt any code in the main thread, and must neither
+    wait for it nor meet a lock it holds: setting or reading a flag, and
+    appending to or removing from a deque, are atomic under the GIL, every
+    flag is only ever set, and a claim is a lock taken without waiting and
+    never given back. A store registers itself before it reads `stopped`,
+    and `wait_for_stores` looks for stores after `stopped` was set, so one
+    of the two always sees the other.
+    """
+
+    def __init__(self, *, closed: bool = False) -> None:
+        self.stopped = False
+        self.leftovers_read = False
+        self.count_ended = False
+        self.done = _WhenDone()
+        self._close_claim = threading.Lock()
+        self._count_claim = threading.Lock()
+        self._counting_in: int | None = None
         self._passing: deque[object] = deque()
+        if closed:
+            self.stop()
+            self.claim_close()
+            self.claim_count()
+            self.leftovers_read = self.count_ended = True
+            self.done.finish()
+
+    def in_child(self) -> _Closing:
+        """This state in a forked child: closed stays closed, the rest starts over."""
+        return _Closing(closed=self.stopped)
+
+    def stop(self) -> None:
+        self.stopped = True
 
     def enter(self) -> object | None:
-        """Register a store; None (nothing registered) when the gate is shut."""
+        """Register a store; None (nothing registered) once stopped."""
         token = object()
         self._passing.append(token)
-        if self.is_open:
+        if not self.stopped:
             return token
         self._passing.remove(token)
         return None
@@ -514,16 +600,54 @@ class _StoreGate:
     def leave(self, token: object) -> None:
         self._passing.remove(token)
 
-    def shut(self, wait: float) -> None:
-        """Refuse later stores; wait up to `wait` seconds for those under way."""
-        self.is_open = False
+    def wait_for_stores(self, wait: float) -> None:
+        """Wait up to `wait` seconds for the stores that began before the stop."""
         deadline = time.monotonic() + wait
         while self._passing and time.monotonic() < deadline:
             time.sleep(_GATE_POLL_INTERVAL)
 
+    def claim_close(self) -> bool:
+        """Whether the caller is the first to close (it calls `done.finish()`)."""
+        return self._close_claim.acquire(blocking=False)
+
+    def claim_count(self, *, take_over_after: float | None = None) -> bool:
+        """Whether the caller counts what is left: the first caller does.
+
+        With `take_over_after` (the SIGTERM hook's, the process ending
+        next), also when the count claimed earlier runs in this thread
+        (code the handler interrupted, which never resumes), or has not
+        ended after that many seconds.
+        """
+        me = threading.get_ident()
+        if self._count_claim.acquire(blocking=False):
+            self._counting_in = me
+            return True
+        if take_over_after is None:
+            return False
+        deadline = time.monotonic() + take_over_after
+        while (
+            self._counting_in != me
+            and not self.count_ended
+            and time.monotonic() < deadline
+        ):
+            time.sleep(_GATE_POLL_INTERVAL)
+
+        return not self.count_ended
+
+    def end_count(self) -> None:
+        self.count_ended = True
+
 
 class _ClosedError(Exception):
-    """A store refused because `close()` has counted what is left."""
+    """A store refused because the dispatcher is stopped.
+
+    `stored` events of the call went in before (under `"block"`, which
+    stores a call's events as room comes).
+    """
+
+    def __init__(self, stored: int = 0) -> None:
+        super().__init__(stored)
+        self.stored = stored
 
 
 def _describe(error: BaseException) -> str:
@@ -650,7 +774,7 @@ class _BaseDispatcher:
         self.shutdown_timeout = options.shutdown_timeout
         self.on_error = options.on_error
         self.test_mode = options.test_mode
-        self._closed = False
+        self._closing = _Closing()
         self._setup_shared()
         register_fork_aware(self)
         _shutdown.register(self)
@@ -663,15 +787,14 @@ class _BaseDispatcher:
         self._claim_failure_log = _LogLimiter(DROP_LOG_INTERVAL)
         self._fresh = 0
         # Held while a batch's outcome is counted and written, and while
-        # close() counts what is left, so that no event is counted twice.
-        # Reentrant, for the SIGTERM hook (see `_after_signal_delivery`).
-        self._settle_lock = threading.RLock()
-        self._store_gate = _StoreGate()
-        # The first close() (or SIGTERM hook) to draw from these does the
-        # closing, or the counting of what is left: next() is atomic.
-        self._close_calls = itertools.count()
-        self._leftover_reports = itertools.count()
-        self._leftovers_counted = False
+        # close() reads what is left, so that no event is counted twice.
+        # Not reentrant: a SIGTERM handler that interrupted a settle in its
+        # own thread must not read the outbox halfway through it (see
+        # `_read_leftovers`).
+        self._settle_lock = threading.Lock()
+        # Events a settle under way counted, and has yet to take out of the
+        # outbox (see `_settle`).
+        self._unwritten = 0
         # Set while the outbox fails: the last claim, or the last store.
         self._claim_failures = 0
         self._store_failing = False
@@ -691,6 +814,7 @@ class _BaseDispatcher:
         ] = weakref.WeakKeyDictionary()
 
     def _after_fork_in_child(self) -> None:
+        self._closing = self._closing.in_child()
         self._setup_shared()
 
     @property
@@ -702,6 +826,11 @@ class _BaseDispatcher:
     def counters(self) -> Counters:
         """A snapshot of the counters; `queue_depth` is read from the outbox."""
         return self._counters.snapshot(self.outbox.depth())
+
+    @property
+    def _closed(self) -> bool:
+        """Whether events are refused: `close()` or SIGTERM stopped the dispatcher."""
+        return self._closing.stopped
 
     @property
     def _needs_signal_delivery(self) -> bool:
@@ -732,11 +861,48 @@ class _BaseDispatcher:
             self._wake_worker()
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush for up to `timeout` seconds, then stop (see the subclasses)."""
+        """Flush for up to `timeout` seconds (`shutdown_timeout` by default), then stop.
+
+        Events submitted afterwards are dropped and counted. Undelivered
+        events stay in a durable outbox; in memory they are counted as
+        dropped and logged at ERROR. Only the first of concurrent calls
+        does this; the others wait for it to end, for up to their own
+        timeout and two seconds more. A `flush` waiting in another thread
+        returns False.
+
+        Returns once the timeout has passed even if the worker is still
+        waiting for Pinterest's answer to a request: it records that answer
+        (a memory outbox's events are already counted dropped) and ends.
+        """
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        if not self._closing.claim_close():
+            self._closing.done.wait(timeout + _LATER_CLOSE_WAIT)
+            return
+        try:
+            self._close_now(timeout)
+        finally:
+            self._closing.done.finish()
+
+    def _close_now(self, timeout: float) -> None:
+        """The closing, by the first `close()`: flush, stop, count what is left."""
         raise NotImplementedError
 
     def _close_at_exit(self) -> None:
         self.close()
+
+    def _after_worker(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the worker has ended: now if none runs."""
+        raise NotImplementedError
+
+    def _after_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the first `close()` and the worker have ended.
+
+        For what they use and their owner closes (the client's transport
+        and outbox): a worker still waiting for an answer after `close()`
+        records it first, and a `close()` still counting what is left reads
+        the outbox first. Now if both have ended.
+        """
+        self._closing.done.add(functools.partial(self._after_worker, callback))
 
     def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None:
         """At SIGTERM (see `_shutdown`): deliver by `deadline`; close if `closing`."""
@@ -746,16 +912,20 @@ class _BaseDispatcher:
         """At SIGTERM, in the handler's thread, once delivery ended or its
         deadline passed (see `_shutdown`).
 
-        Closing (the process ends next): what is left is counted dropped and
-        logged now, unless the delivery's own close did so already; nothing
-        here waits for the delivery, which may be stuck on a request or on
-        a lock the interrupted code holds. Otherwise (a server goes on with
-        its graceful shutdown, and may still deliver them): what is left is
-        logged, and counted by a later `close()` if the process gets there.
+        Closing (the process ends next): events are refused, and what is
+        left is counted dropped and logged, here and nowhere else (the
+        delivery only delivers and stops), unless a `close()` in another
+        thread counted it already. Nothing here waits long for the delivery,
+        a store or a settle under way, which may be stuck on a request or
+        interrupted by this very handler: `_SIGNAL_WAIT` at most for each.
+        Otherwise (a server goes on with its graceful shutdown, and may
+        still deliver them): what is left is logged, and counted by a later
+        `close()` if the process gets there.
         """
         if closing:
-            self._closed = True
-            self._account_leftovers(gate_wait=_SIGNAL_WAIT, lock_wait=_SIGNAL_WAIT)
+            self._closing.stop()
+            if self._closing.claim_count(take_over_after=_SIGNAL_WAIT):
+                self._count_leftovers(gate_wait=_SIGNAL_WAIT, lock_wait=_SIGNAL_WAIT)
             return
         left = self.outbox.depth()
         if left:
@@ -784,11 +954,11 @@ class _BaseDispatcher:
         try:
             stored = self._put(events)
         except QueueFullError:
-            self._drop(len(events), "the outbox is full")
+            self._drop(len(events), OUTBOX_FULL_REASON)
             raise
-        except _ClosedError:
-            self._drop(len(events), CLOSED_REASON)
-            return 0
+        except _ClosedError as closed:
+            self._tally(len(events), closed.stored, CLOSED_REASON)
+            return closed.stored
         except Exception as exc:
             self._store_failed(len(events), exc)
             if self.overflow == "raise":
@@ -801,13 +971,13 @@ class _BaseDispatcher:
 
         return stored
 
-    def _tally(self, count: int, stored: int) -> None:
-        """Count a call's `stored` events accepted and the rest of `count` dropped."""
+    def _tally(self, count: int, stored: int, why: str = OUTBOX_FULL_REASON) -> None:
+        """Count a call's `stored` events accepted, the rest of `count` dropped."""
         if stored:
             self._counters.add(accepted=stored)
             self._after_accept(stored)
         if stored < count:
-            self._drop(count - stored, "the outbox is full")
+            self._drop(count - stored, why)
 
     @property
     def _groups_writes(self) -> bool:
@@ -886,8 +1056,8 @@ class _BaseDispatcher:
         try:
             stored: list[int] = put_many(batches, test=self.test_mode)
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, rate-limited
-            for events in batches:
-                self._store_failed(len(events), exc)
+            # One failed write, whatever the number of calls it carried.
+            self._store_failed(sum(len(events) for events in batches), exc)
             return [0] * len(batches)
         self._store_failing = False
         for events, count in zip(batches, stored, strict=True):
@@ -902,33 +1072,46 @@ class _BaseDispatcher:
             return len(events)
         stored = self._store(events)
         if self.overflow == "block" and stored < len(events):
-            deadline = time.monotonic() + self.block_timeout
-            if self.is_sending:
-                self._ensure_worker()
-            while stored < len(events) and time.monotonic() < deadline:
-                self._wake_worker()
-                time.sleep(_POLL_INTERVAL)
-                try:
-                    stored += self._store(events[stored:])
-                except _ClosedError:
-                    break
+            stored = self._wait_for_room(events, stored)
+
+        return stored
+
+    def _wait_for_room(self, events: Sequence[WireEvent], stored: int) -> int:
+        """Under `"block"`: store the rest as room comes, for `block_timeout`.
+
+        Raises `_ClosedError`, with how many were stored, when the
+        dispatcher stops meanwhile.
+        """
+        deadline = time.monotonic() + self.block_timeout
+        if self.is_sending:
+            self._ensure_worker()
+        while stored < len(events) and time.monotonic() < deadline:
+            self._wake_worker()
+            time.sleep(_POLL_INTERVAL)
+            if self._closed:
+                # A durable outbox's stores have no gate: stop here too.
+                raise _ClosedError(stored)
+            try:
+                stored += self._store(events[stored:])
+            except _ClosedError:
+                raise _ClosedError(stored) from None
 
         return stored
 
     def _store(self, events: Sequence[WireEvent], *, atomic: bool = False) -> int:
-        """One write to the outbox; `_ClosedError` once `close()` counted a
-        memory outbox's leftovers (see `_StoreGate`).
+        """One write to the outbox; `_ClosedError` for a memory outbox once
+        the dispatcher stopped (see `_Closing`).
         """
         if self.outbox.durable:
             # What is stored after close() stays for the next run.
             return self.outbox.put(events, atomic=atomic, test=self.test_mode)
-        token = self._store_gate.enter()
+        token = self._closing.enter()
         if token is None:
             raise _ClosedError
         try:
             return self.outbox.put(events, atomic=atomic, test=self.test_mode)
         finally:
-            self._store_gate.leave(token)
+            self._closing.leave(token)
 
     def _after_accept(self, count: int) -> None:
         """Start the worker if needed; wake it when a batch is full.
@@ -1034,6 +1217,7 @@ class _BaseDispatcher:
             else:
                 plan.completed.append(item.key)
                 plan.warned += result.status is EventStatus.WARNED
+                plan.unconfirmed += result.status is EventStatus.UNCONFIRMED
         for message, items in refused.items():
             self._note(plan, "rejected", items, message)
         if unsent:
@@ -1074,7 +1258,9 @@ class _BaseDispatcher:
         Not while paused after an account refusal or a failed claim, nor
         once `close()` has counted a memory outbox's leftovers as dropped.
         """
-        return time.monotonic() >= self._paused_until and not self._leftovers_counted
+        return (
+            time.monotonic() >= self._paused_until and not self._closing.leftovers_read
+        )
 
     def _claim_now(self) -> Claim | None:
         """Claim a batch (blocking I/O for a durable outbox); None if none is
@@ -1224,15 +1410,20 @@ class _BaseDispatcher:
         counted again. Raises what the outbox raises.
         """
         with self._settle_lock:
-            if self._leftovers_counted:
+            if self._closing.leftovers_read:
                 logger.warning(LATE_BATCH_LOG, len(claim))
             else:
                 self._count(plan)
-            self._apply(claim, plan)
+                self._unwritten = plan.leaving
+            try:
+                self._apply(claim, plan)
+            finally:
+                self._unwritten = 0
         logger.debug(
             BATCH_LOG,
             len(claim),
-            len(plan.completed),
+            len(plan.completed) - plan.unconfirmed,
+            plan.unconfirmed,
             len(plan.rejected),
             len(plan.deferred),
             len(plan.dropped),
@@ -1240,7 +1431,8 @@ class _BaseDispatcher:
 
     def _count(self, plan: _Settlement) -> None:
         self._counters.add(
-            processed=len(plan.completed),
+            processed=len(plan.completed) - plan.unconfirmed,
+            unconfirmed=plan.unconfirmed,
             warned=plan.warned,
             failed=len(plan.rejected),
             retried=len(plan.deferred),
@@ -1278,41 +1470,60 @@ class _BaseDispatcher:
         except Exception:
             logger.exception(ON_ERROR_FAILED_LOG)
 
-    def _account_leftovers(
-        self, *, gate_wait: float = _GATE_WAIT, lock_wait: float = -1
-    ) -> None:
+    def _account_leftovers(self) -> None:
         """At close: say what stays undelivered; count it dropped if not durable.
 
-        Once per dispatcher, whoever calls first. A memory outbox's
-        leftovers include the batch a worker may still be sending, whose
-        answer is unknown; they are counted dropped, and a late answer is
-        not counted again (see `_settle`). Stores are refused from here on,
-        and those under way are waited for up to `gate_wait` seconds, so
-        that each accepted event is in the count or was refused. The settle
-        lock is waited for up to `lock_wait` seconds (-1: for as long as it
-        takes), then done without.
+        Once per dispatcher, whoever calls first (see `_count_leftovers`).
         """
-        if next(self._leftover_reports):
-            return
-        if not self.outbox.durable:
-            self._store_gate.shut(gate_wait)
-        self._report_unlogged_drops()
+        if self._closing.claim_count():
+            self._count_leftovers(gate_wait=_GATE_WAIT, lock_wait=-1)
+
+    def _count_leftovers(self, *, gate_wait: float, lock_wait: float) -> None:
+        """Stop, then count and log what is left, by whoever claimed the count.
+
+        A memory outbox's leftovers include the batch a worker may still be
+        sending, whose answer is unknown; they are counted dropped, and a
+        late answer is not counted again (see `_settle`). Stores under way
+        are waited for up to `gate_wait` seconds, so that each accepted
+        event is in the count or was refused; the settle lock for up to
+        `lock_wait` seconds (-1: for as long as it takes).
+        """
+        self._closing.stop()
+        try:
+            if not self.outbox.durable:
+                self._closing.wait_for_stores(gate_wait)
+            self._report_unlogged_drops()
+            left = self._read_leftovers(lock_wait)
+            if left:
+                self._report_leftovers(left)
+        finally:
+            self._closing.end_count()
+
+    def _read_leftovers(self, lock_wait: float) -> int:
+        """How many events the outbox holds undelivered (0 when unreadable).
+
+        Past `lock_wait`, read without the settle lock: its holder (code a
+        SIGTERM handler interrupted, or stuck behind it) has counted its
+        batch, and may not have taken it out of the outbox yet, so that
+        batch is left out of the count. If it was halfway through the write,
+        the count may miss part of that batch.
+        """
         locked = self._settle_lock.acquire(timeout=lock_wait)
         try:
-            left = self.outbox.depth()
+            if not self.outbox.durable:
+                self._closing.leftovers_read = True
+            # Always 0 with the lock held.
+            return max(self.outbox.depth() - self._unwritten, 0)
         except Exception:
             logger.exception(DEPTH_FAILED_LOG)
-            return
+            return 0
         finally:
-            if not self.outbox.durable:
-                self._leftovers_counted = True
             if locked:
                 self._settle_lock.release()
-        if not self.outbox.durable and left:
-            self._counters.add(dropped=left)
-        if not left:
-            return
+
+    def _report_leftovers(self, left: int) -> None:
         if not self.outbox.durable:
+            self._counters.add(dropped=left)
             logger.error(CLOSED_LOST_LOG, left, min(self._in_flight, left))
             return
         # Keeping events is the whole job of a client that does not send.
@@ -1390,9 +1601,8 @@ class ThreadDispatcher(_BaseDispatcher):
         self._wake_requested = False
         self._stop_requested = False
         self._thread: threading.Thread | None = None
-        # Called by the worker thread as it ends (see `_after_worker`).
-        self._on_worker_end: list[Callable[[], None]] = []
-        self._ended_thread: threading.Thread | None = None
+        # The end of the latest worker thread (see `_after_worker`).
+        self._thread_end: _WhenDone | None = None
 
     def _after_fork_in_child(self) -> None:
         # The worker thread does not exist in the child; its transport (and
@@ -1452,33 +1662,22 @@ class ThreadDispatcher(_BaseDispatcher):
         """`flush` for async code, waiting in a thread."""
         return await anyio.to_thread.run_sync(self.flush, timeout)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Flush for up to `timeout` seconds (`shutdown_timeout` by default), then stop.
-
-        Events submitted afterwards are dropped and counted. Undelivered
-        events stay in a durable outbox; in memory they are counted as
-        dropped and logged at ERROR. Only the first of concurrent calls
-        does this; the others return at once. A `flush` waiting in another
-        thread returns False.
-
-        Returns once the timeout has passed even if the worker is still
-        waiting for Pinterest's answer to a request: it records that answer
-        (a memory outbox's events are already counted dropped) and ends.
-        """
-        if next(self._close_calls):
-            return
-        timeout = self.shutdown_timeout if timeout is None else timeout
+    def _close_now(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         if self.is_sending:
             self.flush(timeout)
+        self._stop_and_join(deadline)
+        self._account_leftovers()
+
+    def _stop_and_join(self, deadline: float) -> None:
+        """Stop the worker; wait for it until `deadline` (0.1 s at least)."""
         thread = self._stop()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(deadline - time.monotonic(), 0.1))
-        self._account_leftovers()
 
     def _stop(self) -> threading.Thread | None:
         """Refuse events, stop the worker, wake waiting flushes; no waiting."""
-        self._closed = True
+        self._closing.stop()
         with self._wakeup:
             self._stop_requested = True
             self._wakeup.notify_all()
@@ -1495,15 +1694,15 @@ class ThreadDispatcher(_BaseDispatcher):
     def _deliver_at_signal(self, deadline: float, *, closing: bool) -> None:
         """At SIGTERM, from a helper thread: the worker thread does the sending.
 
-        A request already under way keeps the transport's own timeout and
-        retry budget: if it outlasts the deadline, `_after_signal_delivery`
-        counts what is left.
+        Closing, it only delivers and stops: `_after_signal_delivery`
+        counts what is left, in the handler's thread, by the deadline. A
+        request already under way keeps the transport's own timeout and
+        retry budget: it may outlast the deadline, and the count.
         """
-        remaining = max(deadline - time.monotonic(), 0.0)
+        self.flush(max(deadline - time.monotonic(), 0.0))
         if closing:
-            self.close(remaining)
+            self._stop_and_join(deadline)
             return
-        self.flush(remaining)
         self._send_promptly()
 
     # --- the worker ---
@@ -1519,10 +1718,15 @@ class ThreadDispatcher(_BaseDispatcher):
                 return
             if self._stop_requested:
                 return
+            end = _WhenDone()
             self._thread = threading.Thread(
-                target=self._run, name="pinterest-mw-dispatcher", daemon=True
+                target=self._run,
+                args=(end,),
+                name="pinterest-mw-dispatcher",
+                daemon=True,
             )
             self._thread.start()
+            self._thread_end = end
         self._watch_sigterm()
 
     def _may_claim(self) -> bool:
@@ -1535,32 +1739,22 @@ class ThreadDispatcher(_BaseDispatcher):
             self._wakeup.notify_all()
 
     def _after_worker(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once the worker thread has ended: now if none runs.
+        """Call `callback` once the worker thread has ended: now if none ran.
 
-        For what the worker uses and its owner closes (the client's
-        transport and outbox): a worker still waiting for an answer after
-        `close()` records it first.
+        Called from the worker itself (an `on_error` callback closing the
+        client), it runs as the worker ends.
         """
-        with self._lock:
-            thread = self._thread
-            running = thread is not None and thread.is_alive()
-            if running and thread not in (
-                self._ended_thread,
-                threading.current_thread(),
-            ):
-                self._on_worker_end.append(callback)
-                return
-        callback()
+        end = self._thread_end
+        if end is None:
+            callback()
+        else:
+            end.add(callback)
 
-    def _run(self) -> None:
+    def _run(self, end: _WhenDone) -> None:
         try:
             self._work()
         finally:
-            with self._lock:
-                self._ended_thread = threading.current_thread()
-                callbacks, self._on_worker_end = self._on_worker_end, []
-            for callback in callbacks:
-                callback()
+            end.finish()
 
     def _work(self) -> None:
         assert self._make_sender is not None
@@ -1723,8 +1917,8 @@ class _Worker:
         self.done = False
         self.forked = False
         self.task: asyncio.Task[None] | None = None
-        # Called as the worker ends (see `AsyncDispatcher._after_worker`).
-        self.on_end: list[Callable[[], None]] = []
+        # Its end, for `AsyncDispatcher._after_worker`.
+        self.end = _WhenDone()
 
     def is_alive(self) -> bool:
         return not self.stopping and self.is_running()
@@ -1920,12 +2114,13 @@ class AsyncDispatcher(_BaseDispatcher):
     def close(self, timeout: float | None = None) -> None:
         """Flush for up to `timeout` seconds, then stop the worker.
 
-        From the worker's own loop, use `aclose`. As for `ThreadDispatcher`,
-        only the first of concurrent calls (`aclose` included) closes.
+        From the worker's own loop, use `aclose`. Otherwise as
+        `ThreadDispatcher.close`: only the first of concurrent calls
+        (`aclose` included) closes, and the others wait for it.
         """
-        if next(self._close_calls):
-            return
-        timeout = self.shutdown_timeout if timeout is None else timeout
+        super().close(timeout)
+
+    def _close_now(self, timeout: float) -> None:
         if self.is_sending:
             self.flush(timeout)
         self._stop()
@@ -1936,13 +2131,20 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - twin of close(timeout)
         """Flush for up to `timeout` seconds, then stop the worker."""
-        if next(self._close_calls):
-            return
         timeout = self.shutdown_timeout if timeout is None else timeout
-        if self.is_sending:
-            await self.aflush(timeout)
-        await self._await_stopped(self._stop())
-        await self._offload(self._account_leftovers)
+        if not self._closing.claim_close():
+            wait = functools.partial(
+                self._closing.done.wait, timeout + _LATER_CLOSE_WAIT
+            )
+            await anyio.to_thread.run_sync(wait)
+            return
+        try:
+            if self.is_sending:
+                await self.aflush(timeout)
+            await self._await_stopped(self._stop())
+            await self._offload(self._account_leftovers)
+        finally:
+            self._closing.done.finish()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[AsyncDispatcher]:
@@ -2045,7 +2247,7 @@ class AsyncDispatcher(_BaseDispatcher):
         self._watch_sigterm()
 
     def _stop(self) -> _Worker | None:
-        self._closed = True
+        self._closing.stop()
         return self._stop_worker()
 
     def _stop_worker(self) -> _Worker | None:
@@ -2073,25 +2275,20 @@ class AsyncDispatcher(_BaseDispatcher):
     def _after_worker(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the worker has ended: now if none runs.
 
-        As `ThreadDispatcher._after_worker`. A worker in a loop that went
-        away counts as ended.
+        A worker in a loop that went away counts as ended.
         """
-        with self._start_lock:
-            worker = self._worker
-            if worker is not None and worker.is_running():
-                worker.on_end.append(callback)
-                return
-        callback()
+        worker = self._worker
+        if worker is None or not worker.is_running():
+            callback()
+        else:
+            worker.end.add(callback)
 
     async def _work(self, worker: _Worker) -> None:
         try:
             await self._run(worker)
         finally:
-            with self._start_lock:
-                worker.done = True
-                callbacks, worker.on_end = worker.on_end, []
-            for callback in callbacks:
-                callback()
+            worker.done = True
+            worker.end.finish()
 
     async def _run(self, worker: _Worker) -> None:
         assert self._make_sender is not None
@@ -2211,11 +2408,11 @@ class AsyncDispatcher(_BaseDispatcher):
             self._send_at_signal(sender, deadline, closing=closing)
         finally:
             sender.close()
-        if not closing:
+        if closing:
+            # `_after_signal_delivery` counts what is left.
+            self._stop()
+        else:
             self._send_promptly()
-            return
-        self._stop()
-        self._account_leftovers()
 
     def _send_at_signal(
         self, sender: Sender, deadline: float, *, closing: bool

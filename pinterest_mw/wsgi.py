@@ -14,9 +14,11 @@ whose docstring describes the endpoints, options and refusals; both share
 their rules (`pinterest_mw._ingest`). Events are queued for a background
 thread (the client's `ThreadDispatcher`), so a request never waits for
 Pinterest, except at `/track-event-test`, which is there to wait (about
-15 seconds at most). Delivery starts when the app is built if a durable
-outbox holds events from an earlier run, and otherwise with the first
-request of any kind.
+15 seconds at most). Delivery starts with the first event; with a sending
+client and a durable outbox, also when the app is built if the outbox
+holds events from an earlier run, or else at the app's first request in
+each process, whatever it asks for (a CORS preflight aside), so that what
+the outbox kept goes out without a new event.
 
 No web framework is imported: this is PEP 3333 WSGI, CORS included.
 """
@@ -133,7 +135,6 @@ class _WSGIApp:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        self._ingest.start_delivery()
         method = environ.get("REQUEST_METHOD", "GET")
         origin = environ.get("HTTP_ORIGIN")
         if (
@@ -162,6 +163,7 @@ class _WSGIApp:
         return [b"" if method == "HEAD" else reply.body]
 
     def _route(self, environ: WSGIEnvironment, method: str) -> Reply:
+        self._client._start_delivery_once()
         route = self._routes.get(environ.get("PATH_INFO") or "/")
         if route is None:
             return NOT_FOUND

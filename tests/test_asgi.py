@@ -19,6 +19,7 @@ from _helpers import EMAIL, FAST, FOREIGN, MOCK_URL, SHOP, event
 from fastapi import FastAPI
 from pytest_httpx import HTTPXMock
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -1371,6 +1372,65 @@ async def test_a_thread_dispatcher_sends_what_the_outbox_kept_from_the_start(
     pinterest_app(make_client(outbox=tmp_path / "outbox.sqlite3", dispatcher="thread"))
 
     assert await wait_for_delivery(fake_pinterest, 1) == kept
+
+
+def test_an_app_that_started_delivery_when_built_does_not_start_it_again(
+    make_client: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """One switch per process, whoever flips it: the build or a request."""
+    keep_events(tmp_path / "outbox.sqlite3", 1)
+    client = make_client(outbox=tmp_path / "outbox.sqlite3", dispatcher="thread")
+    started: list[bool] = []
+    monkeypatch.setattr(client, "start", lambda: started.append(True))
+    app = pinterest_app(client)
+
+    with TestClient(app) as session:
+        session.get("/health")
+        session.get("/health")
+
+    assert started == [True]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/health"),
+        ("POST", "/track-event"),
+        ("GET", "/track-event"),
+        ("GET", "/no-such-page"),
+    ],
+)
+def test_any_request_but_a_preflight_starts_delivery_once(
+    make_client: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    method: str,
+    path: str,
+) -> None:
+    client = make_client(outbox=tmp_path / "outbox.sqlite3")
+    app = pinterest_app(client)
+    started: list[bool] = []
+    monkeypatch.setattr(client, "start", lambda: started.append(True))
+
+    with TestClient(app) as session:
+        session.options(
+            "/track-event",
+            headers={"origin": SHOP, "access-control-request-method": "POST"},
+        )
+        assert started == []
+        session.request(method, path, json=event())
+        session.request(method, path, json=event())
+
+    assert started == [True]
+
+
+def test_delivery_is_started_without_a_middleware_layer(client: Client) -> None:
+    """Every request would pay for it; the endpoints start it themselves."""
+    app = pinterest_app(client)
+
+    assert [middleware.cls for middleware in app.user_middleware] == [CORSMiddleware]
 
 
 class UnreadableOutbox(MemoryOutbox):

@@ -1268,3 +1268,87 @@ def test_test_endpoint_sends_fit_in_their_time_limit(clients: list[Client]) -> N
 
     assert transport.timeout + transport.retry.total_budget <= TEST_SEND_WITHIN
     transport.close()
+
+
+class SlowCountOutbox(SQLiteOutbox):
+    """A SQLite outbox whose first depth read once `slow` is set waits for
+    `release`: a close() slow to count what is left. `closed_while_reading`
+    records whether `close()` came meanwhile."""
+
+    def __init__(self, path: Path, *args: Any, **options: Any) -> None:
+        super().__init__(path, *args, **options)
+        self.slow = False
+        self.reading = threading.Event()
+        self.release = threading.Event()
+        self.closed_while_reading: list[bool] = []
+
+    def depth(self) -> int:
+        if self.slow and not self.reading.is_set():
+            self.reading.set()
+            self.release.wait(30)
+            depth = super().depth()
+            self.slow = False
+            return depth
+        return super().depth()
+
+    def close(self) -> None:
+        self.closed_while_reading.append(self.slow)
+        super().close()
+
+
+def test_a_client_closed_twice_at_once_closes_its_outbox_after_the_first_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later close() may give up waiting, but never closes the outbox
+    under the first one, still counting what is left (no worker runs)."""
+    monkeypatch.setattr("pinterest_mw.dispatch._LATER_CLOSE_WAIT", 0.0)
+    monkeypatch.setattr("pinterest_mw.client.SQLiteOutbox", SlowCountOutbox)
+    client = Client(sending=False, outbox=tmp_path / "outbox.sqlite3")
+    outbox = client.outbox
+    assert isinstance(outbox, SlowCountOutbox)
+    client.track(event_data())
+    outbox.slow = True
+    first = threading.Thread(target=client.close, args=(0,), daemon=True)
+    first.start()
+    assert outbox.reading.wait(5)
+
+    client.close(timeout=0)
+    closed_early = list(outbox.closed_while_reading)
+    outbox.release.set()
+    first.join(30)
+
+    assert closed_early == []
+    assert outbox.closed_while_reading
+    assert True not in outbox.closed_while_reading
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_close_leaves_the_outbox_to_a_worker_of_either_kind_still_sending(
+    tmp_path: Path, kind: str
+) -> None:
+    """The late answer is recorded, then the outbox is closed."""
+    fake = FakePinterestAPI(latency=1.0)
+    with serve_fake_api(fake) as url:
+        client = Client(
+            FAKE_ACCESS_TOKEN,
+            FAKE_AD_ACCOUNT_ID,
+            api_url=url,
+            outbox=tmp_path / "outbox.sqlite3",
+            dispatcher=kind,  # type: ignore[arg-type]
+            **FAST,
+        )
+        client.track(event_data())
+        deadline = time.monotonic() + 30
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dispatcher = client._get_dispatcher()
+
+        client.close(timeout=0)
+        # Waits behind the client's release, registered by close().
+        ended = threading.Event()
+        dispatcher._after_worker(ended.set)
+        assert ended.wait(30)
+
+    assert isinstance(client.outbox, SQLiteOutbox)
+    assert client.outbox._writer is None
+    assert dispatcher.counters.processed == 1

@@ -27,6 +27,7 @@ from pinterest_mw.dispatch import (
     DROPPED_UNREPORTED_LOG,
     LOST_LOG,
     ON_ERROR_FAILED_LOG,
+    OUTBOX_FULL_REASON,
     OUTBOX_UNREADABLE,
     STORE_FAILED_LOG,
     AsyncDispatcher,
@@ -34,6 +35,7 @@ from pinterest_mw.dispatch import (
     DeliveryBackoff,
     DeliveryFailure,
     ThreadDispatcher,
+    _WhenDone,
 )
 from pinterest_mw.events import WireEvent, build_event
 from pinterest_mw.exceptions import (
@@ -543,6 +545,49 @@ def test_block_policy_waits_for_the_worker_to_make_room(
     assert (accepted, dispatcher.counters.dropped) == (5, 0)
 
 
+class FullOutbox(MemoryOutbox):
+    """A memory outbox of one event, full; `refused` is set at each refusal."""
+
+    def __init__(self) -> None:
+        super().__init__(max_events=1)
+        super().put(wire(1, start=100))
+        self.refused = threading.Event()
+
+    def put(
+        self,
+        events: Sequence[WireEvent],
+        *,
+        atomic: bool = False,
+        test: bool | None = None,
+    ) -> int:
+        stored = super().put(events, atomic=atomic, test=test)
+        if stored < len(events):
+            self.refused.set()
+        return stored
+
+
+def test_a_blocked_store_refused_by_close_is_dropped_as_closed(
+    make_thread: Callable[..., ThreadDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not as "the outbox is full": the close, not the room, ended its wait."""
+    outbox = FullOutbox()
+    dispatcher = make_thread(None, outbox, overflow="block", block_timeout=60)
+    results: list[int] = []
+    submitting = threading.Thread(
+        target=lambda: results.append(dispatcher.submit(wire(1)))
+    )
+    submitting.start()
+    assert outbox.refused.wait(5)
+
+    dispatcher.close(timeout=0)
+    submitting.join(30)
+
+    # Dropped: the event refused, and the one the outbox held at close.
+    assert (results, dispatcher.counters.dropped) == ([0], 2)
+    assert DROPPED_LOG % (1, CLOSED_REASON, "block") in caplog.messages
+    assert not any(OUTBOX_FULL_REASON in message for message in caplog.messages)
+
+
 def test_a_storage_failure_drops_and_logs(
     sqlite: Callable[..., SQLiteOutbox],
     make_thread: Callable[..., ThreadDispatcher],
@@ -587,7 +632,44 @@ def test_repeated_storage_failures_log_once_per_interval_and_add_up(
     assert dispatcher.counters.dropped == 6
 
 
+@pytest.mark.anyio
+async def test_a_failed_grouped_write_counts_one_outbox_error(
+    sqlite: Callable[..., SQLiteOutbox], make_thread: Callable[..., ThreadDispatcher]
+) -> None:
+    """Three calls share one write: one failure of the outbox, three drops."""
+    outbox = sqlite()
+    writes: list[int] = []
+
+    def broken_put_many(batches: Sequence[Sequence[WireEvent]], **options: Any) -> Any:
+        writes.append(len(batches))
+        raise sqlite3.OperationalError("database is locked")
+
+    outbox.put_many = broken_put_many  # type: ignore[method-assign]
+    dispatcher = make_thread(None, outbox)
+
+    accepted = await asyncio.gather(*(dispatcher.asubmit(wire(1)) for _ in "abc"))
+
+    counters = dispatcher.counters
+    assert (writes, accepted) == ([3], [0, 0, 0])
+    assert (counters.outbox_errors, counters.dropped) == (1, 3)
+
+
 # --- outcomes ---
+
+
+def test_unconfirmed_events_are_counted_apart_from_processed_ones(
+    make_thread: Callable[..., ThreadDispatcher],
+) -> None:
+    """Pinterest took the request without a result for them: not resent."""
+    sender = FakeSender("unconfirmed")
+    dispatcher = make_thread(sender)
+    dispatcher.submit(wire(2))
+
+    assert dispatcher.flush(timeout=5)
+    counters = dispatcher.counters
+    assert (counters.processed, counters.unconfirmed) == (0, 2)
+    assert sender.sent_ids == ["event-0", "event-1"]
+    assert counters.as_dict()["unconfirmed"] == 2
 
 
 def test_processed_events_leave_the_outbox(
@@ -1141,7 +1223,7 @@ async def test_a_cancelled_delivery_hands_its_batch_back(
     await asyncio.wait([worker.task], timeout=5)
 
     assert outbox.stats().pending == 1
-    dispatcher._closed = True
+    dispatcher._closing.stop()
 
 
 @pytest.mark.anyio
@@ -1175,7 +1257,7 @@ async def test_a_claim_cancelled_midway_is_handed_back(
 
     worker.task.cancel()
     await asyncio.wait([worker.task], timeout=5)
-    dispatcher._closed = True
+    dispatcher._closing.stop()
     gate.set()
 
     assert await anyio.to_thread.run_sync(released.wait, 5)
@@ -1321,6 +1403,43 @@ def test_a_closing_thread_worker_claims_no_further_batch(
     assert outbox.depth() == 3
 
 
+def test_what_waits_for_an_end_runs_once_then_and_at_once_after() -> None:
+    """The helper both dispatchers run what waits for their worker with."""
+    end = _WhenDone()
+    ran: list[str] = []
+    end.add(lambda: ran.append("before"))
+
+    end.finish()
+    end.add(lambda: ran.append("after"))
+
+    assert ran == ["before", "after"]
+    assert end.wait(0)
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_what_waits_for_the_worker_runs_as_it_ends(
+    make_thread: Callable[..., ThreadDispatcher],
+    make_async: Callable[..., AsyncDispatcher],
+    kind: str,
+) -> None:
+    """Not before: the worker is still waiting for Pinterest's answer."""
+    sender = HeldAnswerSender()
+    make = make_thread if kind == "thread" else make_async
+    dispatcher = make(sender, flush_interval=3600)
+    dispatcher.submit(wire(1))
+    dispatcher.start()
+    assert sender.entered.wait(5)
+    ended = threading.Event()
+    dispatcher.close(timeout=0)
+
+    dispatcher._after_worker(ended.set)
+
+    ran_early = ended.is_set()
+    sender.release.set()
+    assert ended.wait(10)
+    assert not ran_early
+
+
 # --- at SIGTERM ---
 
 
@@ -1408,6 +1527,103 @@ async def test_at_sigterm_the_batch_of_a_frozen_loop_is_sent_again() -> None:
     assert worker is not None
     assert worker.task is not None
     await asyncio.wait([worker.task], timeout=5)
+
+
+class StuckOnceStopped(MemoryOutbox):
+    """A memory outbox whose depth, read by the SIGTERM delivery's thread once
+    the dispatcher stopped, waits for `release`: a delivery that got stuck
+    counting what is left. `stuck` is set when it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dispatcher: ThreadDispatcher | AsyncDispatcher | None = None
+        self.stuck = threading.Event()
+        self.release = threading.Event()
+
+    def depth(self) -> int:
+        stopped = self.dispatcher is not None and self.dispatcher._closed
+        if stopped and threading.current_thread().name == "sigterm-delivery":
+            self.stuck.set()
+            self.release.wait(30)
+        return super().depth()
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_closing_at_sigterm_only_the_handler_counts_what_is_left(
+    make_thread: Callable[..., ThreadDispatcher],
+    make_async: Callable[..., AsyncDispatcher],
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """The delivery only delivers and stops: were it to count, and get stuck
+    doing so, the handler would find the count taken and return with nothing
+    counted, and the process would end."""
+    outbox = StuckOnceStopped()
+    make = make_thread if kind == "thread" else make_async
+    # Pinterest is down; the retry is due after the SIGTERM deadline.
+    dispatcher = make(
+        FakeSender(TransportError("down")),
+        outbox,
+        flush_interval=0.01,
+        backoff=DeliveryBackoff(initial=60, maximum=60, jitter=0),
+    )
+    outbox.dispatcher = dispatcher
+    dispatcher.submit(wire(3))
+    deadline = time.monotonic() + 30
+    while dispatcher.counters.retried < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert dispatcher.counters.retried == 3
+    delivery = threading.Thread(
+        target=dispatcher._deliver_at_signal,
+        args=(time.monotonic() + 30,),
+        kwargs={"closing": True},
+        name="sigterm-delivery",
+        daemon=True,
+    )
+
+    delivery.start()
+    # Until the delivery ended, or got stuck counting.
+    while delivery.is_alive() and not outbox.stuck.is_set():
+        delivery.join(0.01)
+    dispatcher._after_signal_delivery(closing=True)
+
+    dropped = dispatcher.counters.dropped
+    outbox.release.set()
+    assert dropped == 3
+    assert CLOSED_LOST_LOG % (3, 0) in caplog.messages
+
+
+class InterruptedOutbox(MemoryOutbox):
+    """A memory outbox that runs `interrupt` in the middle of the first write
+    of a batch's outcome, as a SIGTERM handler interrupting it would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupt: Callable[[], None] = lambda: None
+        self.interrupted = threading.Event()
+
+    def complete(self, claim: Claim, keys: Any) -> None:
+        if not self.interrupted.is_set():
+            self.interrupt()
+            self.interrupted.set()
+        super().complete(claim, keys)
+
+
+def test_a_sigterm_handler_interrupting_a_settle_counts_its_batch_once(
+    make_thread: Callable[..., ThreadDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch was counted processed, not yet taken out of the outbox: the
+    handler, in the same thread, must not count it dropped too."""
+    monkeypatch.setattr("pinterest_mw.dispatch._SIGNAL_WAIT", 0.05)
+    outbox = InterruptedOutbox()
+    dispatcher = make_thread(FakeSender(), outbox, flush_interval=0.01)
+    outbox.interrupt = lambda: dispatcher._after_signal_delivery(closing=True)
+
+    dispatcher.submit(wire(3))
+
+    assert outbox.interrupted.wait(5)
+    counters = dispatcher.counters
+    assert (counters.processed, counters.dropped) == (3, 0)
 
 
 # --- closing while other threads submit, flush or close ---
@@ -1511,6 +1727,54 @@ def test_concurrent_closes_count_the_leftovers_once(
 
     lost = [r for r in caplog.records if r.msg == CLOSED_LOST_LOG]
     assert (dispatcher.counters.dropped, len(lost)) == (3, 1)
+
+
+class HeldDepthOutbox(MemoryOutbox):
+    """A memory outbox whose depth, read once the dispatcher stopped, waits
+    for `release` (once): a close() slow to count what is left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dispatcher: ThreadDispatcher | AsyncDispatcher | None = None
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def depth(self) -> int:
+        stopped = self.dispatcher is not None and self.dispatcher._closed
+        if stopped and not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        return super().depth()
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_a_later_close_waits_for_the_first_to_end(
+    make_thread: Callable[..., ThreadDispatcher],
+    make_async: Callable[..., AsyncDispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    monkeypatch.setattr("pinterest_mw.dispatch._LATER_CLOSE_WAIT", 60.0)
+    outbox = HeldDepthOutbox()
+    make = make_thread if kind == "thread" else make_async
+    dispatcher = make(FakeSender(), outbox, flush_interval=3600)
+    outbox.dispatcher = dispatcher
+    dispatcher.submit(wire(1))
+    first = threading.Thread(target=dispatcher.close, args=(0,), daemon=True)
+    first.start()
+    assert outbox.entered.wait(5)
+    later = threading.Thread(target=dispatcher.close, args=(0,), daemon=True)
+
+    later.start()
+    later.join(0.5)
+    waited = later.is_alive()
+    outbox.release.set()
+    first.join(30)
+    later.join(30)
+
+    assert waited
+    assert not later.is_alive()
+    assert dispatcher.counters.dropped == 1
 
 
 @pytest.mark.parametrize("kind", ["thread", "async"])

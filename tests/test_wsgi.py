@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import httpx
 import pytest
 from _helpers import EMAIL, FAST, FOREIGN, MOCK_URL, SHOP, event
 from flask import Flask
+from pytest_httpx import HTTPXMock
 from starlette.testclient import TestClient
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
@@ -655,6 +658,60 @@ def test_the_first_request_of_any_kind_starts_delivery(
         session.get("/health")
 
     assert started == [True]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_starts_delivery_at_its_own_first_request(
+    make_client: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """gunicorn with `--preload`: the parent's start does not cover the child."""
+    client = make_client(outbox=tmp_path / "outbox.sqlite3", dispatcher="thread")
+    app = pinterest_wsgi_app(client)
+    started: list[int] = []
+    monkeypatch.setattr(client, "start", lambda: started.append(os.getpid()))
+    health = environ_for(b"", REQUEST_METHOD="GET", PATH_INFO="/health")
+    call(app, health)
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                call(app, {**health, "wsgi.input": io.BytesIO()})
+                os.write(write_end, b"1" if started[-1] == os.getpid() else b"0")
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+
+    assert answer == b"1"
+    assert started == [os.getpid()]
+
+
+def test_health_counts_unconfirmed_events_apart(httpx_mock: HTTPXMock) -> None:
+    """Pinterest answered 2xx without a result for the event: not processed."""
+    httpx_mock.add_response(json={"events": []})
+    client = Client(
+        FAKE_ACCESS_TOKEN,
+        FAKE_AD_ACCOUNT_ID,
+        api_url=MOCK_URL,
+        dispatcher="thread",
+        **FAST,
+    )
+    app = pinterest_wsgi_app(client)
+    try:
+        post(app, event())
+        assert client.flush(timeout=10)
+        with http(app) as session:
+            counters = session.get("/health").json()["counters"]
+    finally:
+        client.close(timeout=1)
+
+    assert (counters["unconfirmed"], counters["processed"]) == (1, 0)
 
 
 class UnreadableOutbox(MemoryOutbox):
