@@ -577,17 +577,14 @@ class Client:
         timeout and two seconds more), and the outbox and transport are
         closed only once it has.
         """
-        with self._lock:
-            dispatcher = self._dispatcher
-        if dispatcher is not None:
-            dispatcher.close(timeout)
+        # A dispatcher is built if none was: closed, it drops and counts
+        # what comes later, where none would have started one to deliver it.
+        self._get_dispatcher().close(timeout)
         self._release()
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - twin of close(timeout)
         """`close` for async code."""
-        dispatcher = self._dispatcher
-        if dispatcher is not None:
-            await dispatcher.aclose(timeout)
+        await self._get_dispatcher().aclose(timeout)
         self._release()
 
     def __enter__(self) -> Self:

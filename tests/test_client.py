@@ -1322,6 +1322,21 @@ def test_a_client_closed_twice_at_once_closes_its_outbox_after_the_first_close(
     assert True not in outbox.closed_while_reading
 
 
+def test_a_client_closed_before_any_event_drops_and_counts_later_ones(
+    make_client: Callable[..., Client], fake_pinterest: FakePinterestAPI
+) -> None:
+    """Closing builds the dispatcher it never needed, so that it stays closed."""
+    client = make_client()
+    client.close(timeout=0)
+
+    client.track(event_data())
+    client.close(timeout=0)
+
+    assert client.counters.dropped == 1
+    assert client.counters.accepted == 0
+    assert fake_pinterest.requests == []
+
+
 @pytest.mark.parametrize("kind", ["thread", "async"])
 def test_close_leaves_the_outbox_to_a_worker_of_either_kind_still_sending(
     tmp_path: Path, kind: str
