@@ -2679,7 +2679,8 @@ FAKE_API_LINE: Final = (
     " with these variables:"
 )
 FAKE_API_STOPPED_LINE: Final = (
-    "fake Pinterest API stopped: {requests}, {events} processed, {tests} in test mode"
+    "fake Pinterest API stopped: {requests}, {events} processed, and {tests} more"
+    " in test mode (validated, not processed)"
 )
 
 

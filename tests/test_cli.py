@@ -2606,7 +2606,8 @@ def test_fake_api_prints_the_variables_that_send_to_it(
     assert sent.returncode == EXIT_OK, sent.stderr
     assert process.returncode == status
     assert stderr.endswith(
-        "fake Pinterest API stopped: 1 request, 0 events processed, 2 in test mode\n"
+        "fake Pinterest API stopped: 1 request, 0 events processed, and 2 more"
+        " in test mode (validated, not processed)\n"
     )
 
 
