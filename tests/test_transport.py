@@ -953,9 +953,10 @@ async def test_with_raise_on_error_off_an_auth_failure_skips_the_rest(
     assert len(result.errors) == 1
 
 
-async def test_an_error_midway_raises_after_earlier_requests_were_delivered(
-    make_transport, httpx_mock
-):
+def fail_the_second_request(
+    httpx_mock: Any,
+) -> tuple[FakePinterestAPI, list[httpx.Request]]:
+    """The fake answers every request but the second, which gets a final 503."""
     fake = FakePinterestAPI()
     answered: list[httpx.Request] = []
 
@@ -966,6 +967,13 @@ async def test_an_error_midway_raises_after_earlier_requests_were_delivered(
         return fake.handle(request)
 
     httpx_mock.add_callback(second_request_fails, is_reusable=True)
+    return fake, answered
+
+
+async def test_an_error_midway_raises_after_earlier_requests_were_delivered(
+    make_transport, httpx_mock
+):
+    fake, answered = fail_the_second_request(httpx_mock)
     transport = make_transport(retry=RetryPolicy(attempts=1))
 
     with pytest.raises(APIError):
@@ -978,16 +986,7 @@ async def test_an_error_midway_raises_after_earlier_requests_were_delivered(
 async def test_an_error_midway_carries_what_became_of_every_event(
     make_transport, httpx_mock
 ):
-    fake = FakePinterestAPI()
-    answered: list[httpx.Request] = []
-
-    def second_request_fails(request: httpx.Request) -> httpx.Response:
-        answered.append(request)
-        if len(answered) == 2:
-            return httpx.Response(503, json={"code": 4197, "message": "down"})
-        return fake.handle(request)
-
-    httpx_mock.add_callback(second_request_fails, is_reusable=True)
+    fail_the_second_request(httpx_mock)
     transport = make_transport(retry=RetryPolicy(attempts=1))
 
     with pytest.raises(APIError) as caught:
