@@ -1404,10 +1404,11 @@ class _BaseDispatcher:
     def _settle(self, claim: Claim, plan: _Settlement) -> None:
         """Count a batch's outcome and write it to the outbox, as one step.
 
-        Counted before the outbox changes, so that whoever sees the outbox
-        empty (a flush) also sees the counters of its last batch. A batch
-        answered after `close()` counted a memory outbox's leftovers is not
-        counted again. Raises what the outbox raises.
+        Counted and logged before the outbox changes, so that whoever sees
+        the outbox empty or paused (a flush) also sees the counters and the
+        log lines of its last batch. A batch answered after `close()`
+        counted a memory outbox's leftovers is not counted again. Raises
+        what the outbox raises.
         """
         with self._settle_lock:
             if self._closing.leftovers_read:
@@ -1415,6 +1416,8 @@ class _BaseDispatcher:
             else:
                 self._count(plan)
                 self._unwritten = plan.leaving
+            for failure in plan.failures:
+                self._log_failure(failure, plan.paused_for)
             try:
                 self._apply(claim, plan)
             finally:
@@ -1441,9 +1444,8 @@ class _BaseDispatcher:
         )
 
     def _tell(self, plan: _Settlement) -> None:
-        """Log each failure of a batch and pass it to `on_error`."""
+        """Pass each failure of a batch (logged as it settled) to `on_error`."""
         for failure in plan.failures:
-            self._log_failure(failure, plan.paused_for)
             self._call_on_error(failure)
 
     def _log_failure(self, failure: DeliveryFailure, paused_for: float) -> None:
