@@ -62,6 +62,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -1036,19 +1037,24 @@ class SQLiteOutbox:
             raise _unusable(self.path, _error_reason(exc)) from None
 
     def _connect(self) -> sqlite3.Connection:
-        self._check_header()
         if self.readonly:
             # Never creates the file, and never writes to it.
             target: str | Path = self.path.resolve().as_uri() + "?mode=ro"
         else:
             target = self.path
-        conn = sqlite3.connect(
-            target,
-            timeout=self.busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            uri=self.readonly,
-        )
+        with _connected_files.lock:
+            file = _connected_files.key(self.path)
+            if not _connected_files.in_use(file):
+                self._check_header()
+            conn = sqlite3.connect(
+                target,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=self.readonly,
+                factory=_Connection,
+            )
+            _connected_files.opened(conn, file)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
@@ -1064,7 +1070,11 @@ class SQLiteOutbox:
             os.close(fd)
 
     def _check_header(self) -> None:
-        """Refuse a file that is not SQLite's before SQLite touches it."""
+        """Refuse a file that is not SQLite's before SQLite touches it.
+
+        Only while no connection of this process has the file open (see
+        `_ConnectedFiles`); when one has, SQLite already read the header.
+        """
         with self.path.open("rb") as file:
             header = file.read(len(_SQLITE_HEADER))
         if header and header != _SQLITE_HEADER:
@@ -1484,6 +1494,79 @@ class SQLiteOutbox:
                     conn.close()
             self._writer = None
             self._reader = None
+
+
+class _ConnectedFiles:
+    """The files this process holds SQLite connections to.
+
+    POSIX record locks belong to the process, not to a descriptor: closing
+    any descriptor of a file releases every lock the process holds on it,
+    those of SQLite's own connections included. Another process closing
+    its last connection then believes itself alone, folds the -wal file
+    into the database and deletes it, and whatever this process writes
+    afterwards goes to a file no longer on the disk (lost at a crash,
+    invisible to the other processes). SQLite's own connections guard
+    against this among themselves; Python code must not open the file
+    while one is open, so `_check_header` runs only when none is.
+
+    Files are told apart by device and inode, so that two spellings of one
+    path count as one file. `lock` is held from the check to the
+    connection's registration; a connection leaves the count when it is
+    closed or collected.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()  # reentrant: a collection may release
+        self._counts: Counter[tuple[int, int]] = Counter()
+        self._generation = 0
+
+    @staticmethod
+    def key(path: Path) -> tuple[int, int] | None:
+        try:
+            status = path.stat()
+        except OSError:
+            return None  # `_check_header` says why the file is not usable
+        return (status.st_dev, status.st_ino)
+
+    def in_use(self, file: tuple[int, int] | None) -> bool:
+        return file is not None and self._counts[file] > 0
+
+    def opened(self, conn: _Connection, file: tuple[int, int] | None) -> None:
+        if file is None:
+            return
+        self._counts[file] += 1
+        release = weakref.finalize(conn, self._release, file, self._generation)
+        release.atexit = False
+        conn.release = release
+
+    def _release(self, file: tuple[int, int], generation: int) -> None:
+        with self.lock:
+            if generation != self._generation:
+                return  # a parent's connection, in a child
+            self._counts[file] -= 1
+            if self._counts[file] <= 0:
+                del self._counts[file]
+
+    def forget_after_fork(self) -> None:
+        # A child holds none of its parent's locks: its own count starts now.
+        self.lock = threading.RLock()
+        self._counts.clear()
+        self._generation += 1
+
+
+class _Connection(sqlite3.Connection):
+    """An outbox's connection: leaves `_connected_files` when closed."""
+
+    release: weakref.finalize[..., _Connection] | None = None
+
+    def close(self) -> None:
+        if self.release is not None:
+            self.release()
+        super().close()
+
+
+_connected_files = _ConnectedFiles()
+fresh_after_fork(_connected_files.forget_after_fork)
 
 
 def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:

@@ -459,6 +459,56 @@ def test_sqlite_uses_wal_mode(
     assert mode == "wal"
 
 
+def _open_and_close_in_another_process(path: Path) -> int:
+    """What `pinterest-mw outbox` does: a connection of its own, then closed.
+
+    Returns how many events that process saw.
+    """
+    script = (
+        "import sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1])\n"
+        "print(conn.execute('SELECT count(*) FROM events').fetchone()[0])\n"
+        "conn.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX advisory locks")
+@pytest.mark.parametrize("second", ["same-outbox", "another-outbox"])
+def test_opening_the_file_again_keeps_this_processs_sqlite_locks(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path, second: str
+) -> None:
+    """Closing any descriptor of a file drops the process's POSIX locks on it.
+
+    Were the outbox to open the file with Python while its connections are
+    open (to read the header of a new reading connection, or of a second
+    outbox on the same file), another process closing its own connection
+    would think itself the last one, fold the -wal file into the database
+    and delete it: what this process wrote afterwards would go to a file
+    gone from the disk, lost at the next crash and invisible to the others.
+    """
+    path = tmp_path / "outbox.sqlite3"
+    writer = sqlite(path)
+    writer.put(wire(1))
+    if second == "same-outbox":
+        writer.stats()  # its reading connection
+    else:
+        sqlite(path, readonly=True).stats()
+
+    assert _open_and_close_in_another_process(path) == 1
+    writer.put(wire(2)[1:])
+
+    assert path.with_name(path.name + "-wal").exists()
+    assert _open_and_close_in_another_process(path) == 2
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 def test_sqlite_file_is_readable_by_its_owner_only(
     sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
