@@ -184,6 +184,9 @@ def _error(
 
 
 MALFORMED_JSON = _error(400, "malformed_json", "the body is not valid UTF-8 JSON")
+NESTED_TOO_DEEP = _error(
+    400, "malformed_json", "the body's JSON is nested too deeply to be an event"
+)
 BAD_LENGTH = _error(400, "bad_content_length", "Content-Length is not a number")
 UNAUTHORIZED = _error(
     401, "unauthorized", "the shared-secret header is missing or wrong"
@@ -671,8 +674,10 @@ class Ingest:
         """
         try:
             document = _decode_json(body.decode("utf-8"))
-        except (ValueError, RecursionError):
+        except ValueError:
             return MALFORMED_JSON
+        except RecursionError:
+            return NESTED_TOO_DEEP
         try:
             items, advertiser_id = _unpack(document)
         except _BodyError as exc:

@@ -2043,7 +2043,7 @@ def _print_stats(path: Path, stats: OutboxStats, listed: list[RejectedEvent]) ->
     print(f"pending:   {stats.pending} (of which deferred: {stats.deferred})")
     print(f"in flight: {stats.in_flight}")
     print(f"rejected:  {stats.rejected}")
-    print(f"size:      {stats.size_bytes} bytes")
+    print(f"size:      {stats.size_bytes} bytes (pending and in flight)")
     if stats.next_attempt_at is not None:
         print(f"next retry at: {_when(stats.next_attempt_at)}")
     for title, reasons in (
@@ -2313,8 +2313,9 @@ def _url(sock: socket.socket) -> str:
 def _log_start(client: Client, options: _ServeOptions) -> None:
     if client.is_sending:
         logger.info(
-            "Sending events to ad account %s%s; outbox %s",
+            "Sending events to ad account %s at %s%s; outbox %s",
             client.ad_account_id,
+            client.api_url,
             " in test mode" if client.test_mode else "",
             options.outbox,
         )

@@ -209,7 +209,7 @@ REFUSED_LOG = (
     "outbox as rejected"
 )
 REJECTED_LOG = (
-    "Pinterest rejected %d events; they are kept in the outbox with its reasons"
+    "Pinterest rejected %d events; they are kept in the outbox with their reasons"
 )
 CLOSED_KEPT_LOG = (
     "closing with %d events not yet delivered; they stay in the outbox for the next run"

@@ -394,6 +394,21 @@ async def test_malformed_json_is_400(local_client: Client, body: bytes) -> None:
 
 
 @pytest.mark.anyio
+async def test_json_nested_too_deeply_is_told_apart_from_broken_json(
+    local_client: Client,
+) -> None:
+    """Valid JSON past the decoder's depth is not called invalid."""
+    app = pinterest_app(local_client)
+
+    deep = await post(app, b"[" * 5_000 + b"]" * 5_000)
+    broken = await post(app, b"{")
+
+    assert deep.status_code == broken.status_code == 400
+    assert "nested too deeply" in deep.json()["message"]
+    assert "not valid UTF-8 JSON" in broken.json()["message"]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "content_type",
     ["application/x-www-form-urlencoded", "multipart/form-data", "application/xml"],
