@@ -65,12 +65,17 @@ import uuid
 import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from ._fork import abandon, fresh_after_fork, register_fork_aware
+from ._fork import (
+    abandon,
+    close_before_fork,
+    fresh_after_fork,
+    register_fork_aware,
+)
 from .events import WireEvent
 from .exceptions import ConfigurationError
 
@@ -998,6 +1003,7 @@ class SQLiteOutbox:
         self._setup()
         self._open()
         register_fork_aware(self)
+        close_before_fork(self)
 
     def _setup(self) -> None:
         self._write_lock = threading.Lock()
@@ -1011,8 +1017,38 @@ class SQLiteOutbox:
 
     def _after_fork_in_child(self) -> None:
         # SQLite connections must not cross a fork: the child opens its own.
+        # (`_close_for_fork` closed them in the parent; abandon any left.)
         abandon(self._writer, self._reader)
         self._setup()
+
+    def _close_for_fork(self) -> bool:
+        """Before a fork: close the connections, holding both locks until after it.
+
+        SQLite keeps its POSIX lock bookkeeping per process, in memory a
+        child inherits: a connection the child opened while one of the
+        parent's was open would believe the parent's locks its own and take
+        none, so that the parent closing its outbox (or exiting) deletes the
+        -wal file under the child. Closed now, they are reopened at the next
+        use, in the parent as in the child. Returns whether the locks were
+        taken (False: a transaction outlasted the wait; left as it was).
+        """
+        wait = self.busy_timeout + 1.0
+        if not self._write_lock.acquire(timeout=wait):
+            return False
+        if not self._read_lock.acquire(timeout=wait):
+            self._write_lock.release()
+            return False
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.close()
+        self._writer = None
+        self._reader = None
+        return True
+
+    def _after_fork_in_parent(self) -> None:
+        self._read_lock.release()
+        self._write_lock.release()
 
     def __repr__(self) -> str:
         readonly = ", readonly=True" if self.readonly else ""
@@ -1425,7 +1461,7 @@ class SQLiteOutbox:
         """
         now = self._clock()
         kept_since = now - self.rejected_retention
-        with self._reading() as conn:
+        with self._reading() as conn, _read_transaction(conn):
             live, size = conn.execute(
                 "SELECT live_count, live_bytes FROM totals WHERE id = 0"
             ).fetchone()
@@ -1560,9 +1596,12 @@ class _Connection(sqlite3.Connection):
     release: weakref.finalize[..., _Connection] | None = None
 
     def close(self) -> None:
+        # Counted until SQLite has closed it: a last connection's close
+        # checkpoints and deletes the -wal file under its EXCLUSIVE lock,
+        # which a `_check_header` in another thread meanwhile would drop.
+        super().close()
         if self.release is not None:
             self.release()
-        super().close()
 
 
 _connected_files = _ConnectedFiles()
@@ -1621,6 +1660,21 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@contextmanager
+def _read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: its queries see one snapshot of the file.
+
+    Without it each query sees the file as it is then, and writes of other
+    processes between them make the counts disagree (more in flight than
+    live events: a negative `pending`).
+    """
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")  # nothing was written
 
 
 def _statements(script: str) -> Iterator[str]:

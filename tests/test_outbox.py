@@ -509,6 +509,73 @@ def test_opening_the_file_again_keeps_this_processs_sqlite_locks(
     assert _open_and_close_in_another_process(path) == 2
 
 
+def test_a_file_counts_as_open_until_sqlite_has_closed_its_connection(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last connection's close checkpoints and deletes the -wal file.
+
+    It holds an EXCLUSIVE lock for that: were the file to count as closed
+    before SQLite is done, another thread opening an outbox on it would read
+    the header with Python, and closing that descriptor would drop the lock
+    while another process may open the file and write to the -wal file
+    about to be deleted.
+    """
+    from pinterest_mw import outbox as outbox_module
+
+    closed_first: list[bool] = []
+    connections: list[sqlite3.Connection] = []
+    release = outbox_module._ConnectedFiles._release
+
+    def spy(self: Any, file: tuple[int, int], generation: int) -> None:
+        for conn in connections:
+            try:
+                conn.execute("SELECT 1")
+            except sqlite3.ProgrammingError:
+                closed_first.append(True)
+            else:
+                closed_first.append(False)
+        release(self, file, generation)
+
+    monkeypatch.setattr(outbox_module._ConnectedFiles, "_release", spy)
+    outbox = sqlite(tmp_path / "outbox.sqlite3")
+    outbox.put(wire(1))
+    assert outbox._writer is not None
+    connections.append(outbox._writer)
+
+    outbox.close()
+
+    assert closed_first == [True]
+
+
+def test_sqlite_stats_come_from_one_snapshot_of_the_file(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    """Another process storing and claiming events while stats() reads.
+
+    Each count from the file as it was at the first query: never more
+    events in flight than live ones (a negative `pending`).
+    """
+    path = tmp_path / "outbox.sqlite3"
+    reader = sqlite(path, readonly=False)
+    other = sqlite(path)
+    reader.stats()  # opens its reading connection
+    assert reader._reader is not None
+    done: list[bool] = []
+
+    def between_queries(statement: str) -> None:
+        if "FROM events" in statement and not done:
+            done.append(True)
+            other.put(wire(3))
+            assert other.claim(3, lease=60) is not None
+
+    reader._reader.set_trace_callback(between_queries)
+    stats = reader.stats()
+
+    assert done
+    assert (stats.pending, stats.in_flight, stats.depth) == (0, 0, 0)
+    assert reader.stats().in_flight == 3
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 def test_sqlite_file_is_readable_by_its_owner_only(
     sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
@@ -746,6 +813,52 @@ def test_a_forked_child_opens_its_own_sqlite_connection(
     os.close(read_end)
 
     assert (child_depth, outbox.depth()) == (b"2", 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_childs_connection_holds_its_own_sqlite_locks(
+    sqlite: Callable[..., SQLiteOutbox], tmp_path: Path
+) -> None:
+    """gunicorn --preload: the parent's outbox is open when the worker forks.
+
+    SQLite keeps its POSIX lock bookkeeping per process, and a child
+    inherits the parent's copy: a connection the child opens on the same
+    file believes the parent's locks are its own and takes none. Once the
+    parent closes its outbox (or exits), it finds itself alone, folds the
+    -wal file into the database and deletes it, and the child's later
+    writes go to a file gone from the disk: stored, answered 202, lost.
+    """
+    path = tmp_path / "outbox.sqlite3"
+    outbox = sqlite(path)
+    outbox.put(wire(1))
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            outbox.put([WireEvent("child-0", "checkout", b"{}")])
+            os.write(from_child, b"1")
+            os.read(to_child, 1)  # the parent closes its outbox meanwhile
+            for i in range(1, 5):
+                outbox.put([WireEvent(f"child-{i}", "checkout", b"{}")])
+            outbox.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(to_parent, 1)
+    outbox.close()
+    os.write(from_parent, b"1")
+    _, status = os.waitpid(pid, 0)
+    for end in (to_child, from_parent, to_parent, from_child):
+        os.close(end)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    with closing(sqlite3.connect(path)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    assert count == 6
 
 
 # --- test mode ---
