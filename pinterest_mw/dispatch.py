@@ -1162,7 +1162,10 @@ class _BaseDispatcher:
 
         Hopeless means nothing left can go out before `deadline` (monotonic):
         delivery is paused past it after an account refusal, or every event
-        left is deferred past it (a long backoff or `Retry-After`).
+        left is deferred past it (a long backoff or `Retry-After`). Events
+        due now while this worker sends nothing (a backoff that ended before
+        this look) wake it at once: asleep for its interval, it would leave
+        them until the interval ends.
         """
         now = time.monotonic()
         remaining = deadline - now
@@ -1171,6 +1174,8 @@ class _BaseDispatcher:
         if self._paused_until > now:
             return self._paused_until - now, True
         stats = self.outbox.stats()
+        if stats.pending > stats.deferred and not self._in_flight:
+            self._wake_worker()
         if stats.deferred < stats.depth or stats.next_attempt_at is None:
             # Due now or in flight: the worker is on it.
             return remaining, False
@@ -1640,12 +1645,14 @@ class ThreadDispatcher(_BaseDispatcher):
         deadline = time.monotonic() + timeout
         wake = True
         while self.outbox.depth():
+            # Before `_flush_wait`, which may wake the worker: a round it
+            # ends meanwhile must not be waited for again.
+            with self._progress:
+                seen = self._rounds
             plan = self._flush_wait(deadline)
             if plan is None or self._closed:
                 # Closed meanwhile by another thread: nothing more goes out.
                 return False
-            with self._progress:
-                seen = self._rounds
             if wake:
                 self._wake_worker()
             wait, wake = plan

@@ -1426,6 +1426,8 @@ def test_deterministic_event_id_needs_a_part() -> None:
 def test_unusable_decorator_arguments_raise_at_decoration(
     options: dict[str, Any],
 ) -> None:
+    # A copy: the parameter is shared by every run of this test (a rerun too).
+    options = dict(options)
     name = options.pop("event_name")
 
     with pytest.raises(ConfigurationError):

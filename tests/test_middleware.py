@@ -1125,6 +1125,8 @@ def test_route_rule_without_includes_matches_nothing() -> None:
     ids=["event-name", "action-source", "methods", "include", "content-types"],
 )
 def test_unusable_route_rule_raises_at_construction(options: dict[str, Any]) -> None:
+    # A copy: the parameter is shared by every run of this test (a rerun too).
+    options = dict(options)
     name = options.pop("event_name")
 
     with pytest.raises(ConfigurationError):
