@@ -244,10 +244,12 @@ def _media_type(content_type: str) -> str:
 class _Answer:
     """What the app answered, as far as the hooks care."""
 
-    __slots__ = ("cache_control", "media_type", "sets_epik", "status")
+    __slots__ = ("cache_control", "complete", "media_type", "sets_epik", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
+        # ASGI: the last body message was handed to the server.
+        self.complete = False
         self.media_type: str | None = None
         self.sets_epik = False
         self.cache_control: str | None = None
@@ -477,10 +479,23 @@ class PinterestMiddleware:
             cookie.encode("latin-1") if cookie is not None else None,
             reads_headers=bool(rules) or cookie is not None,
         )
-        with use_context(context), served_by_middleware(serving):
-            await self.app(scope, receive, watched)
+        try:
+            with use_context(context), served_by_middleware(serving):
+                await self.app(scope, receive, watched)
+        except Exception:
+            # What fails once the whole response went out (a BackgroundTask)
+            # takes nothing back from the visitor: the page was served.
+            if answer.complete:
+                await hooks.aemit(rules, answer, context, serving)
+            raise
 
         await hooks.aemit(rules, answer, context, serving)
+
+
+# The messages that carry a response's body; the last one has no `more_body`.
+_BODY_MESSAGES = frozenset(
+    {"http.response.body", "http.response.pathsend", "http.response.zerocopysend"}
+)
 
 
 def _watch(
@@ -501,6 +516,10 @@ def _watch(
     async def watched(message: Message) -> None:
         if message["type"] != "http.response.start":
             await send(message)
+            if message["type"] in _BODY_MESSAGES and not message.get(
+                "more_body", False
+            ):
+                answer.complete = True
             return
         answer.status = message["status"]
         if reads_headers:

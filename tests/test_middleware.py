@@ -20,6 +20,7 @@ import uvicorn
 from _helpers import SHOP
 from fastapi import FastAPI
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -916,6 +917,51 @@ def test_wsgi_rule_emits_nothing_when_the_app_raises(local_client: Client) -> No
 
     with pytest.raises(ViewError):
         Server(app)
+
+    assert local_client.counters.accepted == 0
+
+
+def _asgi_rule_app(client: Client, view: Callable[..., Any]) -> Starlette:
+    return Starlette(
+        routes=[Route("/products/{name}", view)],
+        middleware=[
+            Middleware(PinterestMiddleware, client=client, route_rules=[PAGE_VISIT])
+        ],
+    )
+
+
+def test_asgi_rule_emits_when_a_background_task_fails_after_the_page(
+    local_client: Client,
+) -> None:
+    """The whole page went out: what fails after it takes nothing back."""
+
+    def send_welcome_mail() -> None:
+        raise ViewError
+
+    async def product(request: Request) -> Response:
+        return HTMLResponse("<p>shoe</p>", background=BackgroundTask(send_welcome_mail))
+
+    app = _asgi_rule_app(local_client, product)
+    with TestClient(app, raise_server_exceptions=False, client=(PEER, 1)) as browser:
+        reply = browser.get("/products/shoe", headers={"user-agent": USER_AGENT})
+
+    assert (reply.status_code, reply.text) == (200, "<p>shoe</p>")
+    assert local_client.counters.accepted == 1
+
+
+def test_asgi_rule_emits_nothing_when_the_body_fails_midway(
+    local_client: Client,
+) -> None:
+    async def chunks() -> Any:
+        yield b"<p>half"
+        raise ViewError
+
+    async def product(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="text/html")
+
+    app = _asgi_rule_app(local_client, product)
+    with TestClient(app, raise_server_exceptions=False, client=(PEER, 1)) as browser:
+        browser.get("/products/shoe", headers={"user-agent": USER_AGENT})
 
     assert local_client.counters.accepted == 0
 
