@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from starlette.types import Scope
 
 from ._field_paths import safe_path
+from ._fork import fresh_after_fork
 from .client import Client, EventInput, get_default_client
 from .context import RequestContext
 from .events import ActionSource, Event, _validate_event_name
@@ -38,6 +39,10 @@ logger = logging.getLogger("pinterest_mw.decorators")
 ErrorHook = Callable[[Exception], None]
 
 NOT_QUEUED_MESSAGE = "%s: %s event not queued (%s)"
+FIELD_WARNING_MESSAGE = "%s: %s event %s queued with %s at %s: %s"
+FIRST_FIELD_WARNING_MESSAGE = (
+    FIELD_WARNING_MESSAGE + " (from now on at DEBUG for this hook, event and field)"
+)
 NOT_ACCEPTED_MESSAGE = "the client did not accept the event; its own log line says why"
 
 NOT_VISIT_METHODS = frozenset({"CONNECT", "HEAD", "OPTIONS", "TRACE"})
@@ -96,6 +101,42 @@ def hook_counters() -> HookCounters:
 def count(name: str) -> None:
     with _counts_lock:
         _counts[name] += 1
+
+
+class _SeenWarnings:
+    """Which field warnings the hooks have logged at WARNING already.
+
+    Bounded: past `limit` kinds, every new one is logged at WARNING too
+    (rather than none), which only a hook with that many paths can reach.
+    """
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._seen: set[tuple[str, str, str]] = set()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def first(self, kind: tuple[str, str, str]) -> bool:
+        with self._lock:
+            if kind in self._seen:
+                return False
+            if len(self._seen) < self._limit:
+                self._seen.add(kind)
+            return True
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+_seen_warnings = _SeenWarnings()
+
+
+def _fresh_locks_in_child() -> None:
+    global _counts_lock
+    _counts_lock = threading.Lock()
+    _seen_warnings._after_fork_in_child()
+
+
+fresh_after_fork(_fresh_locks_in_child)
 
 
 # --- the request being served ------------------------------------------------------
@@ -318,15 +359,37 @@ class Emitter:
     def fail(self, event_name: str, error: Exception) -> None:
         _report_failure(self._log, self.origin, event_name, error, self._on_error)
 
-    def queued(self, event_name: str, event_id: str, accepted: int) -> None:
-        """Count an event the client took, or report one it did not take."""
+    def queued(self, event_name: str, event: Event, accepted: int) -> None:
+        """Count an event the client took, or report one it did not take.
+
+        A taken event's field warnings (a value dropped, or hashed on an
+        assumption: matches Pinterest may miss) are logged by path and
+        reason, never by value; each kind once at WARNING, then at DEBUG,
+        so that a hook seeing the same data every request cannot flood the
+        log.
+        """
         if not accepted:
             # A full queue, a closed client or a failed outbox: the client
             # logged which, and counted the event dropped.
             self.fail(event_name, QueueFullError(NOT_ACCEPTED_MESSAGE))
             return
         count("tracked")
-        self._log.debug("%s: queued %s event %s", self.origin, event_name, event_id)
+        self._log.debug(
+            "%s: queued %s event %s", self.origin, event_name, event.event_id
+        )
+        for warning in event.warnings:
+            path = safe_path(warning.path)
+            first = _seen_warnings.first((self.origin, event_name, path))
+            self._log.log(
+                logging.WARNING if first else logging.DEBUG,
+                FIRST_FIELD_WARNING_MESSAGE if first else FIELD_WARNING_MESSAGE,
+                self.origin,
+                event_name,
+                event.event_id,
+                "a value dropped" if warning.dropped else "a value sent as assumed",
+                path,
+                warning.reason,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +408,7 @@ class HeldEvent:
         except Exception as error:  # noqa: BLE001 - logged and counted by fail()
             self.emitter.fail(self.event_name, error)
             return
-        self.emitter.queued(self.event_name, self.event.event_id, accepted)
+        self.emitter.queued(self.event_name, self.event, accepted)
 
     async def asubmit(self) -> None:
         """`submit` for async code."""
@@ -354,4 +417,4 @@ class HeldEvent:
         except Exception as error:  # noqa: BLE001 - logged and counted by fail()
             self.emitter.fail(self.event_name, error)
             return
-        self.emitter.queued(self.event_name, self.event.event_id, accepted)
+        self.emitter.queued(self.event_name, self.event, accepted)

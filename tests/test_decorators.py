@@ -1195,6 +1195,36 @@ def test_keys_of_the_callers_own_are_hidden_in_the_log(
     assert "Secret-Key-9" not in caplog.text
 
 
+def test_field_warnings_of_a_queued_event_are_logged_once_without_values(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dropped value or a guessed phone loses matches: the developer hears it.
+
+    At WARNING the first time for this hook, event and field, then at DEBUG,
+    so that the same data on every request does not flood the log.
+    """
+    phone = "650 555 0134"  # no country code, and the client sets no region
+    track = track_conversion(
+        "warning_probe",
+        client=client,
+        user_data=lambda request: {"email": EMAIL, "phone": phone},
+    )
+    app = Starlette(routes=[Route("/", track(lambda request: PlainTextResponse("ok")))])
+
+    with caplog.at_level(logging.DEBUG, logger="pinterest_mw"):
+        replies = [get_from(app, "/").status_code for _ in range(2)]
+
+    assert replies == [200, 200]
+    assert client.counters.accepted == 2
+    found = [r for r in caplog.records if "user_data.phone" in r.getMessage()]
+    assert [r.levelno for r in found] == [logging.WARNING, logging.DEBUG]
+    assert "warning_probe event" in found[0].getMessage()
+    assert "a value sent as assumed" in found[0].getMessage()
+    assert phone not in caplog.text
+    assert "6505550134" not in caplog.text
+    assert EMAIL not in caplog.text
+
+
 def test_failing_on_error_hook_is_contained(client: Client) -> None:
     """The view still answers when the on_error hook itself raises."""
 
