@@ -417,8 +417,10 @@ def _validate_event_id(value: Any) -> str:
     if value is None:
         return _new_event_id()
     if isinstance(value, str):
-        if not value:
-            raise _fail("event_id_empty", "must not be empty")
+        if not value.strip():
+            # Kept byte for byte otherwise; but one blank id shared by many
+            # events would have Pinterest count them all as one.
+            raise _fail("event_id_empty", "must not be empty or only spaces")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return _id_text(value)

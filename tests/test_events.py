@@ -356,7 +356,7 @@ def test_uuid_event_id_becomes_its_string():
     assert parse(event_id=value).event_id == str(value)
 
 
-@pytest.mark.parametrize("value", ["", True, 1.5, b"bytes"])
+@pytest.mark.parametrize("value", ["", "   ", "\t\n", True, 1.5, b"bytes"])
 def test_unusable_event_id_is_an_error(value):
     assert paths_of(event_id=value) == ["event_id"]
 
